@@ -1,0 +1,36 @@
+package v1alpha1
+
+// Condition types of a SocketCluster.
+const (
+	// ConditionAvailable is True while enough pods are ready to keep the
+	// capacity the rollout promises (see rollout.maxUnavailable).
+	ConditionAvailable = "Available"
+	// ConditionProgressing is True while a rollout or scale is under way.
+	ConditionProgressing = "Progressing"
+	// ConditionDegraded is True when something needs a person: a missing
+	// Secret, pods that cannot be created, Redis unreachable for the stats.
+	ConditionDegraded = "Degraded"
+)
+
+// Reasons of the Available condition.
+const (
+	ReasonMinimumReplicasReady       = "MinimumReplicasReady"
+	ReasonMinimumReplicasUnavailable = "MinimumReplicasUnavailable"
+	ReasonScaledToZero               = "ScaledToZero"
+	ReasonDeploymentNotFound         = "DeploymentNotFound"
+)
+
+// Reasons of the Progressing condition.
+const (
+	ReasonRolloutInProgress        = "RolloutInProgress"
+	ReasonRolloutComplete          = "RolloutComplete"
+	ReasonProgressDeadlineExceeded = "ProgressDeadlineExceeded"
+)
+
+// Reasons of the Degraded condition.
+const (
+	ReasonAsExpected       = "AsExpected"
+	ReasonSecretMissing    = "SecretMissing"
+	ReasonReplicaFailure   = "ReplicaFailure"
+	ReasonRedisUnreachable = "RedisUnreachable"
+)

@@ -1,0 +1,360 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// SocketClusterSpec describes a cluster of socketservers sharing one Redis.
+//
+// Every field has a default (set by the API server) or is optional, except
+// redis.addresses and the device key (see auth).
+// +kubebuilder:validation:XValidation:rule="has(self.auth) && (has(self.auth.deviceKeySecretRef) || (has(self.auth.insecureNoAuth) && self.auth.insecureNoAuth))",message="auth.deviceKeySecretRef is required: devices authenticate with JWTs signed by that key (set auth.insecureNoAuth: true only for development)"
+type SocketClusterSpec struct {
+	// Replicas is the number of socketserver pods.
+	// +kubebuilder:default=3
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Image of the socketserver. Empty means the image the operator runs
+	// itself, which ships the same version of the server.
+	// +optional
+	Image string `json:"image,omitempty"`
+	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
+	// +optional
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+	// +optional
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// TopologySpreadConstraints of the pods. Empty means: spread across zones
+	// and nodes as evenly as possible, without blocking scheduling.
+	// +optional
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+	// +optional
+	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
+	// PodLabels are added to the pods; they cannot replace the labels the
+	// operator selects pods by.
+	// +optional
+	PodLabels map[string]string `json:"podLabels,omitempty"`
+	// +optional
+	ServiceAccountName string `json:"serviceAccountName,omitempty"`
+
+	// +kubebuilder:default={}
+	// +optional
+	Listeners ListenersSpec `json:"listeners,omitzero"`
+	Redis     RedisSpec     `json:"redis"`
+	// +kubebuilder:default={}
+	// +optional
+	Auth AuthSpec `json:"auth,omitzero"`
+	// +kubebuilder:default={}
+	// +optional
+	Heartbeat HeartbeatSpec `json:"heartbeat,omitzero"`
+
+	// MaxFrameBytes is the largest frame (type byte + body) a peer may send.
+	// +kubebuilder:default=65536
+	// +kubebuilder:validation:Minimum=16
+	// +kubebuilder:validation:Maximum=16777216
+	// +optional
+	MaxFrameBytes int32 `json:"maxFrameBytes,omitempty"`
+	// MaxConnectionsPerPod caps connections per pod; 0 means unlimited.
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	MaxConnectionsPerPod int32 `json:"maxConnectionsPerPod,omitempty"`
+	// MaxPendingPerDevice caps the unacknowledged messages kept per device;
+	// a full outbox refuses new messages to the backend.
+	// +kubebuilder:default=10000
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	MaxPendingPerDevice int32 `json:"maxPendingPerDevice,omitempty"`
+
+	// +kubebuilder:default={}
+	// +optional
+	Drain DrainSpec `json:"drain,omitzero"`
+	// +kubebuilder:default={}
+	// +optional
+	Rollout RolloutSpec `json:"rollout,omitzero"`
+	// +kubebuilder:default={}
+	// +optional
+	Service ServiceSpec `json:"service,omitzero"`
+	// +kubebuilder:default={}
+	// +optional
+	PodDisruptionBudget PodDisruptionBudgetSpec `json:"podDisruptionBudget,omitzero"`
+}
+
+// ListenersSpec sets the ports. The WebSocket path is always /ws (protocol v1).
+// +kubebuilder:validation:XValidation:rule="self.tcp.port != self.websocket.port && self.tcp.port != self.adminPort && self.websocket.port != self.adminPort",message="listeners.tcp.port, listeners.websocket.port and listeners.adminPort must all be different"
+type ListenersSpec struct {
+	// +kubebuilder:default={}
+	// +optional
+	TCP TCPListener `json:"tcp,omitzero"`
+	// +kubebuilder:default={}
+	// +optional
+	WebSocket WebSocketListener `json:"websocket,omitzero"`
+	// AdminPort serves the backend API, probes and metrics; it is never
+	// exposed by the public Service.
+	// +kubebuilder:default=9090
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +optional
+	AdminPort int32 `json:"adminPort,omitempty"`
+	// TLS terminates TLS on the TCP and WebSocket listeners.
+	// +optional
+	TLS *TLSSpec `json:"tls,omitempty"`
+}
+
+// TCPListener is the framed-TCP listener.
+type TCPListener struct {
+	// +kubebuilder:default=7000
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +optional
+	Port int32 `json:"port,omitempty"`
+}
+
+// WebSocketListener serves GET /ws.
+type WebSocketListener struct {
+	// +kubebuilder:default=8080
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +optional
+	Port int32 `json:"port,omitempty"`
+}
+
+// TLSSpec names a kubernetes.io/tls Secret (tls.crt, tls.key).
+type TLSSpec struct {
+	// +kubebuilder:validation:MinLength=1
+	SecretName string `json:"secretName"`
+}
+
+// RedisMode says how to reach Redis.
+// +kubebuilder:validation:Enum=standalone;sentinel;cluster
+type RedisMode string
+
+const (
+	RedisStandalone RedisMode = "standalone"
+	RedisSentinel   RedisMode = "sentinel"
+	RedisCluster    RedisMode = "cluster"
+)
+
+// RedisSpec is the store every server of the cluster shares.
+// +kubebuilder:validation:XValidation:rule="self.mode != 'sentinel' || (has(self.masterName) && self.masterName != ”)",message="redis.masterName is required when redis.mode is sentinel"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'standalone' || size(self.addresses) == 1",message="redis.mode standalone takes exactly one address; list several only with mode sentinel or cluster"
+type RedisSpec struct {
+	// Addresses are host:port pairs: the server, the Sentinels, or cluster seed nodes.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=253
+	Addresses []string `json:"addresses"`
+	// +kubebuilder:default=standalone
+	// +optional
+	Mode RedisMode `json:"mode,omitempty"`
+	// MasterName is the Sentinel master set.
+	// +optional
+	MasterName string `json:"masterName,omitempty"`
+	// +optional
+	PasswordSecretRef *SecretKeyRef `json:"passwordSecretRef,omitempty"`
+	// KeyPrefix namespaces every key of this cluster in Redis.
+	// +kubebuilder:default=scp
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	KeyPrefix string `json:"keyPrefix,omitempty"`
+	// +optional
+	TLS bool `json:"tls,omitempty"`
+}
+
+// SecretKeyRef selects one key of a Secret in the SocketCluster's namespace.
+type SecretKeyRef struct {
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+	// +kubebuilder:validation:MinLength=1
+	Key string `json:"key"`
+}
+
+// AuthSpec sets how devices and backends authenticate.
+// +kubebuilder:validation:XValidation:rule="!(has(self.deviceKeySecretRef) && has(self.insecureNoAuth) && self.insecureNoAuth)",message="auth.insecureNoAuth: true cannot be combined with auth.deviceKeySecretRef"
+type AuthSpec struct {
+	// DeviceKeySecretRef holds the HS256 key that device JWTs are signed with.
+	// +optional
+	DeviceKeySecretRef *SecretKeyRef `json:"deviceKeySecretRef,omitempty"`
+	// APITokenSecretRef holds the bearer token of the backend API and /drain.
+	// Without it the admin listener is open to anything in the cluster network.
+	// +optional
+	APITokenSecretRef *SecretKeyRef `json:"apiTokenSecretRef,omitempty"`
+	// InsecureNoAuth accepts any device token. Development only.
+	// +optional
+	InsecureNoAuth bool `json:"insecureNoAuth,omitempty"`
+}
+
+// HeartbeatSpec sets how often devices ping and when a silent one is dropped.
+// +kubebuilder:validation:XValidation:rule="duration(self.timeout) > duration(self.interval)",message="heartbeat.timeout must be longer than heartbeat.interval, or healthy devices get disconnected"
+type HeartbeatSpec struct {
+	// +kubebuilder:default="15s"
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +optional
+	Interval metav1.Duration `json:"interval,omitzero"`
+	// +kubebuilder:default="45s"
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +optional
+	Timeout metav1.Duration `json:"timeout,omitzero"`
+}
+
+// DrainSpec sets how a terminating pod hands its connections to the others.
+// The pod's terminationGracePeriodSeconds is deregistrationDelay + timeout + 15s.
+// +kubebuilder:validation:XValidation:rule="duration(self.deregistrationDelay) + duration(self.timeout) <= duration('3585s')",message="drain.deregistrationDelay + drain.timeout + 15s becomes the pods' terminationGracePeriodSeconds, which must not exceed 3600s: shorten drain.timeout or drain.deregistrationDelay"
+type DrainSpec struct {
+	// Timeout is how long a pod sends GOAWAYs before it closes what is left.
+	// +kubebuilder:default="60s"
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +optional
+	Timeout metav1.Duration `json:"timeout,omitzero"`
+	// Rate is GOAWAYs per second; 0 spreads them over 80% of the timeout.
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Rate int32 `json:"rate,omitempty"`
+	// Jitter bounds the random reconnect delay told to each device, so that
+	// they do not all reconnect at once.
+	// +kubebuilder:default="10s"
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +optional
+	Jitter metav1.Duration `json:"jitter,omitzero"`
+	// DeregistrationDelay is the load balancer's: how long it keeps routing
+	// to a target after it started deregistering it.
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +optional
+	DeregistrationDelay metav1.Duration `json:"deregistrationDelay,omitzero"`
+}
+
+// RolloutSpec is the Deployment's rolling update. The default never lowers
+// capacity: new pods come up before old ones drain.
+type RolloutSpec struct {
+	// +kubebuilder:default="25%"
+	// +optional
+	MaxSurge *intstr.IntOrString `json:"maxSurge,omitempty"`
+	// +kubebuilder:default=0
+	// +optional
+	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	MinReadySeconds int32 `json:"minReadySeconds,omitempty"`
+}
+
+// LoadBalancerProvider selects a preset of Service annotations.
+// +kubebuilder:validation:Enum=aws-nlb
+type LoadBalancerProvider string
+
+// AWSNLB is the AWS Load Balancer Controller's NLB with IP targets.
+const AWSNLB LoadBalancerProvider = "aws-nlb"
+
+// ServiceSpec shapes the public Service (TCP and WebSocket ports only).
+// +kubebuilder:validation:XValidation:rule="self.type != 'ClusterIP' || !has(self.externalTrafficPolicy)",message="service.externalTrafficPolicy applies only to LoadBalancer and NodePort Services"
+// +kubebuilder:validation:XValidation:rule="self.type == 'LoadBalancer' || (!has(self.loadBalancerSourceRanges) && !has(self.loadBalancer))",message="service.loadBalancer and service.loadBalancerSourceRanges apply only to type LoadBalancer"
+type ServiceSpec struct {
+	// +kubebuilder:default=LoadBalancer
+	// +kubebuilder:validation:Enum=LoadBalancer;NodePort;ClusterIP
+	// +optional
+	Type corev1.ServiceType `json:"type,omitempty"`
+	// Annotations are added to the public Service; they win over a preset's.
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+	// +optional
+	LoadBalancer *LoadBalancerSpec `json:"loadBalancer,omitempty"`
+	// ExternalTrafficPolicy defaults to Local for LoadBalancer and NodePort,
+	// which keeps client addresses and avoids a second hop.
+	// +kubebuilder:validation:Enum=Local;Cluster
+	// +optional
+	ExternalTrafficPolicy corev1.ServiceExternalTrafficPolicy `json:"externalTrafficPolicy,omitempty"`
+	// +optional
+	LoadBalancerSourceRanges []string `json:"loadBalancerSourceRanges,omitempty"`
+}
+
+// LoadBalancerSpec selects a cloud preset.
+type LoadBalancerSpec struct {
+	Provider LoadBalancerProvider `json:"provider"`
+}
+
+// PodDisruptionBudgetSpec limits voluntary evictions (node drains, upgrades).
+type PodDisruptionBudgetSpec struct {
+	// +kubebuilder:default=1
+	// +optional
+	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
+}
+
+// SocketClusterStatus is what the operator last observed.
+type SocketClusterStatus struct {
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Replicas is the number of pods (of any version) the Deployment has.
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	// +optional
+	UpdatedReplicas int32 `json:"updatedReplicas,omitempty"`
+	// Selector selects the pods, for the scale subresource (kubectl scale, HPA).
+	// +optional
+	Selector string `json:"selector,omitempty"`
+	// CurrentImage is the socketserver image of the pod template.
+	// +optional
+	CurrentImage string `json:"currentImage,omitempty"`
+	// Connections is the sum of the open connections the current pods
+	// published to Redis within the last 30s.
+	// +optional
+	Connections int64 `json:"connections,omitempty"`
+	// ConnectionsObservedAt is when Connections was last read from Redis.
+	// +optional
+	ConnectionsObservedAt *metav1.Time `json:"connectionsObservedAt,omitempty"`
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// SocketCluster runs socketservers behind a Service.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector
+// +kubebuilder:resource:shortName=sc
+// +kubebuilder:printcolumn:name="Desired",type=integer,JSONPath=`.spec.replicas`
+// +kubebuilder:printcolumn:name="Ready",type=integer,JSONPath=`.status.readyReplicas`
+// +kubebuilder:printcolumn:name="Connections",type=integer,JSONPath=`.status.connections`
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.status.currentImage`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type SocketCluster struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitzero"`
+
+	Spec SocketClusterSpec `json:"spec"`
+	// +optional
+	Status SocketClusterStatus `json:"status,omitzero"`
+}
+
+// SocketClusterList is a list of SocketClusters.
+// +kubebuilder:object:root=true
+type SocketClusterList struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ListMeta `json:"metadata,omitzero"`
+	Items           []SocketCluster `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&SocketCluster{}, &SocketClusterList{})
+}

@@ -1,0 +1,115 @@
+package protocol
+
+import (
+	"encoding/binary"
+	"io"
+	"sync"
+)
+
+// Reader decodes TCP frames from a stream. It keeps a small window buffer
+// (idle connections are the common case, so per-connection memory matters)
+// and borrows a pooled buffer only for frames that do not fit in it. The
+// announced length is checked before any body byte is read or allocated.
+type Reader struct {
+	rd   io.Reader
+	max  int
+	buf  []byte
+	r, w int
+	big  *[]byte
+}
+
+// NewReader returns a Reader that refuses frames longer than maxFrame
+// (type byte + body) and buffers up to bufSize bytes.
+func NewReader(rd io.Reader, maxFrame, bufSize int) *Reader {
+	if bufSize < 16 {
+		bufSize = 16
+	}
+	return &Reader{rd: rd, max: maxFrame, buf: make([]byte, bufSize)}
+}
+
+var bigPool = sync.Pool{New: func() any { b := make([]byte, 0, DefaultMaxFrameBytes); return &b }}
+
+// Buffered reports how many bytes are read from the stream but not yet returned.
+func (r *Reader) Buffered() int { return r.w - r.r }
+
+// ReadFrame returns the next frame. body is valid until the next call.
+// Errors are *Error (answer with ERROR and close) or the stream's own error.
+func (r *Reader) ReadFrame() (typ byte, body []byte, err error) {
+	if r.big != nil {
+		bigPool.Put(r.big)
+		r.big = nil
+	}
+	if err := r.fill(HeaderSize); err != nil {
+		return 0, nil, err
+	}
+	n := int(binary.BigEndian.Uint32(r.buf[r.r:]))
+	if n == 0 {
+		return 0, nil, Errorf(CodeBadFrame, "frame length is 0")
+	}
+	if n > r.max || n < 0 {
+		return 0, nil, Errorf(CodeFrameTooLarge, "frame of %d bytes exceeds the limit of %d", n, r.max)
+	}
+	if err := r.fill(HeaderSize + 1); err != nil {
+		return 0, nil, unexpected(err)
+	}
+	typ = r.buf[r.r+HeaderSize]
+	if !KnownType(typ) {
+		return 0, nil, Errorf(CodeBadFrame, "unknown frame type %s", TypeName(typ))
+	}
+	total := HeaderSize + n
+	if total <= len(r.buf) {
+		if err := r.fill(total); err != nil {
+			return 0, nil, unexpected(err)
+		}
+		body = r.buf[r.r+HeaderSize+1 : r.r+total]
+		r.r += total
+		return typ, body, nil
+	}
+	// Large frame: copy what is buffered into a pooled buffer, read the rest.
+	r.big = bigPool.Get().(*[]byte)
+	b := (*r.big)[:0]
+	if cap(b) < n-1 {
+		b = make([]byte, 0, n-1)
+	}
+	b = append(b, r.buf[r.r+HeaderSize+1:r.w]...)
+	r.r, r.w = 0, 0
+	have := len(b)
+	b = b[:n-1]
+	if _, err := io.ReadFull(r.rd, b[have:]); err != nil {
+		return 0, nil, unexpected(err)
+	}
+	*r.big = b
+	return typ, b, nil
+}
+
+// fill makes at least n bytes available at r.buf[r.r:].
+func (r *Reader) fill(n int) error {
+	if r.w-r.r >= n {
+		return nil
+	}
+	if r.r > 0 && len(r.buf)-r.r < n {
+		r.w = copy(r.buf, r.buf[r.r:r.w])
+		r.r = 0
+	}
+	for r.w-r.r < n {
+		m, err := r.rd.Read(r.buf[r.w:])
+		r.w += m
+		if err != nil {
+			if r.w-r.r >= n {
+				return nil
+			}
+			if err == io.EOF && r.w > r.r {
+				return io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}

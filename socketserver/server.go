@@ -1,0 +1,477 @@
+// Package socketserver is the data plane: it holds device connections over
+// TCP and WebSocket, keeps their sessions in a shared store so a device can
+// resume on any server, and drains gracefully. It has no Kubernetes imports.
+package socketserver
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/socketcluster/socketcluster/socketserver/protocol"
+	"github.com/socketcluster/socketcluster/socketserver/store"
+)
+
+// Config is the server's configuration; zero values take the contract's defaults.
+type Config struct {
+	TCPAddr, WSAddr, AdminAddr string
+	ServerName                 string
+	AuthKey                    []byte
+	InsecureNoAuth             bool
+	APIToken                   string
+	HeartbeatInterval          time.Duration
+	HeartbeatTimeout           time.Duration
+	HelloTimeout               time.Duration
+	DrainTimeout               time.Duration
+	DrainRate                  float64
+	DrainJitter                time.Duration
+	MaxFrameBytes              int
+	MaxConnections             int
+	MaxPending                 int
+	TLS                        *tls.Config
+	// WriteTimeout bounds one socket write: a device that stops reading is cut.
+	WriteTimeout time.Duration
+	// StoreTimeout bounds one store operation.
+	StoreTimeout time.Duration
+	// StatsInterval is how often the server publishes its stats for the operator.
+	StatsInterval time.Duration
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.HeartbeatInterval, 15*time.Second)
+	def(&c.HeartbeatTimeout, 3*c.HeartbeatInterval)
+	def(&c.HelloTimeout, 10*time.Second)
+	def(&c.DrainTimeout, 60*time.Second)
+	def(&c.WriteTimeout, 10*time.Second)
+	def(&c.StoreTimeout, 2*time.Second)
+	def(&c.StatsInterval, 5*time.Second)
+	if c.MaxFrameBytes == 0 {
+		c.MaxFrameBytes = protocol.DefaultMaxFrameBytes
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 10000
+	}
+}
+
+// Addrs are the addresses the listeners are bound to.
+type Addrs struct{ TCP, WS, Admin string }
+
+// Server is one socket server process (one pod).
+type Server struct {
+	cfg      Config
+	store    store.Store
+	log      logr.Logger
+	auth     *authenticator
+	metrics  *metrics
+	maxConns int
+
+	draining  atomic.Bool
+	drainOnce sync.Once
+	drainDone chan struct{}
+
+	seed   maphash.Seed
+	shards [64]shard
+
+	mu     sync.Mutex
+	conns  map[*conn]struct{}
+	closed bool
+
+	listeners []net.Listener
+	admin     *http.Server
+	addrs     Addrs
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+}
+
+// shard holds the sessions (welcomed connections) of some devices.
+type shard struct {
+	mu sync.Mutex
+	m  map[string]*conn
+}
+
+// New builds a server on st. Nothing listens until Start.
+func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
+	cfg.setDefaults()
+	if cfg.ServerName == "" {
+		return nil, errors.New("server name is required")
+	}
+	if cfg.HeartbeatTimeout <= cfg.HeartbeatInterval {
+		return nil, fmt.Errorf("heartbeat timeout %s must exceed the interval %s", cfg.HeartbeatTimeout, cfg.HeartbeatInterval)
+	}
+	if cfg.MaxFrameBytes < 16 {
+		return nil, fmt.Errorf("max frame bytes %d is below 16", cfg.MaxFrameBytes)
+	}
+	auth, err := newAuthenticator(cfg.AuthKey, cfg.InsecureNoAuth)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, store: st, log: log, auth: auth, metrics: newMetrics(),
+		drainDone: make(chan struct{}), seed: maphash.MakeSeed(), conns: map[*conn]struct{}{}}
+	s.maxConns = connectionCeiling(cfg.MaxConnections)
+	for i := range s.shards {
+		s.shards[i].m = map[string]*conn{}
+	}
+	return s, nil
+}
+
+// Start binds the listeners, subscribes to the store and starts serving.
+func (s *Server) Start() error {
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if err := s.store.Subscribe(s.ctx, s.cfg.ServerName, s); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	listen := func(addr, name string, tlsOK bool) (net.Listener, error) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen %s %s: %w", name, addr, err)
+		}
+		s.log.Info(fmt.Sprintf("listening %s=%s", name, l.Addr()))
+		if tlsOK && s.cfg.TLS != nil {
+			l = tls.NewListener(l, s.cfg.TLS)
+		}
+		s.listeners = append(s.listeners, l)
+		return l, nil
+	}
+	if s.cfg.TCPAddr != "" {
+		l, err := listen(s.cfg.TCPAddr, "tcp", true)
+		if err != nil {
+			return err
+		}
+		s.addrs.TCP = l.Addr().String()
+		s.wg.Add(1)
+		go s.acceptLoop(l, false)
+	}
+	if s.cfg.WSAddr != "" {
+		l, err := listen(s.cfg.WSAddr, "ws", true)
+		if err != nil {
+			return err
+		}
+		s.addrs.WS = l.Addr().String()
+		s.wg.Add(1)
+		go s.acceptLoop(l, true)
+	}
+	if s.cfg.AdminAddr != "" {
+		l, err := net.Listen("tcp", s.cfg.AdminAddr)
+		if err != nil {
+			return fmt.Errorf("listen admin %s: %w", s.cfg.AdminAddr, err)
+		}
+		s.log.Info(fmt.Sprintf("listening admin=%s", l.Addr()))
+		s.addrs.Admin = l.Addr().String()
+		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = s.admin.Serve(l) }()
+	}
+	s.wg.Add(1)
+	go s.statsLoop()
+	return nil
+}
+
+// Addrs returns the bound listener addresses (after Start).
+func (s *Server) Addrs() Addrs { return s.addrs }
+
+func (s *Server) acceptLoop(l net.Listener, isWS bool) {
+	defer s.wg.Done()
+	var delay time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return
+			}
+			// Out of descriptors (or another transient error): back off
+			// instead of spinning; the connection waits in the backlog.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.V(1).Info("accept failed", "err", err.Error(), "retry_in", delay)
+			select {
+			case <-time.After(delay):
+			case <-s.ctx.Done():
+				return
+			}
+			continue
+		}
+		delay = 0
+		c := newConn(s, nc)
+		full, ok := s.track(c)
+		if !ok {
+			_ = nc.Close()
+			continue
+		}
+		go s.serveConn(c, isWS, full)
+	}
+}
+
+func (s *Server) serveConn(c *conn, isWS, full bool) {
+	defer s.wg.Done()
+	if !isWS {
+		c.serve(newTCPTransport(c.nc, s.cfg.MaxFrameBytes), full)
+		return
+	}
+	_ = c.nc.SetDeadline(time.Now().Add(s.cfg.HelloTimeout))
+	if err := upgradeWS(c.nc); err != nil {
+		s.log.V(1).Info("websocket handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err.Error())
+		_ = c.nc.Close()
+		s.untrack(c)
+		return
+	}
+	_ = c.nc.SetWriteDeadline(time.Time{})
+	c.serve(newWSTransport(c.nc, s.cfg.MaxFrameBytes, c.control), full)
+}
+
+// track counts a new connection. full reports that it is over the limit
+// and must be refused with server_full; ok is false after Shutdown.
+func (s *Server) track(c *conn) (full, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false, false
+	}
+	full = s.maxConns > 0 && len(s.conns) >= s.maxConns
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return full, true
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Connections is the number of open connections.
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+func (s *Server) shard(device string) *shard {
+	return &s.shards[maphash.String(s.seed, device)%uint64(len(s.shards))]
+}
+
+// register makes c the session of its device on this server. Of two
+// connections of one device, the higher epoch wins and the other is told.
+func (s *Server) register(c *conn) {
+	sh := s.shard(c.device)
+	sh.mu.Lock()
+	old := sh.m[c.device]
+	if old != nil && old.epoch > c.epoch {
+		sh.mu.Unlock()
+		c.takenOver()
+		return
+	}
+	sh.m[c.device] = c
+	sh.mu.Unlock()
+	if old != nil {
+		old.takenOver()
+	}
+}
+
+func (s *Server) unregister(c *conn) {
+	sh := s.shard(c.device)
+	sh.mu.Lock()
+	if sh.m[c.device] == c {
+		delete(sh.m, c.device)
+	}
+	sh.mu.Unlock()
+}
+
+func (s *Server) session(device string) *conn {
+	sh := s.shard(device)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return sh.m[device]
+}
+
+func (s *Server) sessions() []*conn {
+	var out []*conn
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for _, c := range sh.m {
+			out = append(out, c)
+		}
+		sh.mu.Unlock()
+	}
+	return out
+}
+
+// Deliver implements store.Handler.
+func (s *Server) Deliver(device string, seq uint64, payload []byte) {
+	if c := s.session(device); c != nil {
+		c.deliver(seq, payload)
+	}
+}
+
+// TakenOver implements store.Handler.
+func (s *Server) TakenOver(device string, epoch uint64) {
+	if c := s.session(device); c != nil && c.epoch < epoch {
+		c.takenOver()
+	}
+}
+
+// Resync implements store.Handler: after a lost link to the store, find
+// sessions taken over meanwhile and re-read every outbox.
+func (s *Server) Resync() { go s.resync() }
+
+func (s *Server) resync() {
+	conns := s.sessions()
+	const batch = 500
+	for i := 0; i < len(conns); i += batch {
+		part := conns[i:min(i+batch, len(conns))]
+		devices := make([]string, len(part))
+		for j, c := range part {
+			devices[j] = c.device
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
+		epochs, err := s.store.Epochs(ctx, devices)
+		cancel()
+		for j, c := range part {
+			if err == nil && epochs[j] > c.epoch {
+				c.takenOver()
+			} else {
+				c.resync()
+			}
+		}
+	}
+}
+
+func (s *Server) statsLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.StatsInterval)
+	defer t.Stop()
+	for {
+		s.publishStats(s.ctx)
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *Server) publishStats(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
+	defer cancel()
+	st := store.ServerStats{Connections: int64(s.Connections()), Draining: s.draining.Load(), UpdatedUnixMs: time.Now().UnixMilli()}
+	if err := s.store.PublishStats(ctx, s.cfg.ServerName, st); err != nil && ctx.Err() == nil {
+		s.metrics.storeErrors.WithLabelValues("stats").Inc()
+	}
+}
+
+// Draining reports whether a drain has started.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Drain starts draining (once) and returns a channel closed when no
+// connection remains or the drain timeout passed.
+func (s *Server) Drain() <-chan struct{} {
+	s.drainOnce.Do(func() {
+		s.draining.Store(true)
+		s.metrics.drains.Inc()
+		s.log.Info("draining", "connections", s.Connections(), "timeout", s.cfg.DrainTimeout.String())
+		go s.drain()
+	})
+	return s.drainDone
+}
+
+// drain sends GOAWAY to every session, the first at once, then paced at
+// DrainRate per second or spread over the first 80% of the drain timeout.
+func (s *Server) drain() {
+	defer close(s.drainDone)
+	start := time.Now()
+	deadline := start.Add(s.cfg.DrainTimeout)
+	conns := s.sessions()
+	var interval time.Duration
+	switch {
+	case s.cfg.DrainRate > 0:
+		interval = time.Duration(float64(time.Second) / s.cfg.DrainRate)
+	case len(conns) > 1:
+		interval = s.cfg.DrainTimeout * 8 / 10 / time.Duration(len(conns))
+	}
+	for i, c := range conns {
+		if i > 0 && interval > 0 {
+			// Pace against the schedule, not per sleep, so timer slack
+			// does not add up over thousands of connections.
+			if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-s.ctx.Done():
+					return
+				}
+			}
+		}
+		c.goAway()
+	}
+	for time.Now().Before(deadline) {
+		for _, c := range s.sessions() {
+			c.goAway() // sessions that arrived while the first pass ran
+		}
+		if s.Connections() == 0 {
+			s.log.Info("drained", "took", time.Since(start).String())
+			return
+		}
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-s.ctx.Done():
+			return
+		}
+	}
+	s.mu.Lock()
+	left := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		left = append(left, c)
+	}
+	s.mu.Unlock()
+	s.log.Info("drain timeout: closing remaining connections", "remaining", len(left))
+	for _, c := range left {
+		c.close(ReasonDrained)
+	}
+}
+
+// Shutdown stops listening, closes every connection and waits for them to
+// end (or ctx). Drain first for a graceful stop.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	if s.cancel != nil {
+		s.cancel()
+	}
+	for _, l := range s.listeners {
+		_ = l.Close()
+	}
+	for _, c := range conns {
+		c.close(ReasonShutdown)
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	// Tell the operator this server holds nothing any more.
+	s.publishStats(context.Background())
+	if s.admin != nil {
+		_ = s.admin.Shutdown(ctx)
+	}
+	return err
+}
