@@ -58,16 +58,16 @@ type conn struct {
 	device string
 	epoch  uint64
 
-	mu       sync.Mutex
-	out      []byte
-	spare    []byte
-	flushing bool
-	closing  bool // no more output except what is queued
-	reason   CloseReason
-	sent     uint64 // highest seq queued for this device
-	behind   bool   // the store may hold seqs > sent that are not queued
-	pumping  bool
-	goaway   bool
+	mu        sync.Mutex
+	out       []byte
+	spare     []byte
+	flushing  bool
+	closing   bool // no more output except what is queued
+	reason    CloseReason
+	sent      uint64 // highest seq queued for this device
+	behind    bool   // the store may hold seqs > sent that are not queued
+	pumping   bool
+	goaway    bool
 	closed    chan struct{}
 	closeOnce sync.Once
 }

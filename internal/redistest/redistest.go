@@ -1,0 +1,136 @@
+// Package redistest runs real redis-server processes for tests: on a free
+// loopback port, without persistence, killed when the test ends, and
+// restartable on the same port for fault tests.
+package redistest
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is one redis-server process.
+type Server struct {
+	t    testing.TB
+	Addr string
+	port int
+	cmd  *exec.Cmd
+	dir  string
+	// persistent servers fsync every write, so a restart keeps the data.
+	persistent bool
+}
+
+// Binary finds redis-server; tests that need it fail with a hint when it is missing.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("REDIS_SERVER"); p != "" {
+		return p
+	}
+	p, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redis-server not found (apt-get install redis-server, or set REDIS_SERVER): %v", err)
+	}
+	return p
+}
+
+// Start runs a redis-server on a free 127.0.0.1 port until the test ends.
+// It keeps nothing across a restart.
+func Start(t testing.TB) *Server { t.Helper(); return start(t, false) }
+
+// StartPersistent is Start with an append-only file fsynced on every write:
+// killed and restarted, it comes back with every acknowledged write.
+func StartPersistent(t testing.TB) *Server { t.Helper(); return start(t, true) }
+
+func start(t testing.TB, persistent bool) *Server {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	s := &Server{t: t, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: t.TempDir(), persistent: persistent}
+	s.Restart()
+	t.Cleanup(s.Kill)
+	return s
+}
+
+// Restart starts the process again (after Kill) on the same port.
+func (s *Server) Restart() {
+	s.t.Helper()
+	if s.cmd != nil {
+		s.t.Fatal("redis-server already running")
+	}
+	args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "",
+		"--dir", s.dir, "--maxclients", "10000", "--appendonly", "no"}
+	if s.persistent {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	}
+	cmd := exec.Command(Binary(s.t), args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.cmd = cmd
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		signalled := false
+		for sc.Scan() {
+			if !signalled && strings.Contains(sc.Text(), "Ready to accept connections") {
+				close(ready)
+				signalled = true
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		s.Kill()
+		s.t.Fatalf("redis-server on port %d did not become ready", s.port)
+	}
+}
+
+// Kill stops the process with SIGKILL: data is gone, like a crashed node.
+func (s *Server) Kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// Client returns a go-redis client for the server, closed when the test ends.
+func (s *Server) Client() *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, DialTimeout: time.Second, ReadTimeout: 2 * time.Second,
+		WriteTimeout: 2 * time.Second, MaxRetries: 1})
+	s.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Ping reports whether the server answers.
+func (s *Server) Ping() error {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("ping %s: %w", s.Addr, err)
+	}
+	return nil
+}

@@ -1,0 +1,294 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/client"
+	"github.com/socketcluster/socketcluster/socketserver/protocol"
+	"github.com/socketcluster/socketcluster/socketserver/store"
+)
+
+func TestDeliveryInOrderAndAcked(t *testing.T) {
+	for _, transport := range []string{"tcp", "ws"} {
+		t.Run(transport, func(t *testing.T) {
+			s := startServer(t, "server-a", store.NewMemory(), nil)
+			addr := s.Addrs().TCP
+			if transport == "ws" {
+				addr = "ws://" + s.Addrs().WS + "/ws"
+			}
+			// Half the messages wait in the outbox, half arrive live.
+			for i := 1; i <= 50; i++ {
+				post(t, s, "kiosk-1", fmt.Sprintf("m%d", i))
+			}
+			d := runDevice(t, client.Config{Addr: addr, Device: "kiosk-1"})
+			w := d.waitConnected(t, 1).Welcome
+			if w.Server != "server-a" || w.Resumed || w.SessionEpoch == 0 {
+				t.Fatalf("unexpected WELCOME %+v", w)
+			}
+			for i := 51; i <= 100; i++ {
+				post(t, s, "kiosk-1", fmt.Sprintf("m%d", i))
+			}
+			assertInOrder(t, d, 100)
+			eventually(t, "pending 0", func() bool {
+				info := getDevice(t, s, "kiosk-1")
+				return info.Pending == 0 && info.AckedSeq == 100
+			})
+			if st := d.Stats(); st.Delivered != 100 || st.LastSeq != 100 || st.Duplicates != 0 {
+				t.Fatalf("stats %+v", st)
+			}
+
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			id, err := d.Publish(ctx, []byte("hello upstream"))
+			if err != nil || id != 1 {
+				t.Fatalf("Publish = %d, %v; want id 1", id, err)
+			}
+		})
+	}
+}
+
+func TestResumeOnAnotherServer(t *testing.T) {
+	_, a, b := redisPair(t, nil)
+	p := newProxy(t, a.Addrs().TCP)
+	d := runDevice(t, client.Config{Addr: p.addr(), Device: "pos-7"})
+	if w := d.waitConnected(t, 1).Welcome; w.Server != "server-a" {
+		t.Fatalf("first connection went to %q", w.Server)
+	}
+	for i := 1; i <= 10; i++ {
+		post(t, a, "pos-7", fmt.Sprintf("m%d", i))
+	}
+	assertInOrder(t, d, 10)
+
+	// The network goes away; messages keep coming through the other server.
+	p.setTarget("")
+	p.cut()
+	eventually(t, "disconnect", func() bool { return len(d.eventsOf(client.EventDisconnected)) > 0 })
+	for i := 11; i <= 30; i++ {
+		post(t, b, "pos-7", fmt.Sprintf("m%d", i))
+	}
+	p.setTarget(b.Addrs().TCP)
+	w := d.waitConnected(t, 2).Welcome
+	if w.Server != "server-b" || !w.Resumed {
+		t.Fatalf("second WELCOME %+v, want resumed on server-b", w)
+	}
+	assertInOrder(t, d, 30)
+	eventually(t, "pending 0", func() bool { return getDevice(t, b, "pos-7").Pending == 0 })
+	if st := d.Stats(); st.Reconnects != 1 || st.Resumes != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestGoAwayMovesToOtherServer(t *testing.T) {
+	const jitter = 300 * time.Millisecond
+	_, a, b := redisPair(t, func(c *socketserver.Config) { c.DrainJitter = jitter; c.DrainTimeout = 5 * time.Second })
+	// Like a Service that stops routing to an unready pod.
+	var mu sync.Mutex
+	var lastDial time.Time
+	dial := func(ctx context.Context, network, _ string) (net.Conn, error) {
+		mu.Lock()
+		lastDial = time.Now()
+		mu.Unlock()
+		target := a
+		if a.Draining() {
+			target = b
+		}
+		var nd net.Dialer
+		return nd.DialContext(ctx, network, target.Addrs().TCP)
+	}
+	d := runDevice(t, client.Config{Addr: "socketcluster:7000", Device: "pos-8", Dial: dial})
+	d.waitConnected(t, 1)
+	post(t, a, "pos-8", "m1")
+	assertInOrder(t, d, 1)
+
+	drained := a.Drain()
+	w := d.waitConnected(t, 2).Welcome
+	if w.Server != "server-b" || !w.Resumed {
+		t.Fatalf("WELCOME after drain %+v", w)
+	}
+	select {
+	case <-drained:
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain did not finish although the device left")
+	}
+	ev := d.eventsOf(client.EventDisconnected)[0]
+	if ev.Reason != client.ReasonGoAway || ev.Wait > jitter {
+		t.Fatalf("disconnect %+v, want goaway with a wait of at most %s", ev, jitter)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if lastDial.Before(ev.At.Add(ev.Wait)) {
+		t.Fatalf("reconnected %s after GOAWAY, before the hinted %s", lastDial.Sub(ev.At), ev.Wait)
+	}
+	post(t, b, "pos-8", "m2")
+	assertInOrder(t, d, 2)
+}
+
+func TestPublishRetransmitIsDeduplicated(t *testing.T) {
+	r, a, _ := redisPair(t, nil)
+	rdb := r.Client()
+	p := newProxy(t, a.Addrs().TCP)
+	d := runDevice(t, client.Config{Addr: p.addr(), Device: "pos-9"})
+	d.waitConnected(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if id, err := d.Publish(ctx, []byte("first")); err != nil || id != 1 {
+		t.Fatalf("Publish = %d, %v", id, err)
+	}
+
+	// The server stores the next one but its PUBACK is lost.
+	p.mute.Store(true)
+	pend, err := d.PublishAsync(ctx, []byte("second"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "second message stored", func() bool { return rdb.XLen(ctx, "t:upstream").Val() == 2 })
+	p.cut()
+	p.mute.Store(false)
+	select {
+	case <-pend.Done():
+	case <-ctx.Done():
+		t.Fatal("no PUBACK after reconnecting")
+	}
+	if id3, err := d.Publish(ctx, []byte("third")); err != nil || id3 != 3 {
+		t.Fatalf("Publish = %d, %v", id3, err)
+	}
+
+	entries, err := rdb.XRange(ctx, "t:upstream", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		got = append(got, fmt.Sprint(e.Values["id"], "=", e.Values["payload"]))
+	}
+	if want := "[1=first 2=second 3=third]"; fmt.Sprint(got) != want {
+		t.Fatalf("upstream stream %v, want %s", got, want)
+	}
+	if st := d.Stats(); st.Retransmits == 0 || st.PublishesAcked != 3 || st.InFlight != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestPublishIDsContinueAcrossProcesses(t *testing.T) {
+	s := startServer(t, "server-a", store.NewMemory(), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	first := runDevice(t, client.Config{Addr: s.Addrs().TCP, Device: "pos-10"})
+	for range 3 {
+		if _, err := first.Publish(ctx, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A restarted device (a new process) must not reuse ids 1..3.
+	second := runDevice(t, client.Config{Addr: s.Addrs().TCP, Device: "pos-10"})
+	id, err := second.Publish(ctx, []byte("y"))
+	if err != nil || id != 4 {
+		t.Fatalf("Publish after restart = %d, %v; want 4", id, err)
+	}
+}
+
+func TestTakeoverStopsTheOldClient(t *testing.T) {
+	_, a, b := redisPair(t, nil)
+	old := runDevice(t, client.Config{Addr: a.Addrs().TCP, Device: "pos-11"})
+	old.waitConnected(t, 1)
+	winner := runDevice(t, client.Config{Addr: "ws://" + b.Addrs().WS + "/ws", Device: "pos-11"})
+	winner.waitConnected(t, 1)
+
+	select {
+	case err := <-old.runErr:
+		var se *client.ServerError
+		if !errors.Is(err, client.ErrTakenOver) || !errors.As(err, &se) || se.Code != protocol.CodeSessionTakenOver {
+			t.Fatalf("Run returned %v, want ErrTakenOver", err)
+		}
+		old.runErr <- err // for the cleanup
+	case <-time.After(5 * time.Second):
+		t.Fatal("the taken-over client kept running")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := old.Publish(ctx, []byte("x")); !errors.Is(err, client.ErrStopped) {
+		t.Fatalf("Publish on a stopped client = %v", err)
+	}
+	if info := getDevice(t, a, "pos-11"); info.Server != "server-b" || !info.Connected {
+		t.Fatalf("device %+v, want held by server-b", info)
+	}
+	post(t, a, "pos-11", "m1")
+	assertInOrder(t, winner, 1)
+	if got := len(winner.eventsOf(client.EventDisconnected)); got != 0 {
+		t.Fatalf("the winner was disconnected %d times", got)
+	}
+}
+
+func TestServerSilenceIsDetected(t *testing.T) {
+	s := startServer(t, "server-a", store.NewMemory(), func(c *socketserver.Config) {
+		c.HeartbeatInterval = 200 * time.Millisecond
+	})
+	p := newProxy(t, s.Addrs().TCP)
+	d := runDevice(t, client.Config{Addr: p.addr(), Device: "pos-12"})
+	d.waitConnected(t, 1)
+	p.mute.Store(true) // the server's frames, PONGs included, vanish
+	eventually(t, "disconnect", func() bool { return len(d.eventsOf(client.EventDisconnected)) > 0 })
+	if ev := d.eventsOf(client.EventDisconnected)[0]; ev.Reason != client.ReasonServerSilent {
+		t.Fatalf("disconnect %+v, want server_silent", ev)
+	}
+	p.mute.Store(false)
+	d.waitConnected(t, 2)
+}
+
+func TestAuthentication(t *testing.T) {
+	keyFile := filepath.Join(t.TempDir(), "device.key")
+	if err := os.WriteFile(keyFile, []byte("s3cret-device-key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key, err := client.LoadKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, "server-a", store.NewMemory(), func(c *socketserver.Config) {
+		c.InsecureNoAuth = false
+		c.AuthKey = []byte("s3cret-device-key")
+	})
+
+	t.Run("signed token round trip", func(t *testing.T) {
+		tok, err := client.SignToken(key, "pos-13", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parsed, err := jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithSubject("pos-13"), jwt.WithExpirationRequired()).
+			Parse(tok, func(*jwt.Token) (any, error) { return []byte("s3cret-device-key"), nil })
+		if err != nil || !parsed.Valid {
+			t.Fatalf("token does not verify: %v", err)
+		}
+		d := runDevice(t, client.Config{Addr: s.Addrs().TCP, Device: "pos-13", TokenFunc: client.KeyTokenFunc(key, "pos-13", time.Hour)})
+		d.waitConnected(t, 1)
+	})
+
+	for name, tok := range map[string]func() string{
+		"wrong key":    func() string { tok, _ := client.SignToken([]byte("other"), "pos-14", time.Hour); return tok },
+		"other device": func() string { tok, _ := client.SignToken(key, "pos-15", time.Hour); return tok },
+		"expired":      func() string { tok, _ := client.SignToken(key, "pos-14", -time.Minute); return tok },
+	} {
+		t.Run(name, func(t *testing.T) {
+			d := runDevice(t, client.Config{Addr: s.Addrs().TCP, Device: "pos-14", Token: tok()})
+			eventually(t, "two refusals", func() bool { return len(d.eventsOf(client.EventDisconnected)) >= 2 })
+			ev := d.eventsOf(client.EventDisconnected)[0]
+			if ev.Reason != client.ReasonServerError || ev.Code != protocol.CodeUnauthorized {
+				t.Fatalf("disconnect %+v, want unauthorized", ev)
+			}
+			if st := d.Stats(); st.Connects != 0 || st.Errors[protocol.CodeUnauthorized] < 2 {
+				t.Fatalf("stats %+v", st)
+			}
+		})
+	}
+}

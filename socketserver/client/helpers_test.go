@@ -1,0 +1,264 @@
+package client_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/socketcluster/socketcluster/internal/redistest"
+	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/client"
+	"github.com/socketcluster/socketcluster/socketserver/store"
+)
+
+// startServer runs an in-process server on loopback ports until the test ends.
+func startServer(t *testing.T, name string, st store.Store, mod func(*socketserver.Config)) *socketserver.Server {
+	t.Helper()
+	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		ServerName: name, InsecureNoAuth: true}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := socketserver.New(cfg, st, logr.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.Shutdown(ctx)
+	})
+	return s
+}
+
+// redisPair runs two servers on one real Redis, like two pods of a cluster.
+func redisPair(t *testing.T, mod func(*socketserver.Config)) (*redistest.Server, *socketserver.Server, *socketserver.Server) {
+	t.Helper()
+	r := redistest.Start(t)
+	a := startServer(t, "server-a", store.NewRedis(r.Client(), "t"), mod)
+	b := startServer(t, "server-b", store.NewRedis(r.Client(), "t"), mod)
+	return r, a, b
+}
+
+// post sends a backend message to device and returns its seq.
+func post(t *testing.T, s *socketserver.Server, device, payload string) uint64 {
+	t.Helper()
+	resp, err := http.Post("http://"+s.Addrs().Admin+"/v1/devices/"+device+"/messages", "application/octet-stream", strings.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct{ Seq uint64 }
+	if resp.StatusCode != http.StatusAccepted || json.NewDecoder(resp.Body).Decode(&out) != nil {
+		t.Fatalf("POST message: %s", resp.Status)
+	}
+	return out.Seq
+}
+
+type deviceInfo struct {
+	Connected bool
+	Server    string
+	AckedSeq  uint64 `json:"acked_seq"`
+	Pending   uint64
+}
+
+func getDevice(t *testing.T, s *socketserver.Server, device string) deviceInfo {
+	t.Helper()
+	resp, err := http.Get("http://" + s.Addrs().Admin + "/v1/devices/" + device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var info deviceInfo
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&info) != nil {
+		t.Fatalf("GET device: %s", resp.Status)
+	}
+	return info
+}
+
+// eventually polls cond until it holds, failing the test after 10s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// device is a running client with everything it received and reported.
+type device struct {
+	*client.Client
+	mu     sync.Mutex
+	seqs   []uint64
+	msgs   []string
+	events []client.Event
+	runErr chan error
+}
+
+// runDevice starts a client (cfg.OnMessage and OnEvent are set here) until the test ends.
+func runDevice(t *testing.T, cfg client.Config) *device {
+	t.Helper()
+	d := &device{runErr: make(chan error, 1)}
+	cfg.OnMessage = func(seq uint64, payload []byte) {
+		d.mu.Lock()
+		d.seqs = append(d.seqs, seq)
+		d.msgs = append(d.msgs, string(payload))
+		d.mu.Unlock()
+	}
+	cfg.OnEvent = func(ev client.Event) {
+		d.mu.Lock()
+		d.events = append(d.events, ev)
+		d.mu.Unlock()
+	}
+	if cfg.BackoffMax == 0 {
+		cfg.BackoffMax = 200 * time.Millisecond
+	}
+	d.Client = client.New(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { d.runErr <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-d.runErr:
+		case <-time.After(5 * time.Second):
+			t.Error("Run did not return after its context ended")
+		}
+	})
+	return d
+}
+
+func (d *device) received() ([]uint64, []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]uint64(nil), d.seqs...), append([]string(nil), d.msgs...)
+}
+
+func (d *device) eventsOf(typ client.EventType) []client.Event {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []client.Event
+	for _, ev := range d.events {
+		if ev.Type == typ {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// waitConnected waits for the n-th WELCOME and returns it.
+func (d *device) waitConnected(t *testing.T, n int) client.Event {
+	t.Helper()
+	eventually(t, fmt.Sprintf("connect #%d", n), func() bool { return len(d.eventsOf(client.EventConnected)) >= n })
+	return d.eventsOf(client.EventConnected)[n-1]
+}
+
+// assertInOrder checks that exactly seqs 1..n arrived, once each, in order,
+// with the payloads "m<seq>".
+func assertInOrder(t *testing.T, d *device, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d messages", n), func() bool { s, _ := d.received(); return len(s) >= n })
+	seqs, msgs := d.received()
+	if len(seqs) != n {
+		t.Fatalf("got %d messages, want %d: %v", len(seqs), n, seqs)
+	}
+	for i, seq := range seqs {
+		if seq != uint64(i+1) || msgs[i] != fmt.Sprintf("m%d", i+1) {
+			t.Fatalf("message %d is seq %d %q, want seq %d %q", i, seq, msgs[i], i+1, fmt.Sprintf("m%d", i+1))
+		}
+	}
+}
+
+// proxy forwards TCP connections to a target that can change, and can cut
+// them or silently drop what the server sends, to fake network faults.
+type proxy struct {
+	l      net.Listener
+	target atomic.Pointer[string] // nil: refuse connections
+	mute   atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{l: l}
+	p.setTarget(target)
+	go p.serve()
+	t.Cleanup(func() { l.Close(); p.cut() })
+	return p
+}
+
+func (p *proxy) addr() string { return p.l.Addr().String() }
+
+func (p *proxy) setTarget(addr string) {
+	if addr == "" {
+		p.target.Store(nil)
+		return
+	}
+	p.target.Store(&addr)
+}
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		target := p.target.Load()
+		if target == nil {
+			c.Close()
+			continue
+		}
+		s, err := net.Dial("tcp", *target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, s)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(s, c); s.Close() }()
+		go func() {
+			buf := make([]byte, 4096)
+			for {
+				n, err := s.Read(buf)
+				if n > 0 && !p.mute.Load() {
+					_, _ = c.Write(buf[:n])
+				}
+				if err != nil {
+					c.Close()
+					return
+				}
+			}
+		}()
+	}
+}
+
+// cut closes every connection made so far.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}

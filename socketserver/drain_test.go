@@ -1,0 +1,217 @@
+package socketserver_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/socketcluster/socketcluster/internal/redistest"
+	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/protocol"
+	"github.com/socketcluster/socketcluster/socketserver/store"
+)
+
+// fleet is a set of simulated devices and a backend sending to them.
+type fleet struct {
+	devices []*simDevice
+	maxSeq  []atomic.Uint64
+	sent    atomic.Int64
+}
+
+func newFleet(n int, addrs func() []string) *fleet {
+	f := &fleet{devices: make([]*simDevice, n), maxSeq: make([]atomic.Uint64, n)}
+	for i := range f.devices {
+		f.devices[i] = &simDevice{name: fmt.Sprintf("dev-%04d", i), addrs: addrs}
+	}
+	return f
+}
+
+func (f *fleet) run(ctx context.Context, wg *sync.WaitGroup) {
+	for _, d := range f.devices {
+		wg.Add(1)
+		go func() { defer wg.Done(); d.run(ctx) }()
+	}
+}
+
+// backend posts messages to random devices through random servers until ctx ends.
+func (f *fleet) backend(ctx context.Context, t *testing.T, wg *sync.WaitGroup, servers func() []*socketserver.Server, workers int) {
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				i := rand.IntN(len(f.devices))
+				srvs := servers()
+				srv := srvs[rand.IntN(len(srvs))]
+				code, body := api(t, srv, "POST", "/v1/devices/"+f.devices[i].name+"/messages", "payload")
+				if code != 202 {
+					continue // 503 while a store is down: the backend retries later
+				}
+				var seq uint64
+				fmt.Sscanf(body, `{"seq":%d}`, &seq)
+				for {
+					cur := f.maxSeq[i].Load()
+					if seq <= cur || f.maxSeq[i].CompareAndSwap(cur, seq) {
+						break
+					}
+				}
+				f.sent.Add(1)
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+}
+
+// verify waits until every device processed every message, in order, and
+// reports any contract violation.
+func (f *fleet) verify(t *testing.T) {
+	t.Helper()
+	eventually(t, "every message delivered", func() bool {
+		for i, d := range f.devices {
+			if last, connected := d.state(); !connected || last != f.maxSeq[i].Load() {
+				return false
+			}
+		}
+		return true
+	})
+	var dups, goaways int
+	var reconnects []time.Duration
+	for _, d := range f.devices {
+		d.mu.Lock()
+		for _, v := range d.violations {
+			t.Error(v)
+		}
+		dups += d.dups
+		goaways += d.goaways
+		reconnects = append(reconnects, d.reconnects...)
+		d.mu.Unlock()
+	}
+	slices.Sort(reconnects)
+	var worst time.Duration
+	if len(reconnects) > 0 {
+		worst = reconnects[len(reconnects)-1]
+	}
+	t.Logf("devices=%d messages=%d goaways=%d reconnects=%d max_reconnect=%v duplicates_of_unacked=%d",
+		len(f.devices), f.sent.Load(), goaways, len(reconnects), worst, dups)
+}
+
+// Draining one of three servers while 1,000 devices are connected: all move
+// to the others, and every message sent during the drain arrives in order.
+func TestDrainMovesDevicesWithoutLoss(t *testing.T) {
+	r := redistest.Start(t)
+	var servers []*socketserver.Server
+	for i := 0; i < 3; i++ {
+		servers = append(servers, startServer(t, redisStore(t, r), fmt.Sprintf("pod-%d", i), func(c *socketserver.Config) {
+			c.DrainTimeout = 3 * time.Second
+			c.DrainJitter = 300 * time.Millisecond
+		}))
+	}
+	live := func() []*socketserver.Server {
+		var out []*socketserver.Server
+		for _, s := range servers {
+			if !s.Draining() {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	addrs := func() []string {
+		var out []string
+		for _, s := range live() {
+			out = append(out, s.Addrs().TCP)
+		}
+		return out
+	}
+	f := newFleet(1000, addrs)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	f.run(ctx, &wg)
+	eventually(t, "all devices connected", func() bool {
+		return servers[0].Connections()+servers[1].Connections()+servers[2].Connections() == 1000
+	})
+	bctx, stopBackend := context.WithCancel(ctx)
+	var bwg sync.WaitGroup
+	f.backend(bctx, t, &bwg, live, 8)
+	time.Sleep(300 * time.Millisecond)
+	held := servers[0].Connections()
+	code, _ := api(t, servers[0], "POST", "/drain", "")
+	if code != 202 {
+		t.Fatalf("POST /drain: %d", code)
+	}
+	if code, _ := api(t, servers[0], "GET", "/readyz", ""); code != 503 {
+		t.Fatalf("readyz while draining: %d", code)
+	}
+	code, body := api(t, servers[0], "POST", "/drain?wait=1", "")
+	if code != 200 || body != "{\"remaining\":0}\n" {
+		t.Fatalf("drain wait: %d %s", code, body)
+	}
+	// A HELLO to the drained server is answered with GOAWAY.
+	c := dial(t, servers[0].Addrs().TCP)
+	c.hello("late", 0)
+	c.expect(protocol.TypeGoAway)
+	time.Sleep(300 * time.Millisecond)
+	stopBackend()
+	bwg.Wait()
+	f.verify(t)
+	if held == 0 || servers[1].Connections()+servers[2].Connections() != 1000 {
+		t.Fatalf("drained server held %d; others hold %d", held, servers[1].Connections()+servers[2].Connections())
+	}
+}
+
+// Pacing: with --drain-rate the GOAWAYs are spread, not sent at once.
+func TestDrainPacing(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
+		c.DrainRate = 10 // one every 100 ms
+		c.DrainJitter = 2 * time.Second
+	})
+	const n = 5
+	conns := make([]*rawConn, n)
+	for i := range conns {
+		conns[i] = dial(t, srv.Addrs().TCP)
+		conns[i].welcome(fmt.Sprintf("d%d", i), 0)
+	}
+	start := time.Now()
+	srv.Drain()
+	arrivals := make([]time.Duration, n)
+	hints := make([]int64, n)
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, err := c.read()
+			arrivals[i] = time.Since(start)
+			var g protocol.GoAway
+			if err != nil || f.typ != protocol.TypeGoAway || protocol.ParseJSON(f.body, &g) != nil || g.Reason != "draining" {
+				t.Errorf("want GOAWAY, got %v %v", f, err)
+			}
+			hints[i] = g.ReconnectAfterMs
+			c.nc.Close()
+		}()
+	}
+	wg.Wait()
+	slices.Sort(arrivals)
+	// 5 GOAWAYs at 10/s span at least 4 intervals.
+	if span := arrivals[n-1] - arrivals[0]; span < 350*time.Millisecond {
+		t.Fatalf("GOAWAYs not paced: all within %v", span)
+	}
+	for _, h := range hints {
+		if h < 0 || h > 2000 {
+			t.Fatalf("reconnect_after_ms %d outside [0, 2000]", h)
+		}
+	}
+	if slices.Min(hints) == slices.Max(hints) {
+		t.Fatalf("reconnect hints not jittered: %v", hints)
+	}
+	select {
+	case <-srv.Drain():
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain did not finish after every device left")
+	}
+}

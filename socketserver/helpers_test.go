@@ -1,0 +1,235 @@
+package socketserver_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/testr"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/socketcluster/socketcluster/internal/redistest"
+	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/protocol"
+	"github.com/socketcluster/socketcluster/socketserver/store"
+)
+
+var testKey = []byte("device-key-for-tests")
+
+func token(device string, exp time.Duration) string {
+	claims := jwt.MapClaims{"sub": device}
+	if exp != 0 {
+		claims["exp"] = time.Now().Add(exp).Unix()
+	}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(testKey)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// startServer runs an in-process server on loopback ports until the test ends.
+func startServer(t testing.TB, st store.Store, name string, mod func(*socketserver.Config)) *socketserver.Server {
+	t.Helper()
+	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		ServerName: name, AuthKey: testKey, DrainJitter: 50 * time.Millisecond, DrainTimeout: 5 * time.Second}
+	if mod != nil {
+		mod(&cfg)
+	}
+	var log logr.Logger = logr.Discard()
+	if tt, ok := t.(*testing.T); ok && testing.Verbose() {
+		log = testr.New(tt)
+	}
+	srv, err := socketserver.New(cfg, st, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	return srv
+}
+
+func redisStore(t testing.TB, r *redistest.Server) store.Store {
+	return store.NewRedis(r.Client(), "t")
+}
+
+// rawConn is a device speaking protocol v1 over raw TCP, byte by byte as the
+// contract says, so that the server is tested against the wire and not
+// against its own client library.
+type rawConn struct {
+	t  testing.TB
+	nc net.Conn
+	r  *protocol.Reader
+}
+
+func dial(t testing.TB, addr string) *rawConn {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &rawConn{t: t, nc: nc, r: protocol.NewReader(nc, 1<<20, 4096)}
+}
+
+func (c *rawConn) send(typ byte, body []byte) {
+	c.t.Helper()
+	if _, err := c.nc.Write(protocol.AppendFrame(nil, typ, body)); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *rawConn) sendRaw(b []byte) {
+	c.t.Helper()
+	if _, err := c.nc.Write(b); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *rawConn) hello(device string, lastSeq uint64) {
+	c.send(protocol.TypeHello, protocol.MustJSON(protocol.Hello{Protocol: 1, Device: device, Token: token(device, time.Hour), LastSeq: lastSeq}))
+}
+
+type frame struct {
+	typ  byte
+	body []byte
+}
+
+func (f frame) String() string { return protocol.TypeName(f.typ) + " " + string(f.body) }
+
+func (c *rawConn) read() (frame, error) {
+	_ = c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	typ, body, err := c.r.ReadFrame()
+	return frame{typ, bytes.Clone(body)}, err
+}
+
+func (c *rawConn) expect(typ byte) frame {
+	c.t.Helper()
+	f, err := c.read()
+	if err != nil {
+		c.t.Fatalf("waiting for %s: %v", protocol.TypeName(typ), err)
+	}
+	if f.typ != typ {
+		c.t.Fatalf("got %v, want %s", f, protocol.TypeName(typ))
+	}
+	return f
+}
+
+func (c *rawConn) welcome(device string, lastSeq uint64) protocol.Welcome {
+	c.t.Helper()
+	c.hello(device, lastSeq)
+	var w protocol.Welcome
+	if err := json.Unmarshal(c.expect(protocol.TypeWelcome).body, &w); err != nil {
+		c.t.Fatal(err)
+	}
+	return w
+}
+
+// expectError reads an ERROR with code and then the close.
+func (c *rawConn) expectError(code protocol.Code) protocol.ErrorBody {
+	c.t.Helper()
+	f := c.expect(protocol.TypeError)
+	var e protocol.ErrorBody
+	if err := json.Unmarshal(f.body, &e); err != nil || e.Code != code {
+		c.t.Fatalf("ERROR %s, want %s (%v)", f.body, code, err)
+	}
+	if f, err := c.read(); err == nil {
+		c.t.Fatalf("frame after ERROR: %v", f)
+	}
+	return e
+}
+
+func (c *rawConn) deliver() (uint64, string) {
+	c.t.Helper()
+	f := c.expect(protocol.TypeDeliver)
+	seq, p, err := protocol.ParseSeq(f.body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return seq, string(p)
+}
+
+func (c *rawConn) ack(seq uint64) {
+	c.send(protocol.TypeAck, binary.BigEndian.AppendUint64(nil, seq))
+}
+
+func (c *rawConn) publish(id uint64, payload string) {
+	c.send(protocol.TypePublish, append(binary.BigEndian.AppendUint64(nil, id), payload...))
+}
+
+// api calls the admin API of srv.
+func api(t testing.TB, srv *socketserver.Server, method, path, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://"+srv.Addrs().Admin+path, strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func send(t testing.TB, srv *socketserver.Server, device, payload string) uint64 {
+	t.Helper()
+	code, body := api(t, srv, "POST", "/v1/devices/"+device+"/messages", payload)
+	if code != 202 {
+		t.Fatalf("POST message: %d %s", code, body)
+	}
+	var r struct{ Seq uint64 }
+	_ = json.Unmarshal([]byte(body), &r)
+	return r.Seq
+}
+
+func deviceInfo(t testing.TB, srv *socketserver.Server, device string) store.DeviceInfo {
+	t.Helper()
+	code, body := api(t, srv, "GET", "/v1/devices/"+device, "")
+	if code != 200 {
+		t.Fatalf("GET device: %d %s", code, body)
+	}
+	var d store.DeviceInfo
+	if err := json.Unmarshal([]byte(body), &d); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// eventually polls cond until it holds or 10 s pass.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(fmt.Sprint(err))
+	}
+	return v
+}
+
+func newRequest(method, url, body string) (*http.Request, error) {
+	return http.NewRequest(method, url, strings.NewReader(body))
+}
+
+func httpDo(req *http.Request) (*http.Response, error) { return http.DefaultClient.Do(req) }
