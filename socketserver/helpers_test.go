@@ -172,8 +172,11 @@ func (c *rawConn) publish(id uint64, payload string) {
 	c.send(protocol.TypePublish, append(binary.BigEndian.AppendUint64(nil, id), payload...))
 }
 
+// target is a server reachable by address: in process or a child process.
+type target interface{ Addrs() socketserver.Addrs }
+
 // api calls the admin API of srv.
-func api(t testing.TB, srv *socketserver.Server, method, path, body string) (int, string) {
+func api(t testing.TB, srv target, method, path, body string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, "http://"+srv.Addrs().Admin+path, strings.NewReader(body))
 	resp, err := http.DefaultClient.Do(req)
@@ -185,7 +188,7 @@ func api(t testing.TB, srv *socketserver.Server, method, path, body string) (int
 	return resp.StatusCode, string(b)
 }
 
-func send(t testing.TB, srv *socketserver.Server, device, payload string) uint64 {
+func send(t testing.TB, srv target, device, payload string) uint64 {
 	t.Helper()
 	code, body := api(t, srv, "POST", "/v1/devices/"+device+"/messages", payload)
 	if code != 202 {
@@ -196,7 +199,7 @@ func send(t testing.TB, srv *socketserver.Server, device, payload string) uint64
 	return r.Seq
 }
 
-func deviceInfo(t testing.TB, srv *socketserver.Server, device string) store.DeviceInfo {
+func deviceInfo(t testing.TB, srv target, device string) store.DeviceInfo {
 	t.Helper()
 	code, body := api(t, srv, "GET", "/v1/devices/"+device, "")
 	if code != 200 {
@@ -209,10 +212,11 @@ func deviceInfo(t testing.TB, srv *socketserver.Server, device string) store.Dev
 	return d
 }
 
-// eventually polls cond until it holds or 10 s pass.
+// eventually polls cond until it holds or 30 s pass (generous: CI runs
+// the race detector on two cores next to other suites).
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

@@ -436,11 +436,7 @@ func (s *Server) drain() {
 	}
 	s.mu.Unlock()
 	s.log.Info("drain timeout: closing remaining connections", "remaining", len(left))
-	for _, c := range left {
-		c.mu.Lock()
-		s.log.Info("DEBUG left", "device", c.device, "epoch", c.epoch, "goaway", c.goaway, "closing", c.closing, "out", len(c.out), "flushing", c.flushing)
-		c.mu.Unlock()
-	}
+
 	for _, c := range left {
 		c.close(ReasonDrained)
 	}

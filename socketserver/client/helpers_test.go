@@ -22,7 +22,7 @@ import (
 )
 
 // startServer runs an in-process server on loopback ports until the test ends.
-func startServer(t *testing.T, name string, st store.Store, mod func(*socketserver.Config)) *socketserver.Server {
+func startServer(t testing.TB, name string, st store.Store, mod func(*socketserver.Config)) *socketserver.Server {
 	t.Helper()
 	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		ServerName: name, InsecureNoAuth: true}
@@ -45,7 +45,7 @@ func startServer(t *testing.T, name string, st store.Store, mod func(*socketserv
 }
 
 // redisPair runs two servers on one real Redis, like two pods of a cluster.
-func redisPair(t *testing.T, mod func(*socketserver.Config)) (*redistest.Server, *socketserver.Server, *socketserver.Server) {
+func redisPair(t testing.TB, mod func(*socketserver.Config)) (*redistest.Server, *socketserver.Server, *socketserver.Server) {
 	t.Helper()
 	r := redistest.Start(t)
 	a := startServer(t, "server-a", store.NewRedis(r.Client(), "t"), mod)
@@ -112,7 +112,7 @@ type device struct {
 }
 
 // runDevice starts a client (cfg.OnMessage and OnEvent are set here) until the test ends.
-func runDevice(t *testing.T, cfg client.Config) *device {
+func runDevice(t testing.TB, cfg client.Config) *device {
 	t.Helper()
 	d := &device{runErr: make(chan error, 1)}
 	cfg.OnMessage = func(seq uint64, payload []byte) {
