@@ -24,7 +24,12 @@ envtest-assets: ## Build kube-apiserver and etcd for envtest from the Go module 
 .PHONY: test
 test: envtest-assets ## Run every test (unit, race, Redis, envtest) and print the summary.
 	KUBEBUILDER_ASSETS=$$(K8S_VERSION=$(K8S_VERSION) COMPONENTS="kube-apiserver kubectl" hack/build-k8s-binaries.sh) \
+	HELM=$$(hack/helm.sh) \
 	$(GOTESTSUM) --format pkgname-and-test-fails -- -race -timeout 30m $(TEST_PKGS)
+
+.PHONY: fuzz
+fuzz: ## Fuzz the frame decoder for FUZZTIME (default 1m).
+	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime $(or $(FUZZTIME),1m) ./socketserver/protocol/
 
 .PHONY: fmt vet
 fmt:
@@ -37,3 +42,58 @@ vet:
 .PHONY: build
 build: ## Build the binaries into bin/.
 	$(GO) build -o bin/ ./cmd/...
+
+##@ Load
+
+BENCH_CONNECTIONS ?= 5000
+BENCH_SERVERS ?= 2
+BENCH_DURATION ?= 20s
+BENCH_FLAGS ?= --storm --drain-timeout 10s --drain-jitter 1s
+
+.PHONY: bench
+bench: ## Go benchmarks, then a bounded load run against servers and a Redis it starts (needs redis-server).
+	$(GO) test -run '^$$' -bench . -benchmem ./socketserver/...
+	$(GO) build -o bin/ ./cmd/socketserver ./cmd/socketbench
+	bin/socketbench --spawn-servers $(BENCH_SERVERS) --server-bin bin/socketserver \
+	  --connections $(BENCH_CONNECTIONS) --duration $(BENCH_DURATION) --settle 30s $(BENCH_FLAGS)
+
+##@ Helm chart
+
+CHART ?= charts/socketcluster-operator
+
+.PHONY: helm
+helm: ## Build helm from the Go module proxy (cached) and print its path.
+	@hack/helm.sh
+
+.PHONY: helm-lint
+helm-lint: ## Lint the chart with the default values and every ci/*-values.yaml.
+	@HELM=$$(hack/helm.sh) && for v in "" $(CHART)/ci/*-values.yaml; do \
+	  echo "helm lint $${v:-(default values)}"; $$HELM lint --strict $(CHART) $${v:+--values $$v} >/dev/null || exit 1; done
+
+.PHONY: helm-template
+helm-template: ## Render the chart (VALUES=file adds a values file).
+	@HELM=$$(hack/helm.sh) && $$HELM template socketcluster $(CHART) --namespace socketcluster-system $(if $(VALUES),--values $(VALUES))
+
+.PHONY: chart-sync
+chart-sync: ## Copy the generated CRDs and manager RBAC rules from config/ into the chart (run after make manifests).
+	rm -f $(CHART)/files/crds/*.yaml
+	cp config/crd/bases/*.yaml $(CHART)/files/crds/
+	cp config/rbac/role.yaml $(CHART)/files/rbac/role.yaml
+
+##@ Local cluster (real Pods on this machine; needs root)
+
+.PHONY: cluster-up
+cluster-up: ## Start a single-node Kubernetes with real Pods (builds cached); prints export KUBECONFIG=...
+	@hack/local-cluster/up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and remove its state (cached binaries and images stay).
+	@hack/local-cluster/down.sh
+
+.PHONY: images
+images: ## Build the pause, socketcluster (tags e2e-a, e2e-b) and redis images; import them into the local cluster.
+	@hack/local-cluster/images.sh
+
+.PHONY: e2e
+e2e: ## End-to-end tests on a local cluster (started and stopped by the tests unless KUBECONFIG is set).
+	$(GO) test -tags e2e -count=1 -timeout 60m -v ./test/e2e $(if $(RUN),-run '$(RUN)')

@@ -91,7 +91,7 @@ func (f *fleet) verify(t *testing.T) {
 		}
 		return true
 	})
-	var dups, goaways int
+	var dups, goaways, taken int
 	var reconnects []time.Duration
 	for _, d := range f.devices {
 		d.mu.Lock()
@@ -100,6 +100,7 @@ func (f *fleet) verify(t *testing.T) {
 		}
 		dups += d.dups
 		goaways += d.goaways
+		taken += d.takenOver
 		reconnects = append(reconnects, d.reconnects...)
 		d.mu.Unlock()
 	}
@@ -108,8 +109,8 @@ func (f *fleet) verify(t *testing.T) {
 	if len(reconnects) > 0 {
 		worst = reconnects[len(reconnects)-1]
 	}
-	t.Logf("devices=%d messages=%d goaways=%d reconnects=%d max_reconnect=%v duplicates_of_unacked=%d",
-		len(f.devices), f.sent.Load(), goaways, len(reconnects), worst, dups)
+	t.Logf("devices=%d messages=%d goaways=%d reconnects=%d max_reconnect=%v duplicates_of_unacked=%d late_takeovers=%d",
+		len(f.devices), f.sent.Load(), goaways, len(reconnects), worst, dups, taken)
 }
 
 // Draining one of three servers while 1,000 devices are connected: all move
