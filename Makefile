@@ -22,7 +22,7 @@ envtest-assets: ## Build kube-apiserver and etcd for envtest from the Go module 
 	@K8S_VERSION=$(K8S_VERSION) COMPONENTS="kube-apiserver kubectl" hack/build-k8s-binaries.sh >/dev/null
 
 .PHONY: test
-test: envtest-assets ## Run every test (unit, race, Redis, envtest) and print the summary.
+test: envtest-assets verify-generated ## Run every test (unit, race, Redis, envtest) and print the summary.
 	KUBEBUILDER_ASSETS=$$(K8S_VERSION=$(K8S_VERSION) COMPONENTS="kube-apiserver kubectl" hack/build-k8s-binaries.sh) \
 	HELM=$$(hack/helm.sh) \
 	$(GOTESTSUM) --format pkgname-and-test-fails -- -race -timeout 30m $(TEST_PKGS)
@@ -42,6 +42,49 @@ vet:
 .PHONY: build
 build: ## Build the binaries into bin/.
 	$(GO) build -o bin/ ./cmd/...
+
+##@ Operator
+
+KUBECTL ?= kubectl
+# Generated from the markers in api/ and controllers/; the output is committed.
+GEN_PATHS = paths="./api/...;./controllers/..."
+
+.PHONY: manifests
+manifests: ## Generate the CRD (config/crd/bases) and the manager ClusterRole (config/rbac/role.yaml).
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd $(GEN_PATHS) output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+
+.PHONY: generate
+generate: ## Generate the DeepCopy methods of api/.
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths="./api/..."
+
+.PHONY: verify-generated
+verify-generated: ## Fail when the committed generated files differ from what manifests+generate would write.
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd object:headerFile=hack/boilerplate.go.txt $(GEN_PATHS) \
+	  output:crd:dir=$$tmp/crd output:rbac:dir=$$tmp/rbac output:object:dir=$$tmp/object && \
+	diff -ru config/crd/bases $$tmp/crd && diff -u config/rbac/role.yaml $$tmp/rbac/role.yaml && \
+	diff -u api/v1alpha1/zz_generated.deepcopy.go $$tmp/object/zz_generated.deepcopy.go || \
+	{ echo "generated files are stale: run make manifests generate and commit the result" >&2; exit 1; }
+
+.PHONY: run
+run: ## Run the operator against the current kubeconfig's cluster (install the CRD first).
+	SOCKETSERVER_IMAGE=$${SOCKETSERVER_IMAGE:-$(IMG)} $(GO) run ./cmd/manager --metrics-bind-address=:8082 --health-probe-bind-address=:8083
+
+.PHONY: install uninstall
+install: ## Install the CRD into the current kubeconfig's cluster.
+	$(KUBECTL) apply --server-side -k config/crd
+uninstall: ## Remove the CRD, and with it every SocketCluster.
+	$(KUBECTL) delete --ignore-not-found -k config/crd
+
+.PHONY: deploy undeploy
+deploy: ## Deploy the operator (config/default) with image IMG.
+	$(KUBECTL) kustomize config/default | sed 's|socketcluster/socketcluster:latest|$(IMG)|g' | $(KUBECTL) apply --server-side -f -
+undeploy: ## Remove the operator, its CRD and every SocketCluster.
+	$(KUBECTL) delete --ignore-not-found -k config/default
+
+.PHONY: docker-build
+docker-build: ## Build the image IMG (operator + socketserver); needs a container engine (docker or podman).
+	$(or $(CONTAINER_TOOL),docker) build -t $(IMG) .
 
 ##@ Load
 

@@ -38,6 +38,8 @@ const (
 	// lets this much pile up is not reading and gets disconnected.
 	hardBudget = 1 << 20
 	pumpPage   = 128
+	// spareMax is the largest output buffer a connection keeps for reuse.
+	spareMax = 4 << 10
 	// finalFlushTimeout bounds the last write (ERROR) before closing, and so
 	// how long a taken-over connection may linger.
 	finalFlushTimeout = time.Second
@@ -406,7 +408,7 @@ func (c *conn) flush() {
 		_, err := c.nc.Write(buf)
 
 		c.mu.Lock()
-		if cap(buf) <= deliverBudget {
+		if cap(buf) <= spareMax {
 			c.spare = buf[:0]
 		} else {
 			c.spare = nil // don't keep a burst's buffer on an idle connection

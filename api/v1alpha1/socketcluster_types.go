@@ -10,6 +10,11 @@ import (
 //
 // Every field has a default (set by the API server) or is optional, except
 // redis.addresses and the device key (see auth).
+// +kubebuilder:validation:XValidation:rule="self.listeners.tcp.port != self.listeners.websocket.port && self.listeners.tcp.port != self.listeners.adminPort && self.listeners.websocket.port != self.listeners.adminPort",message="listeners.tcp.port, listeners.websocket.port and listeners.adminPort must all be different",fieldPath=.listeners
+// +kubebuilder:validation:XValidation:rule="duration(self.heartbeat.timeout) > duration(self.heartbeat.interval)",message="heartbeat.timeout must be longer than heartbeat.interval, or healthy devices get disconnected",fieldPath=.heartbeat.timeout
+// +kubebuilder:validation:XValidation:rule="duration(self.drain.deregistrationDelay) + duration(self.drain.timeout) <= duration('3585s')",message="drain.deregistrationDelay + drain.timeout + 15s becomes the pods' terminationGracePeriodSeconds, which must not exceed 3600s: shorten drain.timeout or drain.deregistrationDelay",fieldPath=.drain
+// +kubebuilder:validation:XValidation:rule="self.service.type != 'ClusterIP' || !has(self.service.externalTrafficPolicy)",message="service.externalTrafficPolicy applies only to LoadBalancer and NodePort Services",fieldPath=.service.externalTrafficPolicy
+// +kubebuilder:validation:XValidation:rule="self.service.type == 'LoadBalancer' || (!has(self.service.loadBalancerSourceRanges) && !has(self.service.loadBalancer))",message="service.loadBalancer and service.loadBalancerSourceRanges apply only to type LoadBalancer",fieldPath=.service
 // +kubebuilder:validation:XValidation:rule="has(self.auth) && (has(self.auth.deviceKeySecretRef) || (has(self.auth.insecureNoAuth) && self.auth.insecureNoAuth))",message="auth.deviceKeySecretRef is required: devices authenticate with JWTs signed by that key (set auth.insecureNoAuth: true only for development)"
 type SocketClusterSpec struct {
 	// Replicas is the number of socketserver pods.
@@ -94,7 +99,6 @@ type SocketClusterSpec struct {
 }
 
 // ListenersSpec sets the ports. The WebSocket path is always /ws (protocol v1).
-// +kubebuilder:validation:XValidation:rule="self.tcp.port != self.websocket.port && self.tcp.port != self.adminPort && self.websocket.port != self.adminPort",message="listeners.tcp.port, listeners.websocket.port and listeners.adminPort must all be different"
 type ListenersSpec struct {
 	// +kubebuilder:default={}
 	// +optional
@@ -149,7 +153,7 @@ const (
 )
 
 // RedisSpec is the store every server of the cluster shares.
-// +kubebuilder:validation:XValidation:rule="self.mode != 'sentinel' || (has(self.masterName) && self.masterName != ”)",message="redis.masterName is required when redis.mode is sentinel"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'sentinel' || (has(self.masterName) && size(self.masterName) > 0)",message="redis.masterName is required when redis.mode is sentinel"
 // +kubebuilder:validation:XValidation:rule="self.mode != 'standalone' || size(self.addresses) == 1",message="redis.mode standalone takes exactly one address; list several only with mode sentinel or cluster"
 type RedisSpec struct {
 	// Addresses are host:port pairs: the server, the Sentinels, or cluster seed nodes.
@@ -200,13 +204,14 @@ type AuthSpec struct {
 }
 
 // HeartbeatSpec sets how often devices ping and when a silent one is dropped.
-// +kubebuilder:validation:XValidation:rule="duration(self.timeout) > duration(self.interval)",message="heartbeat.timeout must be longer than heartbeat.interval, or healthy devices get disconnected"
 type HeartbeatSpec struct {
 	// +kubebuilder:default="15s"
+	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +optional
 	Interval metav1.Duration `json:"interval,omitzero"`
 	// +kubebuilder:default="45s"
+	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +optional
 	Timeout metav1.Duration `json:"timeout,omitzero"`
@@ -214,10 +219,10 @@ type HeartbeatSpec struct {
 
 // DrainSpec sets how a terminating pod hands its connections to the others.
 // The pod's terminationGracePeriodSeconds is deregistrationDelay + timeout + 15s.
-// +kubebuilder:validation:XValidation:rule="duration(self.deregistrationDelay) + duration(self.timeout) <= duration('3585s')",message="drain.deregistrationDelay + drain.timeout + 15s becomes the pods' terminationGracePeriodSeconds, which must not exceed 3600s: shorten drain.timeout or drain.deregistrationDelay"
 type DrainSpec struct {
 	// Timeout is how long a pod sends GOAWAYs before it closes what is left.
 	// +kubebuilder:default="60s"
+	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +optional
 	Timeout metav1.Duration `json:"timeout,omitzero"`
@@ -229,12 +234,14 @@ type DrainSpec struct {
 	// Jitter bounds the random reconnect delay told to each device, so that
 	// they do not all reconnect at once.
 	// +kubebuilder:default="10s"
+	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +optional
 	Jitter metav1.Duration `json:"jitter,omitzero"`
 	// DeregistrationDelay is the load balancer's: how long it keeps routing
 	// to a target after it started deregistering it.
 	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +optional
 	DeregistrationDelay metav1.Duration `json:"deregistrationDelay,omitzero"`
@@ -263,8 +270,6 @@ type LoadBalancerProvider string
 const AWSNLB LoadBalancerProvider = "aws-nlb"
 
 // ServiceSpec shapes the public Service (TCP and WebSocket ports only).
-// +kubebuilder:validation:XValidation:rule="self.type != 'ClusterIP' || !has(self.externalTrafficPolicy)",message="service.externalTrafficPolicy applies only to LoadBalancer and NodePort Services"
-// +kubebuilder:validation:XValidation:rule="self.type == 'LoadBalancer' || (!has(self.loadBalancerSourceRanges) && !has(self.loadBalancer))",message="service.loadBalancer and service.loadBalancerSourceRanges apply only to type LoadBalancer"
 type ServiceSpec struct {
 	// +kubebuilder:default=LoadBalancer
 	// +kubebuilder:validation:Enum=LoadBalancer;NodePort;ClusterIP

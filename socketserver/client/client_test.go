@@ -292,3 +292,73 @@ func TestAuthentication(t *testing.T) {
 		})
 	}
 }
+
+func TestUnavailableStoreWaitsRetryAfter(t *testing.T) {
+	r, a, _ := redisPair(t, func(c *socketserver.Config) { c.StoreTimeout = 300 * time.Millisecond })
+	r.Kill()
+	d := runDevice(t, client.Config{Addr: a.Addrs().TCP, Device: "pos-16"})
+	eventually(t, "a refusal", func() bool { return len(d.eventsOf(client.EventDisconnected)) > 0 })
+	ev := d.eventsOf(client.EventDisconnected)[0]
+	var se *client.ServerError
+	if ev.Code != protocol.CodeUnavailable || !errors.As(ev.Err, &se) || se.RetryAfterMs == 0 {
+		t.Fatalf("disconnect %+v, want unavailable with retry_after_ms", ev)
+	}
+	if ev.Wait != time.Duration(se.RetryAfterMs)*time.Millisecond {
+		t.Fatalf("client waits %s, server asked for %dms", ev.Wait, se.RetryAfterMs)
+	}
+	r.Restart()
+	if w := d.waitConnected(t, 1).Welcome; w.Server != "server-a" {
+		t.Fatalf("WELCOME %+v", w)
+	}
+}
+
+// The store fails for one PUBLISH and succeeds for the next: the first id is
+// then taken (a retransmit of it would be PUBACKed as a duplicate without
+// being stored), so the client must store the message under a fresh id.
+func TestPublishFailedStoreGetsFreshID(t *testing.T) {
+	r, a, _ := redisPair(t, func(c *socketserver.Config) { c.StoreTimeout = 200 * time.Millisecond })
+	rdb := r.Client()
+	d := runDevice(t, client.Config{Addr: a.Addrs().TCP, Device: "pos-17"})
+	d.waitConnected(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// Paused writes time the first store out; its connection is dropped
+	// by the Redis client, so the paused command never runs.
+	if err := rdb.Do(ctx, "CLIENT", "PAUSE", "1500", "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	first, err := d.PublishAsync(ctx, []byte("first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond) // past the store timeout, so the server has given up on it
+	if err := rdb.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := d.Publish(ctx, []byte("second")); err != nil || id != 2 {
+		t.Fatalf("Publish = %d, %v", id, err)
+	}
+	select {
+	case <-first.Done():
+	case <-ctx.Done():
+		t.Fatal("the failed message was never stored")
+	}
+	if first.ID() != 3 {
+		t.Fatalf("failed message acknowledged as id %d, want the fresh id 3", first.ID())
+	}
+	entries, err := rdb.XRange(ctx, "t:upstream", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		got = append(got, fmt.Sprint(e.Values["id"], "=", e.Values["payload"]))
+	}
+	if want := "[2=second 3=first]"; fmt.Sprint(got) != want {
+		t.Fatalf("upstream stream %v, want %s", got, want)
+	}
+	if st := d.Stats(); st.Renumbered != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -11,11 +11,9 @@ type Pending struct {
 	id      uint64
 	payload []byte
 	done    chan struct{}
-	// Set by the writer: the connection that last sent it (0 = none yet),
-	// when, and the order of its first and latest copy on that connection.
-	gen               uint64
-	sentAt            time.Time
-	firstOrder, order uint64
+	// Set by the writer: the connection that last sent it (0 = none yet) and when.
+	gen    uint64
+	sentAt time.Time
 }
 
 // Done is closed when the message got its PUBACK.
@@ -35,9 +33,10 @@ func (p *Pending) ID() uint64 {
 // must be known). The message is sent on every connection until PUBACKed.
 //
 // Ids are strictly increasing and never reused. When the server acknowledges
-// a later id while an earlier message of the same connection got no PUBACK
-// (the store failed for it), the earlier id can no longer be stored — the
-// server would take it for a retransmit — so that message gets a fresh id.
+// a later id while an earlier one that cannot have been stored before this
+// connection (it is above the WELCOME's last_publish_id) has no PUBACK, the
+// store failed for it and its id is now taken for a retransmit, so that
+// message gets a fresh id instead of a false PUBACK.
 func (c *Client) PublishAsync(ctx context.Context, payload []byte) (*Pending, error) {
 	select {
 	case <-c.welcomed:
@@ -83,8 +82,8 @@ func (c *Client) Publish(ctx context.Context, payload []byte) (uint64, error) {
 	}
 }
 
-// pubAcked completes the message with id, and renumbers the messages that
-// connection s wrote before it and that the server evidently failed to store.
+// pubAcked completes the message with id, and renumbers the earlier ones the
+// server evidently failed to store on connection s.
 func (c *Client) pubAcked(s *session, id uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -102,7 +101,7 @@ func (c *Client) pubAcked(s *session, id uint64) {
 	for _, p := range c.inflight {
 		switch {
 		case p == acked:
-		case p.id < id && p.gen == s.gen && p.order < acked.firstOrder:
+		case p.id < id && p.id > s.lastPublishID:
 			lost = append(lost, p)
 		default:
 			keep = append(keep, p)

@@ -59,10 +59,11 @@ type session struct {
 	welcomed bool
 	extra    []byte // frames queued by the reader: HELLO, PONGs
 	ackSent  uint64
-	order    uint64 // PUBLISH frames written so far
-	hb       time.Duration
-	nextPing time.Time
-	writeErr error
+	// lastPublishID is the WELCOME's: ids above it were not stored before this connection.
+	lastPublishID uint64
+	hb            time.Duration
+	nextPing      time.Time
+	writeErr      error
 }
 
 func (s *session) wake() {
@@ -238,7 +239,7 @@ func (s *session) welcome(w protocol.Welcome) time.Duration {
 		c.stats.Resumes++
 	}
 	c.stats.LastWelcome, c.stats.LastWelcomeAt = w, now
-	s.welcomed, s.hb, s.nextPing = true, hb, now.Add(hb)
+	s.welcomed, s.hb, s.nextPing, s.lastPublishID = true, hb, now.Add(hb), w.LastPublishID
 	c.cur = s
 	c.mu.Unlock()
 	s.wake() // retransmit what is unacknowledged
@@ -351,11 +352,7 @@ func (s *session) collect(buf []byte, now time.Time, final bool) ([]byte, time.T
 				c.stats.Retransmits++
 			}
 			buf = s.tr.appendSeqFrame(buf, protocol.TypePublish, p.id, p.payload)
-			s.order++
-			if p.gen != s.gen {
-				p.firstOrder = s.order
-			}
-			p.gen, p.sentAt, p.order = s.gen, now, s.order
+			p.gen, p.sentAt = s.gen, now
 		}
 		if d := p.sentAt.Add(c.cfg.PubAckTimeout); d.Before(next) {
 			next = d

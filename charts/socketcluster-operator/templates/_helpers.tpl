@@ -64,3 +64,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $role := .Files.Get "files/rbac/role.yaml" | fromYaml }}
 {{- required "files/rbac/role.yaml has no rules: run make chart-sync" $role.rules | toYaml }}
 {{- end }}
+
+{{/* Service names are DNS-1035 labels: 63 characters with the suffix. */}}
+{{- define "socketcluster-operator.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "socketcluster-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Non-empty when the API server already serves SocketClusters. */}}
+{{- define "socketcluster-operator.crdServed" -}}
+{{- if .Capabilities.APIVersions.Has "sockets.socketcluster.io/v1alpha1/SocketCluster" }}true{{ end }}
+{{- end }}

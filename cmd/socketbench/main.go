@@ -1,0 +1,474 @@
+// Command socketbench is the load tool: it opens many device connections
+// (TCP or WebSocket) to one or more socketservers, drives backend messages
+// and device publishes at set rates, optionally drains a server mid-run
+// (--storm), and prints a table: connections held, server memory per
+// connection, connect rate, resume time, throughput, end-to-end latency,
+// errors and lost messages (which must be 0).
+//
+// It spreads connections over source addresses 127.0.0.2, .3, … (one
+// address gives ~28k ports) and over worker processes (re-executions of
+// itself with --worker), because a process here may hold 20,000 files.
+// Everything is bounded: --duration, --settle and the hard cap --max-time.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+func main() {
+	if len(os.Args) > 2 && os.Args[1] == "--worker" {
+		os.Exit(runWorker(os.Args[2]))
+	}
+	os.Exit(run(os.Args[1:]))
+}
+
+type options struct {
+	connections, perWorker, sourceIPs, spawn, payload, postConcurrency int
+	transport, addrs, admins, serverBin, redisAddr, prefix             string
+	keyFile, apiTokenFile, jsonOut                                     string
+	connectRate, deliverRate, publishRate                              float64
+	duration, settle, connectTimeout, maxTime, stormAfter              time.Duration
+	drainTimeout, drainJitter                                          time.Duration
+	storm                                                              bool
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("socketbench", flag.ContinueOnError)
+	fs.IntVar(&o.connections, "connections", 1000, "device connections to open")
+	fs.StringVar(&o.transport, "transport", "tcp", "tcp or ws")
+	fs.StringVar(&o.addrs, "addrs", "", "device addresses of existing servers, comma-separated (host:port; for ws host:port too)")
+	fs.StringVar(&o.admins, "admin-addrs", "", "admin addresses of those servers, same order")
+	fs.IntVar(&o.spawn, "spawn-servers", 0, "start this many socketservers on 127.0.0.1 (with a Redis) instead of --addrs")
+	fs.StringVar(&o.serverBin, "server-bin", "bin/socketserver", "socketserver binary for --spawn-servers")
+	fs.StringVar(&o.redisAddr, "redis-addr", "", "Redis for spawned servers (default: start a redis-server); also used to count stored publishes")
+	fs.StringVar(&o.prefix, "redis-prefix", "scp", "Redis key prefix of the servers")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "--drain-timeout of spawned servers")
+	fs.DurationVar(&o.drainJitter, "drain-jitter", 2*time.Second, "--drain-jitter of spawned servers")
+	fs.IntVar(&o.sourceIPs, "source-ips", 0, "source addresses 127.0.0.2.. to spread connections over (0: one per 20,000 connections)")
+	fs.IntVar(&o.perWorker, "per-worker", 15000, "connections per worker process (a process may hold 20,000 files)")
+	fs.Float64Var(&o.connectRate, "connect-rate", 5000, "new connections per second, all workers together (0: unpaced)")
+	fs.Float64Var(&o.deliverRate, "deliver-rate", 1000, "backend messages per second (POSTs to the admin API)")
+	fs.Float64Var(&o.publishRate, "publish-rate", 1000, "device PUBLISHes per second")
+	fs.IntVar(&o.payload, "payload", 64, "payload bytes (at least 8: the send timestamp)")
+	fs.IntVar(&o.postConcurrency, "post-concurrency", 64, "backend requests in flight per worker")
+	fs.DurationVar(&o.duration, "duration", 30*time.Second, "load phase, after every device connected")
+	fs.DurationVar(&o.settle, "settle", 30*time.Second, "longest wait after the load for deliveries, PUBACKs and resumes")
+	fs.DurationVar(&o.connectTimeout, "connect-timeout", 2*time.Minute, "longest connect phase")
+	fs.DurationVar(&o.maxTime, "max-time", 0, "hard cap on the whole run (default: connect-timeout + duration + settle + 1m)")
+	fs.BoolVar(&o.storm, "storm", false, "drain the first server during the load (POST /drain) and measure until every device resumed elsewhere")
+	fs.DurationVar(&o.stormAfter, "storm-after", 0, "when to drain, after the load started (default: a third of --duration)")
+	fs.StringVar(&o.keyFile, "key-file", "", "device key to sign tokens (spawned servers run without auth)")
+	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "bearer token file for the admin API")
+	fs.StringVar(&o.jsonOut, "json", "", "also write the summed results as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	switch {
+	case o.connections < 1:
+		return nil, errors.New("--connections must be at least 1")
+	case o.transport != "tcp" && o.transport != "ws":
+		return nil, errors.New("--transport is tcp or ws")
+	case o.spawn == 0 && o.addrs == "":
+		return nil, errors.New("give --addrs and --admin-addrs, or --spawn-servers N")
+	case o.storm && o.spawn == 0 && len(strings.Split(o.addrs, ",")) < 2, o.storm && o.spawn == 1:
+		return nil, errors.New("--storm needs at least two servers")
+	}
+	if o.maxTime == 0 {
+		o.maxTime = o.connectTimeout + o.duration + o.settle + time.Minute
+	}
+	if o.stormAfter == 0 {
+		o.stormAfter = o.duration / 3
+	}
+	if o.sourceIPs == 0 {
+		o.sourceIPs = (o.connections + 19999) / 20000
+	}
+	return o, nil
+}
+
+func run(args []string) int {
+	o, err := parseFlags(args)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "socketbench:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, o.maxTime)
+	defer cancel()
+	b := &bench{o: o}
+	defer b.stopChildren()
+	if err := b.setup(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "socketbench:", err)
+		return 1
+	}
+	sum, err := b.run(ctx)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "socketbench:", err)
+		return 1
+	}
+	b.print(os.Stdout, sum)
+	if o.jsonOut != "" {
+		data, _ := json.MarshalIndent(sum, "", "  ")
+		if err := os.WriteFile(o.jsonOut, data, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "socketbench:", err)
+		}
+	}
+	if sum.LostDownstream > 0 || sum.ConnectedAtEnd < o.connections {
+		return 1
+	}
+	return 0
+}
+
+type bench struct {
+	o        *options
+	children []*process
+	addrs    []string // device addresses, in the transport's form
+	admins   []string
+	apiToken string
+	rdb      *redis.Client
+}
+
+func (b *bench) stopChildren() {
+	for i := len(b.children) - 1; i >= 0; i-- {
+		b.children[i].kill()
+	}
+	if b.rdb != nil {
+		b.rdb.Close()
+	}
+}
+
+// setup starts Redis and the servers when asked, and resolves the addresses.
+func (b *bench) setup(ctx context.Context) error {
+	o := b.o
+	if o.apiTokenFile != "" {
+		t, err := os.ReadFile(o.apiTokenFile)
+		if err != nil {
+			return err
+		}
+		b.apiToken = strings.TrimSpace(string(t))
+	}
+	var hostPorts []string
+	if o.spawn > 0 {
+		if o.redisAddr == "" {
+			dir, err := tempDir()
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir) // redis writes nothing there without persistence
+			p, addr, err := startRedis(dir)
+			if err != nil {
+				return fmt.Errorf("redis: %w", err)
+			}
+			b.children = append(b.children, p)
+			o.redisAddr = addr
+		}
+		extra := []string{"--drain-timeout", o.drainTimeout.String(), "--drain-jitter", o.drainJitter.String()}
+		for i := 0; i < o.spawn; i++ {
+			p, a, err := startServer(o.serverBin, fmt.Sprintf("bench-%d", i), o.redisAddr, o.prefix, extra)
+			if err != nil {
+				return err
+			}
+			b.children = append(b.children, p)
+			if o.transport == "ws" {
+				hostPorts = append(hostPorts, a.WS)
+			} else {
+				hostPorts = append(hostPorts, a.TCP)
+			}
+			b.admins = append(b.admins, a.Admin)
+		}
+	} else {
+		hostPorts = strings.Split(o.addrs, ",")
+		b.admins = strings.Split(o.admins, ",")
+		if o.admins == "" || len(b.admins) != len(hostPorts) {
+			return errors.New("--admin-addrs must list one admin address per --addrs entry")
+		}
+	}
+	for _, hp := range hostPorts {
+		if o.transport == "ws" {
+			hp = "ws://" + hp + "/ws"
+		}
+		b.addrs = append(b.addrs, hp)
+	}
+	if o.redisAddr != "" {
+		b.rdb = redis.NewClient(&redis.Options{Addr: o.redisAddr})
+	}
+	return nil
+}
+
+// Summary is the whole run: the workers' results added up, plus what the
+// coordinator measured itself.
+type Summary struct {
+	Result
+	Workers, Servers, SourceIPs int
+	Transport                   string
+	StormDrainUnixNano          int64
+	StormSeconds                float64
+	Memory                      []serverMemory
+	UpstreamStored              int64
+}
+
+type serverMemory struct {
+	Admin                 string
+	Connections           float64
+	RSSBefore, RSSReady   float64
+	HeapBefore, HeapReady float64
+}
+
+func (b *bench) run(ctx context.Context) (*Summary, error) {
+	o := b.o
+	before := b.scrapeAll(ctx)
+	var startXLen int64
+	if b.rdb != nil {
+		startXLen, _ = b.rdb.XLen(ctx, o.prefix+":upstream").Result()
+	}
+	workers := (o.connections + o.perWorker - 1) / o.perWorker
+	var ips []string
+	for i := 0; i < o.sourceIPs; i++ {
+		ips = append(ips, fmt.Sprintf("127.0.0.%d", 2+i))
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	prefix := fmt.Sprintf("bench%d", time.Now().Unix())
+	var wg sync.WaitGroup
+	st := &status{workers: workers, progress: make([]progress, workers), results: make([]*Result, workers), ready: make(chan struct{})}
+	first := 0
+	for i := 0; i < workers; i++ {
+		n := o.connections / workers
+		if i < o.connections%workers {
+			n++
+		}
+		spec := WorkerSpec{ID: i, DevicePrefix: prefix, FirstDevice: first, Devices: n, Addrs: b.addrs, Admins: b.admins,
+			SourceIPs: ips, ConnectRate: o.connectRate / float64(workers), DeliverRate: o.deliverRate / float64(workers),
+			PublishRate: o.publishRate / float64(workers), Payload: o.payload, PostConcurrency: o.postConcurrency,
+			ConnectTimeout: o.connectTimeout, Duration: o.duration, Settle: o.settle, KeyFile: o.keyFile, APIToken: b.apiToken}
+		first += n
+		specJSON, _ := json.Marshal(spec)
+		cmd := exec.CommandContext(ctx, exe, "--worker", string(specJSON))
+		cmd.Stderr = os.Stderr
+		setParentDeathSignal(cmd)
+		stdin, _ := cmd.StdinPipe() // closed when we exit: the worker stops
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, fmt.Errorf("start worker: %w", err)
+		}
+		b.children = append(b.children, &process{name: "worker", cmd: cmd})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer stdin.Close()
+			st.follow(i, stdout)
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	go st.printProgress(done, o.connections)
+
+	sum := &Summary{Workers: workers, Servers: len(b.addrs), SourceIPs: len(ips), Transport: o.transport}
+	select {
+	case <-st.ready:
+	case <-done:
+	case <-ctx.Done():
+	}
+	ready := b.scrapeAll(ctx)
+	for i, admin := range b.admins {
+		sum.Memory = append(sum.Memory, serverMemory{Admin: admin, Connections: ready[i]["socketserver_connections"],
+			RSSBefore: before[i]["process_resident_memory_bytes"], RSSReady: ready[i]["process_resident_memory_bytes"],
+			HeapBefore: before[i]["go_memstats_heap_inuse_bytes"], HeapReady: ready[i]["go_memstats_heap_inuse_bytes"]})
+	}
+	if o.storm {
+		select {
+		case <-time.After(o.stormAfter):
+			sum.StormDrainUnixNano = time.Now().UnixNano()
+			if err := b.drain(ctx, b.admins[0]); err != nil {
+				fmt.Fprintln(os.Stderr, "socketbench: drain:", err)
+				sum.StormDrainUnixNano = 0
+			}
+		case <-done:
+		case <-ctx.Done():
+		}
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		fmt.Fprintln(os.Stderr, "socketbench: hard time cap reached; workers are stopped")
+		<-done
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for i, r := range st.results {
+		if r == nil {
+			return nil, fmt.Errorf("worker %d gave no result", i)
+		}
+		sum.add(r)
+	}
+	if sum.StormDrainUnixNano != 0 && sum.LastResumeUnixNano > sum.StormDrainUnixNano {
+		sum.StormSeconds = float64(sum.LastResumeUnixNano-sum.StormDrainUnixNano) / 1e9
+	}
+	if b.rdb != nil {
+		n, err := b.rdb.XLen(context.Background(), o.prefix+":upstream").Result()
+		if err == nil {
+			sum.UpstreamStored = n - startXLen
+		}
+	}
+	return sum, nil
+}
+
+func (b *bench) scrapeAll(ctx context.Context) []map[string]float64 {
+	out := make([]map[string]float64, len(b.admins))
+	for i, a := range b.admins {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		m, err := scrape(sctx, a)
+		cancel()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "socketbench: metrics of", a+":", err)
+		}
+		out[i] = m
+	}
+	return out
+}
+
+func (b *bench) drain(ctx context.Context, admin string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/drain", nil)
+	if b.apiToken != "" {
+		req.Header.Set("Authorization", "Bearer "+b.apiToken)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("POST /drain: %s", resp.Status)
+	}
+	return nil
+}
+
+// status follows the workers' output lines.
+type status struct {
+	mu         sync.Mutex
+	workers    int
+	progress   []progress
+	results    []*Result
+	readyCount int
+	ready      chan struct{}
+}
+
+func (s *status) follow(i int, r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var m message
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			continue
+		}
+		s.mu.Lock()
+		switch {
+		case m.Progress != nil:
+			s.progress[i] = *m.Progress
+		case m.Ready != nil:
+			s.progress[i] = *m.Ready
+			if s.readyCount++; s.readyCount == s.workers {
+				close(s.ready)
+			}
+		case m.Result != nil:
+			s.results[i] = m.Result
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *status) printProgress(done <-chan struct{}, total int) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	start := time.Now()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		var p progress
+		s.mu.Lock()
+		for _, w := range s.progress {
+			p.Connected += w.Connected
+			p.Delivered += w.Delivered
+			p.Published += w.Published
+			p.Unconnected += w.Unconnected
+		}
+		s.mu.Unlock()
+		el := time.Since(start).Seconds()
+		fmt.Fprintf(os.Stderr, "[%4.0fs] connected %d/%d (%.0f/s) delivered %d published %d\n",
+			el, p.Connected, total, float64(p.Connected)/el, p.Delivered, p.Published)
+	}
+}
+
+func (s *Summary) add(r *Result) {
+	t := &s.Result
+	t.Devices += r.Devices
+	t.Connected += r.Connected
+	t.ConnectedAtEnd += r.ConnectedAtEnd
+	t.ConnectSeconds = max(t.ConnectSeconds, r.ConnectSeconds)
+	t.LoadSeconds = max(t.LoadSeconds, r.LoadSeconds)
+	t.Posted += r.Posted
+	t.PostSkipped += r.PostSkipped
+	t.Delivered += r.Delivered
+	t.LoadDelivered += r.LoadDelivered
+	t.Duplicates += r.Duplicates
+	t.LostDownstream += r.LostDownstream
+	t.Undelivered += r.Undelivered
+	t.Published += r.Published
+	t.PublishAcked += r.PublishAcked
+	t.LoadPublishAcked += r.LoadPublishAcked
+	t.PublishUnacked += r.PublishUnacked
+	t.Retransmits += r.Retransmits
+	t.DeliverLatency.Add(r.DeliverLatency)
+	t.PublishLatency.Add(r.PublishLatency)
+	t.ResumeLatency.Add(r.ResumeLatency)
+	t.PostFailures = addCounts(t.PostFailures, r.PostFailures)
+	t.Disconnects = addCounts(t.Disconnects, r.Disconnects)
+	t.ErrorCodes = addCounts(t.ErrorCodes, r.ErrorCodes)
+	for k, v := range r.DisconnectSamples {
+		if t.DisconnectSamples == nil {
+			t.DisconnectSamples = map[string]string{}
+		}
+		if _, ok := t.DisconnectSamples[k]; !ok {
+			t.DisconnectSamples[k] = v
+		}
+	}
+	t.GoAwayDevices += r.GoAwayDevices
+	t.Resumed += r.Resumed
+	t.PendingResume += r.PendingResume
+	t.LastResumeUnixNano = max(t.LastResumeUnixNano, r.LastResumeUnixNano)
+}
+
+func addCounts(dst, src map[string]uint64) map[string]uint64 {
+	if dst == nil {
+		dst = map[string]uint64{}
+	}
+	for k, v := range src {
+		dst[k] += v
+	}
+	return dst
+}

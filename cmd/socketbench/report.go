@@ -1,0 +1,105 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+func (b *bench) print(out io.Writer, s *Summary) {
+	o := b.o
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	row := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
+	fmt.Fprintf(out, "\nsocketbench: %d %s connections, %d server(s), %d source address(es), %d worker(s), payload %d B\n",
+		o.connections, s.Transport, s.Servers, s.SourceIPs, s.Workers, o.payload)
+	row("connections held", "%d of %d at the end (%d connected at least once)", s.ConnectedAtEnd, o.connections, s.Connected)
+	if s.ConnectSeconds > 0 {
+		row("connect rate", "%.0f/s (%d in %.1fs)", float64(s.Connected)/s.ConnectSeconds, s.Connected, s.ConnectSeconds)
+	}
+	for _, m := range s.Memory {
+		if m.Connections == 0 {
+			row("server "+m.Admin, "no connections when scraped")
+			continue
+		}
+		row("server "+m.Admin, "%.0f conns: RSS %s (%s/conn over idle), Go heap %s (%s/conn over idle)",
+			m.Connections, bytes(m.RSSReady), bytes((m.RSSReady-m.RSSBefore)/m.Connections),
+			bytes(m.HeapReady), bytes((m.HeapReady-m.HeapBefore)/m.Connections))
+	}
+	if s.LoadSeconds > 0 {
+		row("deliveries/s", "%.0f (%d delivered in %.1fs of load; target %.0f/s)", float64(s.LoadDelivered)/s.LoadSeconds, s.LoadDelivered, s.LoadSeconds, o.deliverRate)
+		row("publishes/s", "%.0f (%d PUBACKed in %.1fs of load; target %.0f/s)", float64(s.LoadPublishAcked)/s.LoadSeconds, s.LoadPublishAcked, s.LoadSeconds, o.publishRate)
+	}
+	row("backend -> device latency", "%s", quantiles(&s.DeliverLatency))
+	row("publish -> PUBACK latency", "%s", quantiles(&s.PublishLatency))
+	if o.storm {
+		if s.StormDrainUnixNano == 0 {
+			row("storm", "drain did not happen")
+		} else {
+			row("storm: all resumed after", "%.2fs from POST /drain (%d devices sent away, %d resumed, %d not back)",
+				s.StormSeconds, s.GoAwayDevices, s.Resumed, s.PendingResume)
+			row("storm: per device resume", "%s (GOAWAY -> WELCOME, includes the hinted jitter)", quantiles(&s.ResumeLatency))
+		}
+	}
+	row("backend POSTs", "%d accepted, failed %s, not sent (posters busy) %d", s.Posted, counts(s.PostFailures), s.PostSkipped)
+	row("device errors by code", "%s", counts(s.ErrorCodes))
+	row("disconnects by reason", "%s", counts(s.Disconnects))
+	for _, k := range slices.Sorted(maps.Keys(s.DisconnectSamples)) {
+		row("  e.g. "+k, "%s", s.DisconnectSamples[k])
+	}
+	row("duplicates dropped", "%d", s.Duplicates)
+	row("publishes", "%d sent, %d PUBACKed, %d unacked at the end, %d retransmitted frames", s.Published, s.PublishAcked, s.PublishUnacked, s.Retransmits)
+	if b.rdb != nil {
+		row("upstream stream", "%d entries added (PUBACKed %d)", s.UpstreamStored, s.PublishAcked)
+	}
+	lostUp := int64(0)
+	if b.rdb != nil && s.UpstreamStored < int64(s.PublishAcked) {
+		lostUp = int64(s.PublishAcked) - s.UpstreamStored
+	}
+	row("undelivered", "%d stored for devices not connected at the end (delivered on resume)", s.Undelivered)
+	row("LOST messages", "%d downstream, %d upstream", s.LostDownstream, lostUp)
+	_ = tw.Flush()
+}
+
+func quantiles(h *Hist) string {
+	if h.N == 0 {
+		return "no samples"
+	}
+	r := func(d time.Duration) time.Duration {
+		switch {
+		case d >= time.Second:
+			return d.Round(10 * time.Millisecond)
+		case d >= time.Millisecond:
+			return d.Round(10 * time.Microsecond)
+		}
+		return d.Round(time.Microsecond)
+	}
+	return fmt.Sprintf("p50 %s  p99 %s  p999 %s  max %s  (%d samples)", r(h.Quantile(0.5)), r(h.Quantile(0.99)),
+		r(h.Quantile(0.999)), r(time.Duration(h.Max*float64(time.Microsecond))), h.N)
+}
+
+func counts(m map[string]uint64) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+func bytes(v float64) string {
+	switch {
+	case v >= 1<<30 || v <= -(1<<30):
+		return fmt.Sprintf("%.2f GiB", v/(1<<30))
+	case v >= 1<<20 || v <= -(1<<20):
+		return fmt.Sprintf("%.1f MiB", v/(1<<20))
+	case v >= 1<<10 || v <= -(1<<10):
+		return fmt.Sprintf("%.1f KiB", v/(1<<10))
+	}
+	return fmt.Sprintf("%.0f B", v)
+}

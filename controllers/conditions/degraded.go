@@ -1,0 +1,43 @@
+package conditions
+
+import (
+	"fmt"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/socketcluster/socketcluster/api/v1alpha1"
+)
+
+// Problems are what the controller ran into outside the Deployment.
+type Problems struct {
+	// MissingSecrets lists "secret/key" references that do not resolve.
+	MissingSecrets []string
+	// Redis is the error reading connection counts, if any.
+	Redis error
+}
+
+// Degraded is True when something needs a person, most urgent first: a
+// missing Secret (the pods are not updated until it exists), pods the
+// Deployment cannot create, a stalled rollout, Redis unreachable.
+func Degraded(sc *v1alpha1.SocketCluster, d *appsv1.Deployment, p Problems) metav1.Condition {
+	if len(p.MissingSecrets) > 0 {
+		return condition(sc, v1alpha1.ConditionDegraded, true, v1alpha1.ReasonSecretMissing,
+			"referenced Secret keys not found (pods are not updated until they exist): "+strings.Join(p.MissingSecrets, ", "))
+	}
+	if d != nil {
+		if c := deploymentCondition(d, appsv1.DeploymentReplicaFailure); c != nil && c.Status == corev1.ConditionTrue {
+			return condition(sc, v1alpha1.ConditionDegraded, true, v1alpha1.ReasonReplicaFailure, c.Message)
+		}
+		if c := rolloutStalled(d); c != nil {
+			return condition(sc, v1alpha1.ConditionDegraded, true, v1alpha1.ReasonProgressDeadlineExceeded, c.Message)
+		}
+	}
+	if p.Redis != nil {
+		return condition(sc, v1alpha1.ConditionDegraded, true, v1alpha1.ReasonRedisUnreachable,
+			fmt.Sprintf("cannot read connection counts from Redis, status.connections is from status.connectionsObservedAt: %v", p.Redis))
+	}
+	return condition(sc, v1alpha1.ConditionDegraded, false, v1alpha1.ReasonAsExpected, "nothing needs attention")
+}

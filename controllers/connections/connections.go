@@ -1,0 +1,66 @@
+// Package connections reads the live connection counts that socketservers
+// publish into Redis, so that the operator never has to call every pod.
+package connections
+
+import (
+	"context"
+	"crypto/tls"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/socketcluster/socketcluster/api/v1alpha1"
+	"github.com/socketcluster/socketcluster/socketserver/store"
+)
+
+// MaxAge is how old a pod's published stats may be and still count: servers
+// refresh them every 5s, so older entries belong to dead or stuck pods.
+const MaxAge = 30 * time.Second
+
+// NewClient connects to the cluster's Redis as its servers do. Timeouts are
+// short: a status refresh must not hold up the reconcile loop.
+func NewClient(spec v1alpha1.RedisSpec, password string) redis.UniversalClient {
+	o := &redis.UniversalOptions{
+		Addrs:           spec.Addresses,
+		MasterName:      spec.MasterName,
+		Password:        password,
+		DialTimeout:     2 * time.Second,
+		ReadTimeout:     2 * time.Second,
+		WriteTimeout:    2 * time.Second,
+		MaxRetries:      1,
+		DisableIdentity: true,
+	}
+	if spec.TLS {
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	switch spec.Mode {
+	case v1alpha1.RedisSentinel:
+		return redis.NewFailoverClient(o.Failover())
+	case v1alpha1.RedisCluster:
+		return redis.NewClusterClient(o.Cluster())
+	default:
+		return redis.NewClient(o.Simple())
+	}
+}
+
+// Count sums the connections of the given pods as published under prefix.
+func Count(ctx context.Context, rdb redis.UniversalClient, prefix string, pods []string, now time.Time) (int64, error) {
+	stats, err := store.ReadServerStats(ctx, rdb, prefix)
+	if err != nil {
+		return 0, err
+	}
+	return Sum(stats, pods, now), nil
+}
+
+// Sum adds up the fresh stats of the given pods. Entries of other pods
+// (deleted ones, or another cluster sharing the prefix) do not count.
+func Sum(stats map[string]store.ServerStats, pods []string, now time.Time) int64 {
+	var total int64
+	for _, p := range pods {
+		s, ok := stats[p]
+		if ok && now.Sub(time.UnixMilli(s.UpdatedUnixMs)) <= MaxAge {
+			total += s.Connections
+		}
+	}
+	return total
+}

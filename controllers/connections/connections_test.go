@@ -1,0 +1,53 @@
+package connections_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/socketcluster/socketcluster/api/v1alpha1"
+	"github.com/socketcluster/socketcluster/controllers/connections"
+	"github.com/socketcluster/socketcluster/socketserver/store"
+)
+
+func TestSum(t *testing.T) {
+	now := time.UnixMilli(1_700_000_000_000)
+	ms := func(ago time.Duration) int64 { return now.Add(-ago).UnixMilli() }
+	stats := map[string]store.ServerStats{
+		"a":     {Connections: 10, UpdatedUnixMs: ms(time.Second)},
+		"b":     {Connections: 5, Draining: true, UpdatedUnixMs: ms(30 * time.Second)},
+		"stale": {Connections: 100, UpdatedUnixMs: ms(31 * time.Second)},
+		"gone":  {Connections: 1000, UpdatedUnixMs: ms(0)},
+	}
+	if got := connections.Sum(stats, []string{"a", "b", "stale", "new"}, now); got != 15 {
+		t.Errorf("sum %d, want 15: fresh stats of current pods only (draining pods still hold connections)", got)
+	}
+	if got := connections.Sum(stats, nil, now); got != 0 {
+		t.Errorf("no pods: %d", got)
+	}
+}
+
+func TestNewClientFollowsMode(t *testing.T) {
+	spec := func(mode v1alpha1.RedisMode) v1alpha1.RedisSpec {
+		return v1alpha1.RedisSpec{Mode: mode, Addresses: []string{"127.0.0.1:1", "127.0.0.1:2"}, MasterName: "m"}
+	}
+	// Several addresses alone must not turn standalone into a cluster client.
+	for mode, wantAddr := range map[v1alpha1.RedisMode]string{
+		v1alpha1.RedisStandalone: "127.0.0.1:1",
+		v1alpha1.RedisSentinel:   "FailoverClient", // go-redis's marker for a Sentinel-backed client
+	} {
+		c, ok := connections.NewClient(spec(mode), "pw").(*redis.Client)
+		if !ok || c.Options().Addr != wantAddr || c.Options().Password != "pw" {
+			t.Errorf("%s: got %T", mode, c)
+		}
+		if c != nil {
+			_ = c.Close()
+		}
+	}
+	c, ok := connections.NewClient(spec(v1alpha1.RedisCluster), "pw").(*redis.ClusterClient)
+	if !ok {
+		t.Fatalf("cluster: got %T", c)
+	}
+	_ = c.Close()
+}

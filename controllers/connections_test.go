@@ -1,0 +1,129 @@
+package controllers_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/socketcluster/socketcluster/api/v1alpha1"
+	"github.com/socketcluster/socketcluster/controllers/resources"
+	"github.com/socketcluster/socketcluster/socketserver/store"
+)
+
+// redisServer starts a throwaway redis-server on a free loopback port and
+// stops it when the test ends (or earlier, through the returned function).
+func redisServer(t *testing.T) (addr string, stop func()) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	_ = l.Close()
+	cmd := exec.Command("redis-server", "--save", "", "--appendonly", "no", "--port", strconv.Itoa(port), "--bind", "127.0.0.1")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting redis-server: %v", err)
+	}
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}
+	t.Cleanup(stop)
+	addr = fmt.Sprintf("127.0.0.1:%d", port)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer func() { _ = rdb.Close() }()
+	eventually(t, "redis up", func() error { return rdb.Ping(ctx).Err() })
+	return addr, stop
+}
+
+func TestConnectionsFromRedis(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	addr, stopRedis := redisServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer func() { _ = rdb.Close() }()
+
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	sc := socketCluster(t, c, ns, `
+metadata: {name: edge}
+spec:
+  redis: {addresses: ["`+addr+`"], keyPrefix: t1}
+  auth: {deviceKeySecretRef: {name: device-key, key: key}}
+`)
+	// envtest schedules nothing: create the pods the Deployment would.
+	for _, name := range []string{"edge-a", "edge-b", "edge-c"} {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: resources.SelectorLabels(sc)},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
+		}
+		if err := c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	publish := func(pod string, conns int64, updated time.Time) {
+		t.Helper()
+		v, _ := json.Marshal(store.ServerStats{Connections: conns, UpdatedUnixMs: updated.UnixMilli()})
+		if err := rdb.HSet(ctx, store.ServersKey("t1"), pod, v).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("edge-a", 100, now)
+	publish("edge-b", 20, now)
+	publish("edge-c", 7000, now.Add(-time.Minute)) // stale: a stuck pod
+	publish("edge-gone", 5000, now)                // no such pod any more
+	if err := rdb.HSet(ctx, store.ServersKey("other"), "edge-a", `{"connections":1}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The first reconcile may have read Redis before the stats were
+	// published; touching the spec triggers another at once.
+	touch := func() {
+		t.Helper()
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			t.Fatal(err)
+		}
+		sc.Annotations = map[string]string{"touched": time.Now().String()}
+		if err := c.Update(ctx, sc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	touch()
+	var observedAt metav1.Time
+	eventually(t, "connections", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		if sc.Status.Connections != 120 || sc.Status.ConnectionsObservedAt == nil {
+			return fmt.Errorf("connections %d at %v, want 120", sc.Status.Connections, sc.Status.ConnectionsObservedAt)
+		}
+		observedAt = *sc.Status.ConnectionsObservedAt
+		return conditionIs(sc, v1alpha1.ConditionDegraded, metav1.ConditionFalse, v1alpha1.ReasonAsExpected)
+	})
+
+	// Redis gone: the last count stays, and the status says why it is old.
+	stopRedis()
+	touch()
+	eventually(t, "redis unreachable", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		return conditionIs(sc, v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonRedisUnreachable)
+	})
+	if sc.Status.Connections != 120 || !sc.Status.ConnectionsObservedAt.Equal(&observedAt) {
+		t.Errorf("connections %d at %v after Redis went away, want the last value 120 at %v",
+			sc.Status.Connections, sc.Status.ConnectionsObservedAt, observedAt)
+	}
+}

@@ -1,0 +1,450 @@
+package controllers_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/socketcluster/socketcluster/api/v1alpha1"
+	"github.com/socketcluster/socketcluster/controllers/resources"
+)
+
+var ctx = context.Background()
+
+// secret creates a Secret with the given data.
+func secret(t *testing.T, c client.Client, ns, name string, data map[string]string) *corev1.Secret {
+	t.Helper()
+	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, StringData: data}
+	if err := c.Create(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// socketCluster creates a SocketCluster from a YAML manifest.
+func socketCluster(t *testing.T, c client.Client, ns, manifest string) *v1alpha1.SocketCluster {
+	t.Helper()
+	sc := &v1alpha1.SocketCluster{}
+	if err := yaml.UnmarshalStrict([]byte(manifest), sc); err != nil {
+		t.Fatal(err)
+	}
+	sc.Namespace = ns
+	if err := c.Create(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	return sc
+}
+
+const minimal = `
+apiVersion: sockets.socketcluster.io/v1alpha1
+kind: SocketCluster
+metadata: {name: edge}
+spec:
+  redis: {addresses: ["127.0.0.1:1"]}
+  auth: {deviceKeySecretRef: {name: device-key, key: key}}
+`
+
+func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+
+// deployment waits for the SocketCluster's Deployment and returns it.
+func deployment(t *testing.T, c client.Client, ns string, ok func(*appsv1.Deployment) error) *appsv1.Deployment {
+	t.Helper()
+	d := &appsv1.Deployment{}
+	eventually(t, "deployment", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), d); err != nil {
+			return err
+		}
+		return ok(d)
+	})
+	return d
+}
+
+func anyDeployment(*appsv1.Deployment) error { return nil }
+
+func assertControlledBy(t *testing.T, obj client.Object, sc *v1alpha1.SocketCluster) {
+	t.Helper()
+	refs := obj.GetOwnerReferences()
+	if len(refs) != 1 || refs[0].UID != sc.UID || refs[0].Kind != "SocketCluster" ||
+		refs[0].Controller == nil || !*refs[0].Controller || refs[0].BlockOwnerDeletion == nil || !*refs[0].BlockOwnerDeletion {
+		t.Errorf("%T %s: owner references %+v, want the SocketCluster as controller blocking deletion", obj, obj.GetName(), refs)
+	}
+}
+
+func TestCreateMakesOwnedObjects(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	sc := socketCluster(t, c, ns, minimal)
+
+	d := deployment(t, c, ns, anyDeployment)
+	assertControlledBy(t, d, sc)
+	if *d.Spec.Replicas != 3 || d.Spec.Template.Spec.Containers[0].Image != defaultImage {
+		t.Errorf("replicas %d image %s", *d.Spec.Replicas, d.Spec.Template.Spec.Containers[0].Image)
+	}
+	if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 105 {
+		t.Errorf("grace period %d", g)
+	}
+	if d.Spec.Template.Annotations[resources.AnnotationSecretHash] == "" {
+		t.Error("no secret hash on the pod template")
+	}
+
+	svc := &corev1.Service{}
+	for _, name := range []string{"edge", "edge-admin", "edge-headless"} {
+		if err := c.Get(ctx, key(ns, name), svc); err != nil {
+			t.Fatalf("service %s: %v", name, err)
+		}
+		assertControlledBy(t, svc, sc)
+	}
+	if err := c.Get(ctx, key(ns, "edge"), svc); err != nil {
+		t.Fatal(err)
+	}
+	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer || len(svc.Spec.Ports) != 2 || svc.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyLocal {
+		t.Errorf("public service %s %+v %s", svc.Spec.Type, svc.Spec.Ports, svc.Spec.ExternalTrafficPolicy)
+	}
+	pdb := &policyv1.PodDisruptionBudget{}
+	if err := c.Get(ctx, key(ns, "edge"), pdb); err != nil {
+		t.Fatal(err)
+	}
+	assertControlledBy(t, pdb, sc)
+
+	eventually(t, "status", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		s := sc.Status
+		if s.ObservedGeneration != sc.Generation || s.Selector != "app.kubernetes.io/instance=edge,app.kubernetes.io/name=socketserver" || s.CurrentImage != defaultImage {
+			return fmt.Errorf("status %+v", s)
+		}
+		// No pods run in envtest: not available, and rolling out.
+		return conditionIs(sc, v1alpha1.ConditionAvailable, metav1.ConditionFalse, v1alpha1.ReasonMinimumReplicasUnavailable)
+	})
+}
+
+func conditionIs(sc *v1alpha1.SocketCluster, typ string, status metav1.ConditionStatus, reason string) error {
+	c := meta.FindStatusCondition(sc.Status.Conditions, typ)
+	if c == nil || c.Status != status || c.Reason != reason {
+		return fmt.Errorf("condition %s: %+v, want %s/%s", typ, c, status, reason)
+	}
+	return nil
+}
+
+func TestImageUpdateRollsTheDeployment(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	sc := socketCluster(t, c, ns, minimal)
+	deployment(t, c, ns, anyDeployment)
+
+	patch := client.MergeFrom(sc.DeepCopy())
+	sc.Spec.Image = "registry.example/socketserver:2"
+	if err := c.Patch(ctx, sc, patch); err != nil {
+		t.Fatal(err)
+	}
+	deployment(t, c, ns, func(d *appsv1.Deployment) error {
+		if img := d.Spec.Template.Spec.Containers[0].Image; img != sc.Spec.Image {
+			return fmt.Errorf("image %s", img)
+		}
+		return nil
+	})
+	eventually(t, "status.currentImage", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		if sc.Status.CurrentImage != "registry.example/socketserver:2" {
+			return fmt.Errorf("currentImage %s", sc.Status.CurrentImage)
+		}
+		return nil
+	})
+}
+
+func TestScaleSubresource(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	sc := socketCluster(t, c, ns, minimal)
+	deployment(t, c, ns, anyDeployment)
+
+	// What kubectl scale and the HPA do.
+	scale := &autoscalingv1.Scale{}
+	eventually(t, "scale selector", func() error {
+		if err := c.SubResource("scale").Get(ctx, sc, scale); err != nil {
+			return err
+		}
+		if scale.Status.Selector != "app.kubernetes.io/instance=edge,app.kubernetes.io/name=socketserver" {
+			return fmt.Errorf("scale status %+v", scale.Status)
+		}
+		return nil
+	})
+	scale.Spec.Replicas = 5
+	if err := c.SubResource("scale").Update(ctx, sc, client.WithSubResourceBody(scale)); err != nil {
+		t.Fatal(err)
+	}
+	deployment(t, c, ns, func(d *appsv1.Deployment) error {
+		if *d.Spec.Replicas != 5 {
+			return fmt.Errorf("replicas %d", *d.Spec.Replicas)
+		}
+		return nil
+	})
+}
+
+func TestInvalidSpecsAreRejected(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	for _, tc := range []struct{ name, spec, message string }{
+		{"no device key", `
+  redis: {addresses: [r:6379]}`, "auth.deviceKeySecretRef is required"},
+		{"key and insecure", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true, deviceKeySecretRef: {name: k, key: k}}`, "auth.insecureNoAuth: true cannot be combined with auth.deviceKeySecretRef"},
+		{"no redis address", `
+  redis: {addresses: []}
+  auth: {insecureNoAuth: true}`, "spec.redis.addresses in body should have at least 1 items"},
+		{"sentinel without master", `
+  redis: {mode: sentinel, addresses: [s1:26379, s2:26379]}
+  auth: {insecureNoAuth: true}`, "redis.masterName is required when redis.mode is sentinel"},
+		{"standalone with two addresses", `
+  redis: {addresses: [r1:6379, r2:6379]}
+  auth: {insecureNoAuth: true}`, "redis.mode standalone takes exactly one address"},
+		{"heartbeat timeout too short", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  heartbeat: {interval: 45s}`, "heartbeat.timeout must be longer than heartbeat.interval"},
+		{"bad duration", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  heartbeat: {interval: soon}`, "spec.heartbeat.interval in body should match"},
+		{"grace period over an hour", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {timeout: 59m, deregistrationDelay: 46s}`, "must not exceed 3600s"},
+		{"same ports", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  listeners: {adminPort: 8080}`, "listeners.tcp.port, listeners.websocket.port and listeners.adminPort must all be different"},
+		{"cluster ip with traffic policy", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  service: {type: ClusterIP, externalTrafficPolicy: Local}`, "service.externalTrafficPolicy applies only to LoadBalancer and NodePort Services"},
+		{"source ranges without a load balancer", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  service: {type: NodePort, loadBalancerSourceRanges: [10.0.0.0/8]}`, "apply only to type LoadBalancer"},
+		{"frame too small", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  maxFrameBytes: 8`, "spec.maxFrameBytes in body should be greater than or equal to 16"},
+		{"configurable websocket path", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  listeners: {websocket: {path: /socket}}`, `unknown field "spec.listeners.websocket.path"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := map[string]any{}
+			manifest := "apiVersion: sockets.socketcluster.io/v1alpha1\nkind: SocketCluster\nmetadata: {name: bad, namespace: " + ns + "}\nspec:" + tc.spec
+			if err := yaml.Unmarshal([]byte(manifest), &u); err != nil {
+				t.Fatal(err)
+			}
+			err := c.Create(ctx, unstructuredObj(u), client.FieldValidation("Strict"))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), tc.message) {
+				t.Errorf("error %q\nlacks %q", err, tc.message)
+			}
+		})
+	}
+
+	// The limit itself is allowed: 3585s + 15s = 3600s.
+	ok := socketCluster(t, c, ns, `
+metadata: {name: longest-drain}
+spec:
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {timeout: 59m, deregistrationDelay: 45s}
+`)
+	if ok.Spec.Drain.Timeout.Duration.Minutes() != 59 {
+		t.Errorf("drain %+v", ok.Spec.Drain)
+	}
+}
+
+func TestSecretRotationRollsPods(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	s := secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	socketCluster(t, c, ns, minimal)
+	before := deployment(t, c, ns, anyDeployment).Spec.Template.Annotations[resources.AnnotationSecretHash]
+
+	s.StringData = map[string]string{"key": "k2"}
+	if err := c.Update(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	deployment(t, c, ns, func(d *appsv1.Deployment) error {
+		if h := d.Spec.Template.Annotations[resources.AnnotationSecretHash]; h == before {
+			return errors.New("secret hash unchanged")
+		}
+		return nil
+	})
+}
+
+func TestMissingSecretHoldsTheDeployment(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	sc := socketCluster(t, c, ns, minimal)
+	eventually(t, "degraded", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		return conditionIs(sc, v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonSecretMissing)
+	})
+	if msg := meta.FindStatusCondition(sc.Status.Conditions, v1alpha1.ConditionDegraded).Message; !strings.Contains(msg, "device-key/key") {
+		t.Errorf("message %q does not name the Secret", msg)
+	}
+	if err := c.Get(ctx, key(ns, "edge"), &appsv1.Deployment{}); err == nil {
+		t.Error("Deployment created although its pods could not start")
+	}
+	events := &corev1.EventList{}
+	eventually(t, "warning event", func() error {
+		if err := c.List(ctx, events, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Reason == v1alpha1.ReasonSecretMissing && e.Type == corev1.EventTypeWarning && e.InvolvedObject.Name == "edge" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no SecretMissing event in %d events", len(events.Items))
+	})
+
+	// The Secret watch brings it back without waiting for a resync.
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	deployment(t, c, ns, anyDeployment)
+	eventually(t, "recovered", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		// Nothing listens on the Redis address of these tests.
+		return conditionIs(sc, v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonRedisUnreachable)
+	})
+}
+
+func TestDeletionLeavesForeignObjects(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	// Same labels as the owned Service, but not owned: must stay untouched.
+	foreign := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "edge-metrics", Labels: map[string]string{resources.LabelInstance: "edge", resources.LabelName: resources.AppName}},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 9090}}, Selector: map[string]string{resources.LabelInstance: "edge"}},
+	}
+	if err := c.Create(ctx, foreign); err != nil {
+		t.Fatal(err)
+	}
+	sc := socketCluster(t, c, ns, minimal)
+	d := deployment(t, c, ns, anyDeployment)
+	assertControlledBy(t, d, sc)
+
+	if err := c.Delete(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "SocketCluster gone", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err == nil {
+			return errors.New("still there")
+		}
+		return nil
+	})
+	// envtest runs no garbage collector: the owner references above are
+	// what makes the cluster's GC delete the owned objects.
+	after := &corev1.Service{}
+	if err := c.Get(ctx, key(ns, "edge-metrics"), after); err != nil {
+		t.Fatal(err)
+	}
+	if after.ResourceVersion != foreign.ResourceVersion || len(after.OwnerReferences) != 0 {
+		t.Errorf("foreign Service changed: %+v", after.ObjectMeta)
+	}
+}
+
+func TestStatusFollowsTheDeployment(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	sc := socketCluster(t, c, ns, minimal)
+	d := deployment(t, c, ns, anyDeployment)
+
+	// envtest runs no Deployment controller: play its part.
+	setStatus := func(ready int32) {
+		t.Helper()
+		d.Status = appsv1.DeploymentStatus{
+			ObservedGeneration: d.Generation, Replicas: 3, UpdatedReplicas: 3, ReadyReplicas: ready, AvailableReplicas: ready,
+		}
+		if err := c.Status().Update(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setStatus(3)
+	eventually(t, "available", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		if sc.Status.ReadyReplicas != 3 || sc.Status.Replicas != 3 || sc.Status.UpdatedReplicas != 3 {
+			return fmt.Errorf("replicas %+v", sc.Status)
+		}
+		return errors.Join(
+			conditionIs(sc, v1alpha1.ConditionAvailable, metav1.ConditionTrue, v1alpha1.ReasonMinimumReplicasReady),
+			conditionIs(sc, v1alpha1.ConditionProgressing, metav1.ConditionFalse, v1alpha1.ReasonRolloutComplete),
+		)
+	})
+
+	setStatus(2)
+	eventually(t, "one pod lost", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		return errors.Join(
+			conditionIs(sc, v1alpha1.ConditionAvailable, metav1.ConditionFalse, v1alpha1.ReasonMinimumReplicasUnavailable),
+			conditionIs(sc, v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRolloutInProgress),
+		)
+	})
+}
+
+func TestSamplesAreAccepted(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	files, err := filepath.Glob(filepath.Join("..", "config", "samples", "sockets_v1alpha1_*.yaml"))
+	if err != nil || len(files) < 2 {
+		t.Fatalf("samples %v %v", files, err)
+	}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(raw), "\n---\n") {
+			u := map[string]any{}
+			if err := yaml.Unmarshal([]byte(doc), &u); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if len(u) == 0 {
+				continue
+			}
+			obj := unstructuredObj(u)
+			obj.SetNamespace(ns)
+			if err := c.Create(ctx, obj, client.FieldValidation("Strict")); err != nil {
+				t.Errorf("%s: %s %s: %v", f, obj.GetKind(), obj.GetName(), err)
+			}
+		}
+	}
+}

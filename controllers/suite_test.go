@@ -1,0 +1,162 @@
+package controllers_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/socketcluster/socketcluster/api/v1alpha1"
+	"github.com/socketcluster/socketcluster/controllers"
+)
+
+const defaultImage = "socketcluster/socketcluster:test"
+
+// cluster is one real kube-apiserver + etcd with the operator running
+// against it, shared by the tests of this package.
+var cluster struct {
+	once    sync.Once
+	err     error
+	env     *envtest.Environment
+	cfg     *rest.Config
+	client  client.Client
+	stopMgr context.CancelFunc
+	mgrDone chan struct{}
+}
+
+var scheme = runtime.NewScheme()
+
+func init() {
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(v1alpha1.AddToScheme(scheme))
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if cluster.env != nil {
+		if cluster.stopMgr != nil {
+			cluster.stopMgr()
+			<-cluster.mgrDone
+		}
+		if err := cluster.env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping envtest:", err)
+		}
+	}
+	os.Exit(code)
+}
+
+// k8s returns a client of the shared control plane, starting it on first use.
+func k8s(t *testing.T) client.Client {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs kube-apiserver and etcd (envtest)")
+	}
+	cluster.once.Do(func() { cluster.err = start() })
+	if cluster.err != nil {
+		t.Fatal(cluster.err)
+	}
+	return cluster.client
+}
+
+func start() error {
+	assets := os.Getenv("KUBEBUILDER_ASSETS")
+	if assets == "" {
+		return fmt.Errorf("KUBEBUILDER_ASSETS is not set: run `make test`, or " +
+			"`KUBEBUILDER_ASSETS=$(COMPONENTS=\"kube-apiserver kubectl\" hack/build-k8s-binaries.sh) go test ./controllers/...` " +
+			"(or go test -short to skip the envtest suite)")
+	}
+	cluster.env = &envtest.Environment{
+		BinaryAssetsDirectory: assets,
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	cfg, err := cluster.env.Start()
+	if err != nil {
+		return fmt.Errorf("starting envtest from KUBEBUILDER_ASSETS=%s: %w", assets, err)
+	}
+	cluster.cfg = cfg
+	if cluster.client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		return err
+	}
+
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true)))
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+	})
+	if err != nil {
+		return err
+	}
+	r := &controllers.SocketClusterReconciler{
+		Client:       mgr.GetClient(),
+		APIReader:    mgr.GetAPIReader(),
+		Recorder:     mgr.GetEventRecorder(controllers.ControllerName),
+		DefaultImage: defaultImage,
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cluster.stopMgr, cluster.mgrDone = cancel, make(chan struct{})
+	go func() {
+		defer close(cluster.mgrDone)
+		if err := mgr.Start(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "manager:", err)
+		}
+	}()
+	return nil
+}
+
+// namespace creates a namespace for one test, so that tests do not see each
+// other's objects.
+func namespace(t *testing.T, c client.Client) string {
+	t.Helper()
+	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
+	if len(name) > 50 {
+		name = name[:50]
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := c.Create(context.Background(), ns); err != nil {
+		t.Fatal(err)
+	}
+	return name
+}
+
+func unstructuredObj(u map[string]any) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: u}
+}
+
+// eventually retries check until it returns nil, and fails the test with
+// its last error after a generous deadline.
+func eventually(t *testing.T, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,269 @@
+package helm
+
+import (
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+)
+
+const (
+	crdFile  = "sockets.socketcluster.io_socketclusters.yaml"
+	appImage = "socketcluster/socketcluster:0.1.0" // the chart's appVersion
+)
+
+// checksByValues holds what each ci/*-values.yaml must render on top of the
+// checks every rendering passes (see checkCommon).
+var checksByValues = map[string]func(t *testing.T, objs []*unstructured.Unstructured){
+	"default": func(t *testing.T, objs []*unstructured.Unstructured) {
+		wantKinds(t, objs, "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount")
+		crd := only(t, objs, "CustomResourceDefinition", "")
+		if crd.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
+			t.Errorf("CRD lacks helm.sh/resource-policy: keep: %v", crd.GetAnnotations())
+		}
+		want := readYAMLFile(t, filepath.Join(configDir, "crd", "bases", crdFile))
+		if !reflect.DeepEqual(crd.Object["spec"], want.Object["spec"]) {
+			t.Errorf("rendered CRD spec differs from config/crd/bases/%s", crdFile)
+		}
+		if img := managerContainer(t, objs)["image"]; img != appImage {
+			t.Errorf("image = %v, want %s", img, appImage)
+		}
+		if got := rulesOf(t, only(t, objs, "ClusterRole", "")); !reflect.DeepEqual(got, managerRules(t)) {
+			t.Errorf("ClusterRole rules differ from config/rbac/role.yaml:\n%v", got)
+		}
+		if slices.ContainsFunc(managerArgs(t, objs), func(a string) bool { return strings.HasPrefix(a, "--watch-namespace") }) {
+			t.Error("--watch-namespace passed without watchNamespace")
+		}
+	},
+	"watch-namespace-values.yaml": func(t *testing.T, objs []*unstructured.Unstructured) {
+		wantKinds(t, objs, "CustomResourceDefinition", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount")
+		role := only(t, objs, "Role", "socketcluster-apps")
+		if !reflect.DeepEqual(rulesOf(t, role), managerRules(t)) {
+			t.Errorf("Role rules differ from config/rbac/role.yaml")
+		}
+		binding := only(t, objs, "RoleBinding", "socketcluster-apps")
+		subjects, _, _ := unstructured.NestedSlice(binding.Object, "subjects")
+		if len(subjects) != 1 || subjects[0].(map[string]any)["namespace"] != releaseNamespace {
+			t.Errorf("RoleBinding subjects = %v, want the operator's ServiceAccount in %s", subjects, releaseNamespace)
+		}
+		if !slices.Contains(managerArgs(t, objs), "--watch-namespace=socketcluster-apps") {
+			t.Errorf("args %v lack --watch-namespace=socketcluster-apps", managerArgs(t, objs))
+		}
+	},
+	"servicemonitor-example-values.yaml": func(t *testing.T, objs []*unstructured.Unstructured) {
+		sm := only(t, objs, "ServiceMonitor", releaseNamespace)
+		if sm.GetLabels()["release"] != "kube-prometheus-stack" {
+			t.Errorf("ServiceMonitor labels = %v, want the extra label", sm.GetLabels())
+		}
+		svc := only(t, objs, "Service", releaseNamespace)
+		if port, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports"); port[0].(map[string]any)["name"] != "metrics" {
+			t.Errorf("metrics Service ports = %v", port)
+		}
+		sc := only(t, objs, "SocketCluster", releaseNamespace)
+		ref, _, _ := unstructured.NestedStringMap(sc.Object, "spec", "auth", "deviceKeySecretRef")
+		if !reflect.DeepEqual(ref, map[string]string{"name": "example-device-key", "key": "device-key"}) {
+			t.Errorf("example deviceKeySecretRef = %v", ref)
+		}
+		secrets := named(objs, "Secret")
+		if key, _, _ := unstructured.NestedString(secrets["example-device-key"].Object, "data", "device-key"); len(key) < 48 {
+			t.Errorf("example device key %q is too short", key)
+		}
+		if pw, _, _ := unstructured.NestedString(secrets["example-redis"].Object, "stringData", "password"); pw != "not-a-real-password" {
+			t.Errorf("redis Secret password = %q", pw)
+		}
+		pod, _, _ := unstructured.NestedMap(only(t, objs, "Deployment", releaseNamespace).Object, "spec", "template", "spec")
+		for _, field := range []string{"imagePullSecrets", "nodeSelector", "tolerations"} {
+			if pod[field] == nil {
+				t.Errorf("pod spec lacks %s", field)
+			}
+		}
+	},
+	"crds-off-values.yaml": func(t *testing.T, objs []*unstructured.Unstructured) {
+		if crds := named(objs, "CustomResourceDefinition"); len(crds) != 0 {
+			t.Errorf("crds.install=false still renders %d CRDs", len(crds))
+		}
+		c := managerContainer(t, objs)
+		if c["image"] != "socketcluster/socketcluster:0.1.0-rc.1" || c["imagePullPolicy"] != "Always" {
+			t.Errorf("image %v / pull policy %v not taken from values", c["image"], c["imagePullPolicy"])
+		}
+	},
+}
+
+func TestTemplate(t *testing.T) {
+	for _, values := range valueSets(t) {
+		t.Run("values="+valuesName(values), func(t *testing.T) {
+			check, ok := checksByValues[valuesName(values)]
+			if !ok {
+				t.Fatalf("no checks for %s: add them to checksByValues", values)
+			}
+			objs := render(t, append(valuesArgs(values), crdServed)...)
+			checkCommon(t, objs)
+			check(t, objs)
+		})
+	}
+}
+
+// checkCommon holds what every rendering must satisfy.
+func checkCommon(t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
+	for _, o := range objs {
+		for _, l := range []string{"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "helm.sh/chart"} {
+			if o.GetLabels()[l] == "" {
+				t.Errorf("%s %s lacks label %s", o.GetKind(), o.GetName(), l)
+			}
+		}
+		if o.GetKind() == "Role" || o.GetKind() == "ClusterRole" {
+			checkNoWildcards(t, o)
+		}
+	}
+	c := managerContainer(t, objs)
+	env, _, _ := unstructured.NestedSlice(c, "env")
+	if !slices.ContainsFunc(env, func(e any) bool {
+		m := e.(map[string]any)
+		return m["name"] == "SOCKETSERVER_IMAGE" && m["value"] == c["image"]
+	}) {
+		t.Errorf("env %v lacks SOCKETSERVER_IMAGE=%v (the operator's own image)", env, c["image"])
+	}
+	if args := managerArgs(t, objs); !slices.Contains(args, "--leader-elect") || !slices.Contains(args, "--health-probe-bind-address=:8081") {
+		t.Errorf("args %v lack leader election or the probe address", args)
+	}
+	for probe, path := range map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz"} {
+		if got, _, _ := unstructured.NestedString(c, probe, "httpGet", "path"); got != path {
+			t.Errorf("%s path = %q, want %s", probe, got, path)
+		}
+	}
+	sc, _, _ := unstructured.NestedMap(c, "securityContext")
+	if sc["readOnlyRootFilesystem"] != true || sc["allowPrivilegeEscalation"] != false ||
+		!reflect.DeepEqual(sc["capabilities"], map[string]any{"drop": []any{"ALL"}}) {
+		t.Errorf("container securityContext %v is not hardened", sc)
+	}
+	psc, _, _ := unstructured.NestedMap(only(t, objs, "Deployment", releaseNamespace).Object, "spec", "template", "spec", "securityContext")
+	if psc["runAsNonRoot"] != true || !reflect.DeepEqual(psc["seccompProfile"], map[string]any{"type": "RuntimeDefault"}) {
+		t.Errorf("pod securityContext %v: want runAsNonRoot and seccomp RuntimeDefault", psc)
+	}
+}
+
+// checkNoWildcards fails on any "*" in a rule: the operator's rights are listed one by one.
+func checkNoWildcards(t *testing.T, role *unstructured.Unstructured) {
+	t.Helper()
+	for _, r := range rulesOf(t, role) {
+		for field, values := range r.(map[string]any) {
+			list, _ := values.([]any)
+			if slices.Contains(list, any("*")) {
+				t.Errorf("%s %s grants %s: *", role.GetKind(), role.GetName(), field)
+			}
+		}
+	}
+}
+
+func TestValuesSchemaRefusesMistakes(t *testing.T) {
+	for _, tc := range []struct{ set, want string }{
+		{"image.tagg=1.0", "additional properties 'tagg' not allowed"},
+		{"watchNamespaces=apps", "additional properties 'watchNamespaces' not allowed"},
+		{"metrics.serviceMonitor.enable=true", "additional properties 'enable' not allowed"},
+		{"redisSecret.create=true", "at '/redisSecret/password': minLength: got 0, want 1"},
+		{"image.pullPolicy=Sometimes", "value must be one of 'Always', 'IfNotPresent', 'Never'"},
+	} {
+		t.Run(tc.set, func(t *testing.T) {
+			_, err := runHelm(t, "template", "socketcluster", chartDir, "--set", tc.set)
+			if err == nil || !strings.Contains(err.Error(), "values don't meet the specifications of the schema") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("helm template --set %s: got error %v, want the schema's %q", tc.set, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestOptionalKnobs(t *testing.T) {
+	crd := only(t, render(t, "--set", "crds.keep=false"), "CustomResourceDefinition", "")
+	if _, ok := crd.GetAnnotations()["helm.sh/resource-policy"]; ok {
+		t.Error("crds.keep=false still keeps the CRD")
+	}
+	// The install that creates the CRD cannot create the example; its key is made already.
+	objs := render(t, "--set", "example.enabled=true")
+	if len(named(objs, "SocketCluster")) != 0 || named(objs, "Secret")["example-device-key"] == nil {
+		t.Error("example.enabled without the CRD served: want only the device-key Secret")
+	}
+	// Release names may be 53 characters; Service names (DNS-1035 labels)
+	// and the Deployment's must still fit 63.
+	out, err := runHelm(t, "template", strings.Repeat("r", 53), chartDir, "--namespace", releaseNamespace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range decodeAll(t, out) {
+		if (o.GetKind() == "Service" || o.GetKind() == "Deployment") && len(o.GetName()) > 63 {
+			t.Errorf("%s name %q is longer than 63 characters", o.GetKind(), o.GetName())
+		}
+	}
+}
+
+func wantKinds(t *testing.T, objs []*unstructured.Unstructured, kinds ...string) {
+	t.Helper()
+	var got []string
+	for _, o := range objs {
+		if !slices.Contains(got, o.GetKind()) {
+			got = append(got, o.GetKind())
+		}
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, kinds) {
+		t.Errorf("rendered kinds %v, want %v", got, kinds)
+	}
+}
+
+// only returns the single object of kind in namespace ("" for cluster-scoped).
+func only(t *testing.T, objs []*unstructured.Unstructured, kind, namespace string) *unstructured.Unstructured {
+	t.Helper()
+	var found []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetNamespace() == namespace {
+			found = append(found, o)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("want one %s in namespace %q, got %d", kind, namespace, len(found))
+	}
+	return found[0]
+}
+
+func named(objs []*unstructured.Unstructured, kind string) map[string]*unstructured.Unstructured {
+	m := map[string]*unstructured.Unstructured{}
+	for _, o := range objs {
+		if o.GetKind() == kind {
+			m[o.GetName()] = o
+		}
+	}
+	return m
+}
+
+func managerContainer(t *testing.T, objs []*unstructured.Unstructured) map[string]any {
+	t.Helper()
+	cs, _, _ := unstructured.NestedSlice(only(t, objs, "Deployment", releaseNamespace).Object, "spec", "template", "spec", "containers")
+	if len(cs) != 1 {
+		t.Fatalf("want 1 container, got %d", len(cs))
+	}
+	return cs[0].(map[string]any)
+}
+
+func managerArgs(t *testing.T, objs []*unstructured.Unstructured) []string {
+	t.Helper()
+	args, _, _ := unstructured.NestedStringSlice(managerContainer(t, objs), "args")
+	return args
+}
+
+func rulesOf(t *testing.T, role *unstructured.Unstructured) []any {
+	t.Helper()
+	rules, _, _ := unstructured.NestedSlice(role.Object, "rules")
+	if len(rules) == 0 {
+		t.Fatalf("%s %s has no rules", role.GetKind(), role.GetName())
+	}
+	return rules
+}
+
+// managerRules are the rules controller-gen generated from the operator's markers.
+func managerRules(t *testing.T) []any {
+	t.Helper()
+	return rulesOf(t, readYAMLFile(t, filepath.Join(configDir, "rbac", "role.yaml")))
+}
