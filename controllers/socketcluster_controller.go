@@ -103,8 +103,12 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		}
 	}
 
+	pods := &corev1.PodList{}
+	if err := r.APIReader.List(ctx, pods, client.InNamespace(sc.Namespace), client.MatchingLabels(resources.SelectorLabels(sc))); err != nil {
+		return ctrl.Result{}, err
+	}
 	problems := conditions.Problems{MissingSecrets: missing}
-	count, err := r.countConnections(ctx, sc, secrets)
+	count, err := r.countConnections(ctx, sc, secrets, pods.Items)
 	if err != nil {
 		log.Info("cannot read connection counts from Redis", "error", err.Error())
 		problems.Redis = err
@@ -178,8 +182,8 @@ func (r *SocketClusterReconciler) apply(ctx context.Context, sc *v1alpha1.Socket
 	return nil
 }
 
-// countConnections sums what the cluster's current pods published to Redis.
-func (r *SocketClusterReconciler) countConnections(ctx context.Context, sc *v1alpha1.SocketCluster, secrets map[string]*corev1.Secret) (int64, error) {
+// countConnections sums what the given pods published to Redis.
+func (r *SocketClusterReconciler) countConnections(ctx context.Context, sc *v1alpha1.SocketCluster, secrets map[string]*corev1.Secret, pods []corev1.Pod) (int64, error) {
 	var password string
 	if ref := sc.Spec.Redis.PasswordSecretRef; ref != nil {
 		s := secrets[ref.Name]
@@ -188,12 +192,8 @@ func (r *SocketClusterReconciler) countConnections(ctx context.Context, sc *v1al
 		}
 		password = string(s.Data[ref.Key])
 	}
-	pods := &corev1.PodList{}
-	if err := r.APIReader.List(ctx, pods, client.InNamespace(sc.Namespace), client.MatchingLabels(resources.SelectorLabels(sc))); err != nil {
-		return 0, err
-	}
-	names := make([]string, len(pods.Items))
-	for i, p := range pods.Items {
+	names := make([]string, len(pods))
+	for i, p := range pods {
 		names[i] = p.Name
 	}
 	rdb := connections.NewClient(sc.Spec.Redis, password)

@@ -58,7 +58,9 @@ spec:
   auth: {deviceKeySecretRef: {name: device-key, key: key}}
 `
 
-func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+func key(ns, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: ns, Name: name}
+}
 
 // deployment waits for the SocketCluster's Deployment and returns it.
 func deployment(t *testing.T, c client.Client, ns string, ok func(*appsv1.Deployment) error) *appsv1.Deployment {
@@ -446,5 +448,26 @@ func TestSamplesAreAccepted(t *testing.T) {
 				t.Errorf("%s: %s %s: %v", f, obj.GetKind(), obj.GetName(), err)
 			}
 		}
+	}
+}
+
+func TestConfigDefaultDeploysTheOperator(t *testing.T) {
+	c := k8s(t) // applied config/default on start
+	d := &appsv1.Deployment{}
+	if err := c.Get(ctx, key("socketcluster-system", "socketcluster-controller-manager"), d); err != nil {
+		t.Fatal(err)
+	}
+	ctr := d.Spec.Template.Spec.Containers[0]
+	var envImage string
+	for _, e := range ctr.Env {
+		if e.Name == "SOCKETSERVER_IMAGE" {
+			envImage = e.Value
+		}
+	}
+	if ctr.Image != "socketcluster/socketcluster:latest" || envImage != ctr.Image || ctr.Command[0] != "/manager" {
+		t.Errorf("manager image %s, SOCKETSERVER_IMAGE %q, command %v", ctr.Image, envImage, ctr.Command)
+	}
+	if d.Spec.Template.Spec.ServiceAccountName != "socketcluster-controller-manager" {
+		t.Errorf("service account %s", d.Spec.Template.Spec.ServiceAccountName)
 	}
 }

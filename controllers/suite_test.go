@@ -1,9 +1,11 @@
 package controllers_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -95,9 +97,16 @@ func start() error {
 	if cluster.client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		return err
 	}
+	if err := deployConfig(assets); err != nil {
+		return err
+	}
 
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true)))
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	// The operator runs with the ServiceAccount and RBAC of config/default,
+	// so every test also proves that the generated role is enough.
+	mgrCfg := rest.CopyConfig(cfg)
+	mgrCfg.Impersonate = rest.ImpersonationConfig{UserName: operatorAccount}
+	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
@@ -122,6 +131,44 @@ func start() error {
 			fmt.Fprintln(os.Stderr, "manager:", err)
 		}
 	}()
+	return nil
+}
+
+// operatorAccount is the ServiceAccount config/default runs the operator as.
+const operatorAccount = "system:serviceaccount:socketcluster-system:socketcluster-controller-manager"
+
+// deployConfig applies config/default the way `make deploy` does.
+func deployConfig(assets string) error {
+	kubectl := filepath.Join(assets, "kubectl")
+	if _, err := os.Stat(kubectl); err != nil {
+		return fmt.Errorf("no kubectl in KUBEBUILDER_ASSETS (build it with COMPONENTS=\"kube-apiserver kubectl\" hack/build-k8s-binaries.sh): %w", err)
+	}
+	admin, err := cluster.env.AddUser(envtest.User{Name: "deployer", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return err
+	}
+	kubeconfig, err := admin.KubeConfig()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "kubeconfig")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = os.RemoveAll(dir) }()
+	path := filepath.Join(dir, "config")
+	if err := os.WriteFile(path, kubeconfig, 0o600); err != nil {
+		return err
+	}
+	manifests, err := exec.Command(kubectl, "kustomize", filepath.Join("..", "config", "default")).Output()
+	if err != nil {
+		return fmt.Errorf("kubectl kustomize config/default: %w", err)
+	}
+	apply := exec.Command(kubectl, "--kubeconfig", path, "apply", "--server-side", "--force-conflicts", "-f", "-")
+	apply.Stdin = bytes.NewReader(manifests)
+	if out, err := apply.CombinedOutput(); err != nil {
+		return fmt.Errorf("applying config/default: %w\n%s", err, out)
+	}
 	return nil
 }
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs helm from the Go module proxy (release downloads are not reachable
 # from CI) into a cache outside the work tree, and prints the binary's path.
-# Reused when present.
+# Reused when it is there in the wanted version.
 #
 #   HELM=$(hack/helm.sh) && $HELM version
 set -euo pipefail
 HELM_VERSION=${HELM_VERSION:-3.22.0}
 CACHE=${SOCKETCLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/socketcluster}
-BIN=$CACHE/helm-$HELM_VERSION/bin
-if [ ! -x "$BIN/helm" ]; then
+BIN=$CACHE/bin
+if [ "$("$BIN/helm" version --template '{{.Version}}' 2>/dev/null)" != "v$HELM_VERSION" ]; then
   mkdir -p "$BIN"
   # Like helm's own release build, stamp the version and the Kubernetes
   # version of its client-go: `helm template` and `helm lint` assume that

@@ -59,6 +59,10 @@ type conn struct {
 	// Set by the read loop before the connection is registered; read-only after.
 	device string
 	epoch  uint64
+	// pubGap (read loop only) is the lowest PUBLISH id that failed to be
+	// stored here. Later ids are refused until it is stored: recording one
+	// of them would make its retransmit look like a duplicate, and be lost.
+	pubGap uint64
 
 	mu        sync.Mutex
 	out       []byte
@@ -253,6 +257,10 @@ func (c *conn) publish(body []byte) error {
 	if err != nil {
 		return err
 	}
+	if c.pubGap != 0 && id > c.pubGap {
+		s.metrics.publishes.WithLabelValues("failed").Inc()
+		return nil // no PUBACK: the device retransmits it after the gap
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
 	dup, err := s.store.Publish(ctx, c.device, c.epoch, id, payload)
 	cancel()
@@ -263,11 +271,17 @@ func (c *conn) publish(body []byte) error {
 	case err != nil:
 		// No PUBACK: the device retransmits the same id.
 		s.metrics.publishes.WithLabelValues("failed").Inc()
+		if c.pubGap == 0 || id < c.pubGap {
+			c.pubGap = id
+		}
 		return nil
 	case dup:
 		s.metrics.publishes.WithLabelValues("duplicate").Inc()
 	default:
 		s.metrics.publishes.WithLabelValues("stored").Inc()
+	}
+	if id == c.pubGap {
+		c.pubGap = 0
 	}
 	c.write(func(dst []byte) []byte { return c.tr.appendSeqFrame(dst, protocol.TypePubAck, id, nil) })
 	return nil

@@ -2,9 +2,13 @@
 package main
 
 import (
+	"context"
 	"flag"
+	"fmt"
 	"os"
 
+	"github.com/go-logr/logr"
+	"github.com/redis/go-redis/v9"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -35,6 +39,8 @@ func main() {
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&opts)))
 	log := ctrl.Log.WithName("setup")
+	// Failed Redis reads already show in the status and the reconcile log.
+	redis.SetLogger(redisLog{ctrl.Log.WithName("redis").V(1)})
 
 	image := os.Getenv(imageEnv)
 	if image == "" {
@@ -83,4 +89,11 @@ func main() {
 		log.Error(err, "manager stopped")
 		os.Exit(1)
 	}
+}
+
+// redisLog sends go-redis's internal messages to the operator's logger.
+type redisLog struct{ log logr.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Info(fmt.Sprintf(format, v...))
 }

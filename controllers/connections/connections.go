@@ -21,13 +21,15 @@ const MaxAge = 30 * time.Second
 // short: a status refresh must not hold up the reconcile loop.
 func NewClient(spec v1alpha1.RedisSpec, password string) redis.UniversalClient {
 	o := &redis.UniversalOptions{
-		Addrs:           spec.Addresses,
-		MasterName:      spec.MasterName,
-		Password:        password,
-		DialTimeout:     2 * time.Second,
-		ReadTimeout:     2 * time.Second,
-		WriteTimeout:    2 * time.Second,
-		MaxRetries:      1,
+		Addrs:        spec.Addresses,
+		MasterName:   spec.MasterName,
+		Password:     password,
+		DialTimeout:  2 * time.Second,
+		ReadTimeout:  2 * time.Second,
+		WriteTimeout: 2 * time.Second,
+		// One attempt per refresh: the next one comes in StatusInterval.
+		MaxRetries:      -1,
+		DialerRetries:   1,
 		DisableIdentity: true,
 	}
 	if spec.TLS {

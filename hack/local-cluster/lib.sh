@@ -15,9 +15,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 KUBECONFIG_FILE=$WORK/admin.kubeconfig
 CTRD_SOCK=$WORK/containerd/containerd.sock
-# Pod network: one bridge, one /24 (also written into cni.conflist).
+# Pod network: one bridge, one /24.
 BRIDGE=scbr0
 POD_CIDR=10.244.0.0/24
+POD_GATEWAY=10.244.0.1
 # Images made by images.sh. CRI names "socketcluster/socketcluster:e2e-a" in a
 # Pod docker.io/socketcluster/socketcluster:e2e-a, so that is what is imported.
 IMAGE_REPO=${IMAGE_REPO:-docker.io/socketcluster/socketcluster}
@@ -65,9 +66,16 @@ stop() {
   rm -f "$WORK/pids/$1"
 }
 
-# wait_for WHAT SECONDS CMD...: retries CMD until it succeeds.
+# wait_for WHAT SECONDS CMD...: retries CMD until it succeeds, giving up
+# early when a process launched before has exited.
 wait_for() {
-  local what=$1 secs=$2; shift 2
-  for _ in $(seq $((secs * 5))); do "$@" > /dev/null 2>&1 && return 0; sleep 0.2; done
+  local what=$1 secs=$2 f; shift 2
+  for _ in $(seq $((secs * 5))); do
+    "$@" > /dev/null 2>&1 && return 0
+    for f in "$WORK"/pids/*; do
+      [[ $f == *.new ]] || pid "${f##*/}" > /dev/null || die "${f##*/} exited (log: $WORK/logs/${f##*/}.log)"
+    done
+    sleep 0.2
+  done
   die "$what not ready after ${secs}s (logs in $WORK/logs)"
 }

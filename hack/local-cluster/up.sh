@@ -37,7 +37,13 @@ mkdir -p "$CACHE/bin"
 (cd "$REPO" && go build -o "$CACHE/bin/holdenv" ./hack/local-cluster/holdenv)
 
 # ---- runtime state -----------------------------------------------------------
-trap 'log "up failed; tearing down (logs: $WORK/logs)"; tail -n 20 "$WORK"/logs/*.log >&2 || true; "$HERE/down.sh" >&2 || true' ERR
+# On failure: show the logs' tails and leave nothing running.
+failed() {
+  tail -n 15 "$WORK"/logs/*.log >&2 || true
+  log "up failed; tearing down"
+  "$HERE/down.sh" >&2 || true
+}
+trap 'failed' EXIT
 mkdir -p "$WORK"/{pids,logs,tmp,cni,cni-ipam,pod-logs,kubelet,containerd}
 # Host paths the kubelet and CNI write outside $WORK whatever they are told;
 # down.sh removes the ones that did not exist before.
@@ -45,7 +51,10 @@ for p in /var/log/containers /var/lib/cni /run/netns /var/lib/kubelet; do
   [ -e "$p" ] || echo "$p"
 done > "$WORK/host-paths"
 for c in /sys/fs/cgroup/*/; do [ -e "${c}kubepods" ] || echo "${c}kubepods"; done >> "$WORK/host-paths"
-render() { sed -e "s|@WORK@|$WORK|g" -e "s|@DEBS@|$DEBS|g" -e "s|@PAUSE_IMAGE@|$PAUSE_IMAGE|g" "$HERE/$1" > "$2"; }
+render() {
+  sed -e "s|@WORK@|$WORK|g" -e "s|@DEBS@|$DEBS|g" -e "s|@PAUSE_IMAGE@|$PAUSE_IMAGE|g" \
+    -e "s|@BRIDGE@|$BRIDGE|g" -e "s|@POD_CIDR@|$POD_CIDR|g" "$HERE/$1" > "$2"
+}
 render containerd.toml "$WORK/containerd/config.toml"
 render cni.conflist "$WORK/cni/10-socketcluster.conflist"
 render kubelet.yaml "$WORK/kubelet/config.yaml"
@@ -56,10 +65,18 @@ wait_for containerd 20 ctr_ version
 "$HERE/images.sh" pause
 
 log "etcd + kube-apiserver"
+# The apiserver serves on the pod network's gateway, so that Pods (e.g. the
+# operator) reach it: there is no kube-proxy, so the "kubernetes" Service IP
+# does not route; Pods that talk to the API set
+# KUBERNETES_SERVICE_HOST=$POD_GATEWAY and the port in the kubeconfig. The
+# bridge is made here (the CNI plugin adopts it) so the address exists now.
+ip link add "$BRIDGE" type bridge
+ip addr add "$POD_GATEWAY/${POD_CIDR#*/}" dev "$BRIDGE"
+ip link set "$BRIDGE" up
 # Node "localhost" with Hostname address: the apiserver reaches the kubelet on
 # loopback (the kubelet refuses 127.0.0.1 as --node-ip). The ServiceAccount
 # admission plugin, which envtest turns off, is back on so Pods get tokens.
-TMPDIR=$WORK/tmp launch holdenv "$CACHE/bin/holdenv" -assets "$K8S_BIN" -kubeconfig "$KUBECONFIG_FILE" \
+TMPDIR=$WORK/tmp launch holdenv "$CACHE/bin/holdenv" -assets "$K8S_BIN" -kubeconfig-out "$KUBECONFIG_FILE" -listen "$POD_GATEWAY" \
   -apiserver-arg kubelet-preferred-address-types=Hostname -apiserver-arg disable-admission-plugins=-
 wait_for kube-apiserver 60 test -f "$KUBECONFIG_FILE"
 
@@ -78,6 +95,6 @@ launch kube-controller-manager kube-controller-manager --kubeconfig="$KUBECONFIG
 wait_for "node localhost" 120 kubectl_ wait --for=condition=Ready node/localhost --timeout=1s
 wait_for "default service account" 60 kubectl_ get serviceaccount default
 
-trap - ERR
+trap - EXIT
 log "cluster up in $(($(date +%s) - start))s"
 [ "${1:-}" = -k ] && echo "$KUBECONFIG_FILE" || echo "export KUBECONFIG=$KUBECONFIG_FILE"

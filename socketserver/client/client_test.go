@@ -233,6 +233,7 @@ func TestTakeoverStopsTheOldClient(t *testing.T) {
 func TestServerSilenceIsDetected(t *testing.T) {
 	s := startServer(t, "server-a", store.NewMemory(), func(c *socketserver.Config) {
 		c.HeartbeatInterval = 200 * time.Millisecond
+		c.HeartbeatTimeout = time.Minute // the server never gives up first
 	})
 	p := newProxy(t, s.Addrs().TCP)
 	d := runDevice(t, client.Config{Addr: p.addr(), Device: "pos-12"})
@@ -312,53 +313,71 @@ func TestUnavailableStoreWaitsRetryAfter(t *testing.T) {
 	}
 }
 
-// The store fails for one PUBLISH and succeeds for the next: the first id is
-// then taken (a retransmit of it would be PUBACKed as a duplicate without
-// being stored), so the client must store the message under a fresh id.
-func TestPublishFailedStoreGetsFreshID(t *testing.T) {
-	r, a, _ := redisPair(t, func(c *socketserver.Config) { c.StoreTimeout = 200 * time.Millisecond })
-	rdb := r.Client()
-	d := runDevice(t, client.Config{Addr: a.Addrs().TCP, Device: "pos-17"})
-	d.waitConnected(t, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+// The store fails for one PUBLISH and a later one follows on the same
+// connection. Both must end up stored, whether the device retransmits after
+// its PUBACK timeout or after a reconnect that lost every PUBACK: the later
+// id must not be recorded over the failed one, or the failed one's
+// retransmit would be PUBACKed as a duplicate without ever being stored.
+func TestPublishAfterFailedStoreIsNotLost(t *testing.T) {
+	for _, reconnect := range []bool{false, true} {
+		t.Run(map[bool]string{false: "timeout", true: "reconnect"}[reconnect], func(t *testing.T) {
+			r, a, _ := redisPair(t, func(c *socketserver.Config) { c.StoreTimeout = 200 * time.Millisecond })
+			rdb := r.Client()
+			p := newProxy(t, a.Addrs().TCP)
+			cfg := client.Config{Addr: p.addr(), Device: "pos-18"}
+			if !reconnect {
+				// Past the failed store (the Redis client's 2s read timeout),
+				// so the second goes out before the first is retransmitted.
+				cfg.PubAckTimeout = 3 * time.Second
+			}
+			d := runDevice(t, cfg)
+			d.waitConnected(t, 1)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
 
-	// Paused writes time the first store out; its connection is dropped
-	// by the Redis client, so the paused command never runs.
-	if err := rdb.Do(ctx, "CLIENT", "PAUSE", "1500", "WRITE").Err(); err != nil {
-		t.Fatal(err)
-	}
-	first, err := d.PublishAsync(ctx, []byte("first"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(400 * time.Millisecond) // past the store timeout, so the server has given up on it
-	if err := rdb.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if id, err := d.Publish(ctx, []byte("second")); err != nil || id != 2 {
-		t.Fatalf("Publish = %d, %v", id, err)
-	}
-	select {
-	case <-first.Done():
-	case <-ctx.Done():
-		t.Fatal("the failed message was never stored")
-	}
-	if first.ID() != 3 {
-		t.Fatalf("failed message acknowledged as id %d, want the fresh id 3", first.ID())
-	}
-	entries, err := rdb.XRange(ctx, "t:upstream", "-", "+").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, e := range entries {
-		got = append(got, fmt.Sprint(e.Values["id"], "=", e.Values["payload"]))
-	}
-	if want := "[2=second 3=first]"; fmt.Sprint(got) != want {
-		t.Fatalf("upstream stream %v, want %s", got, want)
-	}
-	if st := d.Stats(); st.Renumbered != 1 {
-		t.Fatalf("stats %+v", st)
+			p.mute.Store(reconnect) // no PUBACK reaches the device
+			// Paused writes time the first store out; the Redis client drops
+			// that connection, so the paused command never runs.
+			if err := rdb.Do(ctx, "CLIENT", "PAUSE", "5000", "WRITE").Err(); err != nil {
+				t.Fatal(err)
+			}
+			first, err := d.PublishAsync(ctx, []byte("first"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "the server to give up storing it", func() bool { return publishes(t, a, "failed") >= 1 })
+			if err := rdb.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+				t.Fatal(err)
+			}
+			second, err := d.PublishAsync(ctx, []byte("second"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if reconnect {
+				eventually(t, "the server to handle the second", func() bool {
+					return publishes(t, a, "failed") >= 2 || publishes(t, a, "stored") >= 1
+				})
+				p.cut()
+				p.mute.Store(false)
+			}
+			for _, pend := range []*client.Pending{first, second} {
+				select {
+				case <-pend.Done():
+				case <-ctx.Done():
+					t.Fatal("no PUBACK")
+				}
+			}
+			entries, err := rdb.XRange(ctx, "t:upstream", "-", "+").Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, e := range entries {
+				got = append(got, fmt.Sprint(e.Values["id"], "=", e.Values["payload"]))
+			}
+			if want := "[1=first 2=second]"; fmt.Sprint(got) != want {
+				t.Fatalf("upstream stream %v, want %s", got, want)
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,28 @@ func getDevice(t *testing.T, s *socketserver.Server, device string) deviceInfo {
 		t.Fatalf("GET device: %s", resp.Status)
 	}
 	return info
+}
+
+// publishes reads the server's count of PUBLISH frames with result.
+func publishes(t *testing.T, s *socketserver.Server, result string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + s.Addrs().Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := `socketserver_publishes_total{result="` + result + `"} `
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
 }
 
 // eventually polls cond until it holds, failing the test after 10s.

@@ -59,11 +59,9 @@ type session struct {
 	welcomed bool
 	extra    []byte // frames queued by the reader: HELLO, PONGs
 	ackSent  uint64
-	// lastPublishID is the WELCOME's: ids above it were not stored before this connection.
-	lastPublishID uint64
-	hb            time.Duration
-	nextPing      time.Time
-	writeErr      error
+	hb       time.Duration
+	nextPing time.Time
+	writeErr error
 }
 
 func (s *session) wake() {
@@ -166,7 +164,7 @@ func (s *session) read(ctx context.Context) sessionEnd {
 			if err != nil {
 				return protocolError(err.Error(), silence != 0)
 			}
-			c.pubAcked(s, id)
+			c.pubAcked(id)
 		case protocol.TypePing:
 			c.mu.Lock()
 			s.extra = s.tr.appendFrame(s.extra, protocol.TypePong, body)
@@ -239,7 +237,7 @@ func (s *session) welcome(w protocol.Welcome) time.Duration {
 		c.stats.Resumes++
 	}
 	c.stats.LastWelcome, c.stats.LastWelcomeAt = w, now
-	s.welcomed, s.hb, s.nextPing, s.lastPublishID = true, hb, now.Add(hb), w.LastPublishID
+	s.welcomed, s.hb, s.nextPing = true, hb, now.Add(hb)
 	c.cur = s
 	c.mu.Unlock()
 	s.wake() // retransmit what is unacknowledged

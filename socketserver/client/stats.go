@@ -18,10 +18,9 @@ type Stats struct {
 	// Delivered counts messages handed to OnMessage, Duplicates the
 	// re-deliveries dropped by seq; LastSeq is the highest seq processed.
 	Delivered, Duplicates, LastSeq uint64
-	// PublishesAcked counts PUBACKed messages; Retransmits PUBLISH frames
-	// sent again; Renumbered messages given a fresh id (see PublishAsync).
-	PublishesAcked, Retransmits, Renumbered uint64
-	InFlight                                int
+	// PublishesAcked counts PUBACKed messages; Retransmits PUBLISH frames sent again.
+	PublishesAcked, Retransmits uint64
+	InFlight                    int
 	// Errors counts ERROR frames by code.
 	Errors map[protocol.Code]uint64
 }

@@ -30,7 +30,6 @@ Kubernetes name fields are limited to that (DNS-1123 labels).
 helm.sh/chart: {{ include "socketcluster-operator.chart" . }}
 {{ include "socketcluster-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/component: operator
 app.kubernetes.io/part-of: socketcluster
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}

@@ -7,6 +7,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -24,7 +25,8 @@ func (a *apiserverArgs) Set(v string) error { *a = append(*a, v); return nil }
 
 func main() {
 	assets := flag.String("assets", "", "folder holding kube-apiserver and etcd")
-	kubeconfig := flag.String("kubeconfig", "", "where to write the admin kubeconfig")
+	kubeconfig := flag.String("kubeconfig-out", "", "where to write the admin kubeconfig")
+	listen := flag.String("listen", "127.0.0.1", "address kube-apiserver serves on (a free port is picked)")
 	var args apiserverArgs
 	flag.Var(&args, "apiserver-arg", "extra kube-apiserver flag as key=value (repeatable); key=- removes an envtest default")
 	flag.Parse()
@@ -34,7 +36,14 @@ func main() {
 	}
 
 	env := &envtest.Environment{BinaryAssetsDirectory: *assets}
-	apiserver := env.ControlPlane.GetAPIServer().Configure()
+	server := env.ControlPlane.GetAPIServer()
+	port, err := freePort(*listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pick apiserver port:", err)
+		os.Exit(1)
+	}
+	server.SecureServing.Address, server.SecureServing.Port = *listen, port
+	apiserver := server.Configure()
 	for _, kv := range args {
 		k, v, _ := strings.Cut(kv, "=")
 		if v == "-" {
@@ -51,7 +60,7 @@ func main() {
 	}
 	// Written last and renamed into place: its presence means "ready".
 	tmp := *kubeconfig + ".tmp"
-	err := os.WriteFile(tmp, env.KubeConfig, 0o600)
+	err = os.WriteFile(tmp, env.KubeConfig, 0o600)
 	if err == nil {
 		err = os.Rename(tmp, *kubeconfig)
 	}
@@ -69,4 +78,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "stop control plane:", err)
 		os.Exit(1)
 	}
+}
+
+// freePort returns a port that is free on host right now.
+func freePort(host string) (string, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	_, port, err := net.SplitHostPort(l.Addr().String())
+	return port, err
 }

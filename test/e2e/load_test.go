@@ -1,0 +1,250 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/socketcluster/socketcluster/socketserver/client"
+)
+
+// servers tracks the ready, not terminating pods of a SocketCluster, the way
+// a load balancer would, so that devices and backends only pick those.
+type servers struct {
+	mu  sync.Mutex
+	ips []string
+}
+
+func (s *servers) refresh(ctx context.Context, ns string, selector map[string]string) {
+	for ctx.Err() == nil {
+		list, err := cluster.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(selector).String()})
+		if err == nil {
+			var ips []string
+			for _, p := range list.Items {
+				if p.DeletionTimestamp == nil && p.Status.PodIP != "" && podReady(&p) {
+					ips = append(ips, p.Status.PodIP)
+				}
+			}
+			s.mu.Lock()
+			s.ips = ips
+			s.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// pick returns a random ready pod's IP with port, or "" while there is none.
+func (s *servers) pick(port int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.ips) == 0 {
+		return ""
+	}
+	return net.JoinHostPort(s.ips[rand.IntN(len(s.ips))], strconv.Itoa(port))
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// device is one simulated device and what it saw.
+type device struct {
+	name   string
+	client *client.Client
+
+	mu        sync.Mutex
+	received  []uint64 // message numbers, in delivery order
+	connected bool
+	downSince time.Time
+	resumes   []time.Duration // disconnect -> next WELCOME
+	published []uint64        // PUBACKed ids
+
+	// Written by the one backend goroutine that sends to this device.
+	next      uint64          // number of the next message
+	accepted  []uint64        // numbers answered 202
+	ambiguous map[uint64]bool // numbers whose answer was lost: stored or not
+}
+
+func newDevice(name string, srv *servers, tcpPort int) *device {
+	d := &device{name: name, ambiguous: map[uint64]bool{}}
+	d.client = client.New(client.Config{
+		Addr:   "socketcluster:" + strconv.Itoa(tcpPort), // replaced by Dial
+		Device: name,
+		Token:  "insecure-no-auth",
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			addr := srv.pick(tcpPort)
+			if addr == "" {
+				return nil, fmt.Errorf("no ready server")
+			}
+			var nd net.Dialer
+			return nd.DialContext(ctx, network, addr)
+		},
+		OnMessage: func(_ uint64, payload []byte) {
+			n, _ := strconv.ParseUint(string(payload), 10, 64)
+			d.mu.Lock()
+			d.received = append(d.received, n)
+			d.mu.Unlock()
+		},
+		OnEvent: func(ev client.Event) {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			switch ev.Type {
+			case client.EventConnected:
+				if !d.downSince.IsZero() {
+					d.resumes = append(d.resumes, ev.At.Sub(d.downSince))
+				}
+				d.connected, d.downSince = true, time.Time{}
+			case client.EventDisconnected:
+				if d.connected {
+					d.downSince = ev.At
+				}
+				d.connected = false
+			}
+		},
+	})
+	return d
+}
+
+// publishLoop publishes a message every interval (jittered) until ctx ends.
+func (d *device) publishLoop(ctx context.Context, interval time.Duration) {
+	for n := 1; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval/2 + rand.N(interval)):
+		}
+		id, err := d.client.Publish(ctx, []byte(d.name+"/"+strconv.Itoa(n)))
+		if err != nil {
+			return // ctx ended: an unacknowledged publish is not counted
+		}
+		d.mu.Lock()
+		d.published = append(d.published, id)
+		d.mu.Unlock()
+	}
+}
+
+// backend sends numbered messages to its devices through the admin API of a
+// random ready pod, one device at a time, so that each device's numbers are
+// sent (and stored) in increasing order.
+func backend(ctx context.Context, devs []*device, srv *servers, adminPort int, every time.Duration, sent *atomic.Int64) {
+	hc := &http.Client{Timeout: 5 * time.Second}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for i := 0; ; i = (i + 1) % len(devs) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d := devs[i]
+		addr := srv.pick(adminPort)
+		if addr == "" {
+			continue
+		}
+		d.next++
+		n := d.next
+		resp, err := hc.Post("http://"+addr+"/v1/devices/"+d.name+"/messages", "application/octet-stream",
+			strings.NewReader(strconv.FormatUint(n, 10)))
+		switch {
+		case err != nil:
+			d.ambiguous[n] = true
+		case resp.StatusCode == http.StatusAccepted:
+			d.accepted = append(d.accepted, n)
+			sent.Add(1)
+		case resp.StatusCode >= 500:
+			d.ambiguous[n] = true // e.g. 503 while the store is unreachable
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
+	}
+}
+
+// checkDelivery: every accepted message reached its device exactly once, in
+// the order it was sent; anything else delivered was an ambiguous send.
+func (d *device) checkDelivery() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	want := map[uint64]bool{}
+	for _, n := range d.accepted {
+		want[n] = true
+	}
+	var last uint64
+	for _, n := range d.received {
+		if n <= last {
+			return fmt.Errorf("%s: message %d after %d (duplicate or out of order)", d.name, n, last)
+		}
+		last = n
+		if !want[n] && !d.ambiguous[n] {
+			return fmt.Errorf("%s: message %d was never sent", d.name, n)
+		}
+		delete(want, n)
+	}
+	if len(want) > 0 {
+		return fmt.Errorf("%s: %d accepted messages not delivered (received %d)", d.name, len(want), len(d.received))
+	}
+	return nil
+}
+
+// percentiles returns p50, p99 and max of ds.
+func percentiles(ds []time.Duration) (p50, p99, maxD time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(ds)
+	at := func(q float64) time.Duration { return ds[min(len(ds)-1, int(q*float64(len(ds))))] }
+	return at(0.50), at(0.99), ds[len(ds)-1]
+}
+
+// allReceived is nil once every device holds every message accepted for it.
+func allReceived(devs []*device) error {
+	missing := 0
+	for _, d := range devs {
+		d.mu.Lock()
+		if len(d.accepted) > 0 && (len(d.received) == 0 || d.received[len(d.received)-1] < d.accepted[len(d.accepted)-1]) {
+			missing++
+		}
+		d.mu.Unlock()
+	}
+	if missing > 0 {
+		return fmt.Errorf("%d devices still wait for messages", missing)
+	}
+	return nil
+}
+
+func allConnected(devs []*device) error {
+	down := 0
+	for _, d := range devs {
+		d.mu.Lock()
+		if !d.connected {
+			down++
+		}
+		d.mu.Unlock()
+	}
+	if down > 0 {
+		return fmt.Errorf("%d devices disconnected", down)
+	}
+	return nil
+}

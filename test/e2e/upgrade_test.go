@@ -1,0 +1,399 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+
+	"github.com/socketcluster/socketcluster/api/v1alpha1"
+	"github.com/socketcluster/socketcluster/controllers/resources"
+)
+
+const (
+	tcpPort   = 7000
+	redisPort = 6379
+	scName    = "e2e"
+)
+
+// TestRollingUpgradeUnderLoad is the scenario the product exists for: the
+// operator (installed by its chart) runs a 3-replica SocketCluster on Redis;
+// E2E_DEVICES devices (default 2000) stay connected through pod IPs while
+// backends send to them and they publish; then the image is patched, a pod
+// is deleted and a container is killed hard. Every accepted message must
+// reach its device once and in order, every acknowledged publish must be in
+// the upstream stream once, every device must be back, the rollout must end
+// on the new image, and drained pods must exit by themselves (code 0) within
+// their grace period.
+func TestRollingUpgradeUnderLoad(t *testing.T) {
+	for _, f := range []string{"charts/socketcluster-operator/Chart.yaml", "cmd/manager/main.go"} {
+		if _, err := os.Stat(filepath.Join(cluster.repo, f)); err != nil {
+			t.Skipf("needs the operator chart and manager (%s is missing)", f)
+		}
+	}
+	if !cluster.local {
+		t.Skip("needs hack/local-cluster: it kills a container through that cluster's containerd")
+	}
+	nDevices := envInt(t, "E2E_DEVICES", 2000)
+	ctx := context.Background()
+	ns := namespace(t, "upgrade")
+	tagA, tagB := imageTags(t)
+
+	// 1. Redis, as a Pod of this test's namespace.
+	redisIP := startRedis(t, ctx, ns)
+	redisAddr := fmt.Sprintf("%s:%d", redisIP, redisPort)
+
+	// 3. The operator, by its chart. No kube-proxy here, so it reaches the
+	// API server at the address the cluster serves it on (see up.sh).
+	installOperator(t, ns, tagA)
+
+	// 4. A SocketCluster of 3 on that Redis.
+	start := time.Now()
+	applySocketCluster(t, ns, image(tagA), redisAddr)
+	kubectl(t, "-n", ns, "wait", "--for=condition=Available", "socketcluster/"+scName, "--timeout=5m")
+	t.Logf("SocketCluster available in %s", time.Since(start).Round(time.Millisecond))
+
+	// 5. Devices and backends.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	srv := &servers{}
+	selector := map[string]string{resources.LabelName: resources.AppName, resources.LabelInstance: scName}
+	go srv.refresh(loadCtx, ns, selector)
+	devs := make([]*device, nDevices)
+	var running sync.WaitGroup
+	for i := range devs {
+		devs[i] = newDevice(fmt.Sprintf("e2e-dev-%05d", i), srv, tcpPort)
+		running.Add(2)
+		go func() { defer running.Done(); devs[i].client.Run(loadCtx) }()
+		go func() { defer running.Done(); devs[i].publishLoop(loadCtx, 5*time.Second) }()
+	}
+	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
+	t.Logf("%d devices connected", nDevices)
+
+	backendCtx, stopBackends := context.WithCancel(loadCtx)
+	var sent atomic.Int64
+	var backends sync.WaitGroup
+	const nBackends = 8
+	for b := range nBackends {
+		var mine []*device
+		for i := b; i < len(devs); i += nBackends {
+			mine = append(mine, devs[i])
+		}
+		backends.Add(1)
+		go func() { defer backends.Done(); backend(backendCtx, mine, srv, adminPort, 40*time.Millisecond, &sent) }()
+	}
+	time.Sleep(10 * time.Second) // traffic before the disruption
+
+	// 6. Roll to the second tag; meanwhile delete a pod and kill a container hard.
+	exits := watchExits(t, loadCtx, ns, selector)
+	start = time.Now()
+	kubectl(t, "-n", ns, "patch", "socketcluster", scName, "--type=merge", "-p", `{"spec":{"image":"`+image(tagB)+`"}}`)
+	deletePod(t, ctx, ns, selector)
+	eventually(t, 10*time.Minute, "rollout to "+tagB, func() error { return rolledOutTo(ctx, ns, image(tagB)) })
+	rollout := time.Since(start)
+	killed := killContainer(t, ctx, ns, selector)
+	eventually(t, 5*time.Minute, "killed pod ready again", func() error { return readyAgain(ctx, ns, killed) })
+	kubectl(t, "-n", ns, "wait", "--for=condition=Available", "socketcluster/"+scName, "--timeout=5m")
+
+	// 7. Settle, stop the backends, let every device catch up.
+	time.Sleep(10 * time.Second)
+	stopBackends()
+	backends.Wait()
+	eventually(t, 5*time.Minute, "all devices connected again", func() error { return allConnected(devs) })
+	eventually(t, 5*time.Minute, "all messages delivered", func() error { return allReceived(devs) })
+	stopLoad()
+	running.Wait()
+
+	// 8. Assertions and figures.
+	var resumes []time.Duration
+	var ambiguous, delivered, published int
+	for _, d := range devs {
+		if err := d.checkDelivery(); err != nil {
+			t.Error(err)
+		}
+		resumes = append(resumes, d.resumes...)
+		ambiguous += len(d.ambiguous)
+		delivered += len(d.received)
+		published += len(d.published)
+	}
+	checkUpstream(t, ctx, redisAddr, devs)
+	for pod, code := range exits.drained() {
+		if code != 0 {
+			t.Errorf("pod %s ended with exit code %d, want 0 (drained within its grace period)", pod, code)
+		}
+	}
+	p50, p99, maxResume := percentiles(resumes)
+	t.Logf("devices %d; backend messages accepted %d, ambiguous %d, delivered %d; publishes acknowledged %d",
+		nDevices, sent.Load(), ambiguous, delivered, published)
+	t.Logf("rollout %s; reconnects %d, resume p50 %s p99 %s max %s",
+		rollout.Round(time.Millisecond), len(resumes), p50, p99, maxResume)
+}
+
+func envInt(t *testing.T, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		t.Fatalf("%s=%q: want a positive number", name, v)
+	}
+	return n
+}
+
+// startRedis runs Redis (the image images.sh made from Debian's
+// redis-server) as a Pod and returns its IP once it is ready.
+func startRedis(t *testing.T, ctx context.Context, ns string) string {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "redis"},
+		Spec: corev1.PodSpec{
+			SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true)},
+			Containers: []corev1.Container{{
+				Name:            "redis",
+				Image:           cluster.env["REDIS_IMAGE"],
+				ImagePullPolicy: corev1.PullNever,
+				Args:            []string{"--port", strconv.Itoa(redisPort), "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", "/tmp"},
+				ReadinessProbe: &corev1.Probe{
+					ProbeHandler:  corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(redisPort)}},
+					PeriodSeconds: 1,
+				},
+			}},
+		},
+	}
+	if _, err := cluster.kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var ip string
+	eventually(t, 2*time.Minute, "redis ready", func() error {
+		p, err := cluster.kube.CoreV1().Pods(ns).Get(ctx, "redis", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if !podReady(p) {
+			return fmt.Errorf("phase %s", p.Status.Phase)
+		}
+		ip = p.Status.PodIP
+		return nil
+	})
+	return ip
+}
+
+// installOperator installs the chart into ns with the operator image at
+// tag, then points the manager at the API server's pod-network address.
+func installOperator(t *testing.T, ns, tag string) {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(cluster.repo, "hack/helm.sh")).Output()
+	if err != nil {
+		t.Fatalf("hack/helm.sh: %v", err)
+	}
+	helm := strings.TrimSpace(string(out))
+	release := "e2e-operator"
+	cmd := exec.Command(helm, "install", release, filepath.Join(cluster.repo, "charts/socketcluster-operator"),
+		"--kubeconfig", cluster.kubeconfig, "--namespace", ns, "--set", "watchNamespace="+ns,
+		"--set", "image.repository="+cluster.env["IMAGE_REPO"], "--set", "image.tag="+tag, "--set", "image.pullPolicy=Never")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("helm install: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		// SocketClusters go first, while the operator still runs for them.
+		kubectlNoFail("-n", ns, "delete", "socketclusters", "--all", "--timeout=2m")
+		if out, err := exec.Command(helm, "uninstall", release, "--kubeconfig", cluster.kubeconfig, "--namespace", ns).CombinedOutput(); err != nil {
+			t.Logf("helm uninstall: %v\n%s", err, out)
+		}
+		// The chart keeps its CRD; this run installed it, so it goes too.
+		kubectlNoFail("delete", "crd", "socketclusters."+v1alpha1.GroupVersion.Group, "--ignore-not-found", "--timeout=1m")
+	})
+	cfg, err := clientcmd.BuildConfigFromFlags("", cluster.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := strings.Cut(strings.TrimPrefix(cfg.Host, "https://"), ":")
+	kubectl(t, "-n", ns, "set", "env", "deployment", "-l", "app.kubernetes.io/instance="+release,
+		"KUBERNETES_SERVICE_HOST="+host, "KUBERNETES_SERVICE_PORT="+port)
+	kubectl(t, "-n", ns, "rollout", "status", "deployment", "-l", "app.kubernetes.io/instance="+release, "--timeout=3m")
+}
+
+func applySocketCluster(t *testing.T, ns, img, redisAddr string) {
+	t.Helper()
+	manifest := fmt.Sprintf(`apiVersion: %s
+kind: SocketCluster
+metadata:
+  name: %s
+  namespace: %s
+spec:
+  replicas: 3
+  image: %s
+  imagePullPolicy: Never
+  redis:
+    addresses: [%q]
+  auth:
+    insecureNoAuth: true
+  drain:
+    timeout: 20s
+    jitter: 2s
+`, v1alpha1.GroupVersion.String(), scName, ns, img, redisAddr)
+	cmd := exec.Command(cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(manifest)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+}
+
+// rolledOutTo is nil once the SocketCluster's pods all run img, all ready,
+// and no other pod is left.
+func rolledOutTo(ctx context.Context, ns, img string) error {
+	pods, err := cluster.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: resources.LabelInstance + "=" + scName})
+	if err != nil {
+		return err
+	}
+	if len(pods.Items) != 3 {
+		return fmt.Errorf("%d pods", len(pods.Items))
+	}
+	for _, p := range pods.Items {
+		if p.Spec.Containers[0].Image != img || !podReady(&p) || p.DeletionTimestamp != nil {
+			return fmt.Errorf("pod %s: image %s ready %v", p.Name, p.Spec.Containers[0].Image, podReady(&p))
+		}
+	}
+	return nil
+}
+
+// deletePod deletes one running pod of the cluster, as an operator of the
+// cluster (or a node drain) would.
+func deletePod(t *testing.T, ctx context.Context, ns string, selector map[string]string) {
+	t.Helper()
+	p := somePod(t, ctx, ns, selector)
+	if err := cluster.kube.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("deleted pod %s", p.Name)
+}
+
+// killContainer SIGKILLs the socketserver container of one pod through
+// containerd (no drain, no grace) and returns the pod's name and restart
+// count before the kill.
+func killContainer(t *testing.T, ctx context.Context, ns string, selector map[string]string) podRestart {
+	t.Helper()
+	p := somePod(t, ctx, ns, selector)
+	st := p.Status.ContainerStatuses[0]
+	id := strings.TrimPrefix(st.ContainerID, "containerd://")
+	cmd := exec.Command(cluster.env["CTR"], "--address", cluster.env["CONTAINERD_ADDRESS"], "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", id)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ctr tasks kill %s: %v\n%s", id, err, out)
+	}
+	t.Logf("killed the container of pod %s", p.Name)
+	return podRestart{name: p.Name, restarts: st.RestartCount}
+}
+
+type podRestart struct {
+	name     string
+	restarts int32
+}
+
+// readyAgain is nil once the killed container was restarted and is ready.
+func readyAgain(ctx context.Context, ns string, k podRestart) error {
+	p, err := cluster.kube.CoreV1().Pods(ns).Get(ctx, k.name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if n := p.Status.ContainerStatuses[0].RestartCount; n <= k.restarts || !podReady(p) {
+		return fmt.Errorf("restarts %d, ready %v", n, podReady(p))
+	}
+	return nil
+}
+
+func somePod(t *testing.T, ctx context.Context, ns string, selector map[string]string) corev1.Pod {
+	t.Helper()
+	var pod corev1.Pod
+	eventually(t, time.Minute, "a ready pod", func() error {
+		list, err := cluster.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: resources.LabelInstance + "=" + selector[resources.LabelInstance]})
+		if err != nil {
+			return err
+		}
+		for _, p := range list.Items {
+			if podReady(&p) && p.DeletionTimestamp == nil && len(p.Status.ContainerStatuses) > 0 {
+				pod = p
+				return nil
+			}
+		}
+		return fmt.Errorf("none of %d", len(list.Items))
+	})
+	return pod
+}
+
+// exitWatch records how the socketserver container of each deleted pod
+// ended, as the kubelet reports it before the pod goes away.
+type exitWatch struct {
+	mu    sync.Mutex
+	codes map[string]int32
+}
+
+func watchExits(t *testing.T, ctx context.Context, ns string, selector map[string]string) *exitWatch {
+	t.Helper()
+	w, err := cluster.kube.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: resources.LabelInstance + "=" + selector[resources.LabelInstance]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ew := &exitWatch{codes: map[string]int32{}}
+	go func() {
+		defer w.Stop()
+		for ev := range w.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok || p.DeletionTimestamp == nil || len(p.Status.ContainerStatuses) == 0 {
+				continue
+			}
+			if term := p.Status.ContainerStatuses[0].State.Terminated; term != nil {
+				ew.mu.Lock()
+				ew.codes[p.Name] = term.ExitCode
+				ew.mu.Unlock()
+			}
+		}
+	}()
+	return ew
+}
+
+func (ew *exitWatch) drained() map[string]int32 {
+	ew.mu.Lock()
+	defer ew.mu.Unlock()
+	return ew.codes
+}
+
+// checkUpstream: every acknowledged publish is in the upstream stream
+// exactly once (one Redis, so no duplicates are allowed).
+func checkUpstream(t *testing.T, ctx context.Context, addr string, devs []*device) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	entries, err := rdb.XRange(ctx, "scp:upstream", "-", "+").Result()
+	if err != nil {
+		t.Fatalf("read upstream stream: %v", err)
+	}
+	seen := map[string]int{}
+	for _, e := range entries {
+		seen[fmt.Sprint(e.Values["device"], "/", e.Values["id"])]++
+	}
+	for _, d := range devs {
+		for _, id := range d.published {
+			if n := seen[fmt.Sprint(d.name, "/", id)]; n != 1 {
+				t.Errorf("publish %s/%d is in the upstream stream %d times, want 1", d.name, id, n)
+			}
+		}
+	}
+	t.Logf("upstream stream: %d entries", len(entries))
+}
