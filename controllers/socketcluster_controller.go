@@ -3,6 +3,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -19,9 +20,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers/conditions"
@@ -39,6 +42,10 @@ const (
 	// secretIndex finds the SocketClusters that reference a Secret.
 	secretIndex = "spec.secretNames"
 )
+
+// errNotOwned refuses to take over an object someone else made: deleting
+// the SocketCluster would delete it.
+var errNotOwned = errors.New("exists and is not controlled by this SocketCluster")
 
 // SocketClusterReconciler makes the owned objects match each SocketCluster
 // and reports their state, plus live connection counts, in its status.
@@ -79,35 +86,16 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	owned := []client.Object{
-		resources.Service(sc), resources.AdminService(sc), resources.HeadlessService(sc), resources.PodDisruptionBudget(sc),
+	deploy, notOwned, err := r.applyOwned(ctx, sc, secrets, len(missing) == 0)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
-	var deploy *appsv1.Deployment
-	if len(missing) == 0 {
-		deploy = resources.Deployment(sc, r.DefaultImage, resources.SecretHash(resources.SecretRefs(sc), secrets))
-		owned = append(owned, deploy)
-	}
-	for _, obj := range owned {
-		if err := r.apply(ctx, sc, obj); err != nil {
-			return ctrl.Result{}, fmt.Errorf("apply %T %s: %w", obj, obj.GetName(), err)
-		}
-	}
-	if deploy == nil {
-		// Pods would not start without the Secrets: keep the Deployment
-		// as it is until they exist.
-		deploy = &appsv1.Deployment{}
-		if err := r.Client.Get(ctx, types.NamespacedName{Namespace: sc.Namespace, Name: sc.Name}, deploy); apierrors.IsNotFound(err) {
-			deploy = nil
-		} else if err != nil {
-			return ctrl.Result{}, err
-		}
-	}
+	problems := conditions.Problems{MissingSecrets: missing, NotOwned: notOwned}
 
 	pods := &corev1.PodList{}
 	if err := r.APIReader.List(ctx, pods, client.InNamespace(sc.Namespace), client.MatchingLabels(resources.SelectorLabels(sc))); err != nil {
 		return ctrl.Result{}, err
 	}
-	problems := conditions.Problems{MissingSecrets: missing}
 	count, err := r.countConnections(ctx, sc, secrets, pods.Items)
 	if err != nil {
 		log.Info("cannot read connection counts from Redis", "error", err.Error())
@@ -117,6 +105,45 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: StatusInterval}, nil
+}
+
+// applyOwned applies every owned object and returns the Deployment as it
+// is now, or nil, and the objects ("Kind name") left alone because someone
+// else owns them. Without its Secrets (secretsOK false) the pods could not
+// start, so the Deployment is kept as it is until they exist.
+func (r *SocketClusterReconciler) applyOwned(ctx context.Context, sc *v1alpha1.SocketCluster, secrets map[string]*corev1.Secret, secretsOK bool) (*appsv1.Deployment, []string, error) {
+	owned := []client.Object{
+		resources.Service(sc), resources.AdminService(sc), resources.HeadlessService(sc), resources.PodDisruptionBudget(sc),
+	}
+	if secretsOK {
+		owned = append(owned, resources.Deployment(sc, r.DefaultImage, resources.SecretHash(resources.SecretRefs(sc), secrets)))
+	}
+	var deploy *appsv1.Deployment
+	var notOwned []string
+	for _, obj := range owned {
+		err := r.apply(ctx, sc, obj)
+		if errors.Is(err, errNotOwned) {
+			notOwned = append(notOwned, obj.GetObjectKind().GroupVersionKind().Kind+" "+obj.GetName())
+			continue
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("apply %T %s: %w", obj, obj.GetName(), err)
+		}
+		if d, ok := obj.(*appsv1.Deployment); ok {
+			deploy = d
+		}
+	}
+	if !secretsOK {
+		deploy = &appsv1.Deployment{}
+		err := r.Client.Get(ctx, types.NamespacedName{Namespace: sc.Namespace, Name: sc.Name}, deploy)
+		if err != nil && !apierrors.IsNotFound(err) {
+			return nil, nil, err
+		}
+		if err != nil || !metav1.IsControlledBy(deploy, sc) {
+			deploy = nil
+		}
+	}
+	return deploy, notOwned, nil
 }
 
 // readSecrets gets the referenced Secrets by name, and lists the
@@ -165,6 +192,9 @@ func (r *SocketClusterReconciler) apply(ctx context.Context, sc *v1alpha1.Socket
 		return err
 	}
 	existed := err == nil
+	if existed && !metav1.IsControlledBy(before, sc) {
+		return errNotOwned
+	}
 	applied := &unstructured.Unstructured{Object: u}
 	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(applied), client.FieldOwner(resources.ManagerName), client.ForceOwnership); err != nil {
 		return err
@@ -172,11 +202,13 @@ func (r *SocketClusterReconciler) apply(ctx context.Context, sc *v1alpha1.Socket
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(applied.Object, obj); err != nil {
 		return err
 	}
-	kind := applied.GetKind()
+	kind, log := applied.GetKind(), logf.FromContext(ctx)
 	switch {
 	case !existed:
+		log.Info("created", "kind", kind, "name", obj.GetName())
 		r.Recorder.Eventf(sc, obj, corev1.EventTypeNormal, "Created", "Create", "created %s %s", kind, obj.GetName())
 	case before.GetResourceVersion() != obj.GetResourceVersion():
+		log.Info("updated", "kind", kind, "name", obj.GetName())
 		r.Recorder.Eventf(sc, obj, corev1.EventTypeNormal, "Updated", "Update", "updated %s %s", kind, obj.GetName())
 	}
 	return nil
@@ -254,7 +286,8 @@ func (r *SocketClusterReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&v1alpha1.SocketCluster{}).
+		// Not on status changes: every reconcile writes the status.
+		For(&v1alpha1.SocketCluster{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
 		Owns(&policyv1.PodDisruptionBudget{}).

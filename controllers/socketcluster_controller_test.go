@@ -245,6 +245,10 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
   service: {type: NodePort, loadBalancerSourceRanges: [10.0.0.0/8]}`, "apply only to type LoadBalancer"},
+		{"rollout that cannot move", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  rollout: {maxSurge: 0%}`, "rollout.maxSurge and rollout.maxUnavailable cannot both be 0"},
 		{"frame too small", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
@@ -469,5 +473,36 @@ func TestConfigDefaultDeploysTheOperator(t *testing.T) {
 	}
 	if d.Spec.Template.Spec.ServiceAccountName != "socketcluster-controller-manager" {
 		t.Errorf("service account %s", d.Spec.Template.Spec.ServiceAccountName)
+	}
+}
+
+func TestObjectInTheWayIsLeftAlone(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	foreign := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "edge-admin"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 1234}}},
+	}
+	if err := c.Create(ctx, foreign); err != nil {
+		t.Fatal(err)
+	}
+	sc := socketCluster(t, c, ns, minimal)
+	deployment(t, c, ns, anyDeployment) // the rest is still applied
+	eventually(t, "name conflict", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		return conditionIs(sc, v1alpha1.ConditionDegraded, metav1.ConditionTrue, v1alpha1.ReasonNameConflict)
+	})
+	if msg := meta.FindStatusCondition(sc.Status.Conditions, v1alpha1.ConditionDegraded).Message; !strings.Contains(msg, "Service edge-admin") {
+		t.Errorf("message %q does not name the Service", msg)
+	}
+	after := &corev1.Service{}
+	if err := c.Get(ctx, key(ns, "edge-admin"), after); err != nil {
+		t.Fatal(err)
+	}
+	if after.ResourceVersion != foreign.ResourceVersion || len(after.OwnerReferences) != 0 {
+		t.Errorf("foreign Service taken over: %+v", after.ObjectMeta)
 	}
 }

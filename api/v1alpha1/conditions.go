@@ -31,6 +31,7 @@ const (
 const (
 	ReasonAsExpected       = "AsExpected"
 	ReasonSecretMissing    = "SecretMissing"
+	ReasonNameConflict     = "NameConflict"
 	ReasonReplicaFailure   = "ReplicaFailure"
 	ReasonRedisUnreachable = "RedisUnreachable"
 )

@@ -114,6 +114,7 @@ func TestDegraded(t *testing.T) {
 		{"replica failure cleared", recovered, conditions.Problems{}, F, v1alpha1.ReasonAsExpected, ""},
 		{"secret missing", nil, missing, T, v1alpha1.ReasonSecretMissing, "device-key/key"},
 		{"secret first", failing, conditions.Problems{MissingSecrets: missing.MissingSecrets, Redis: redisDown.Redis}, T, v1alpha1.ReasonSecretMissing, "device-key/key"},
+		{"name conflict", nil, conditions.Problems{NotOwned: []string{"Service edge-admin"}}, T, v1alpha1.ReasonNameConflict, "Service edge-admin"},
 		{"replica failure", failing, redisDown, T, v1alpha1.ReasonReplicaFailure, "exceeded quota"},
 		{"stalled", stalled, conditions.Problems{}, T, v1alpha1.ReasonProgressDeadlineExceeded, ""},
 		{"redis down", deployment(3, 3, 3, 3), redisDown, T, v1alpha1.ReasonRedisUnreachable, "connection refused"},

@@ -15,17 +15,25 @@ import (
 type Problems struct {
 	// MissingSecrets lists "secret/key" references that do not resolve.
 	MissingSecrets []string
+	// NotOwned lists objects ("Kind name") that have the names of owned
+	// objects but belong to someone else, so they are left alone.
+	NotOwned []string
 	// Redis is the error reading connection counts, if any.
 	Redis error
 }
 
 // Degraded is True when something needs a person, most urgent first: a
-// missing Secret (the pods are not updated until it exists), pods the
-// Deployment cannot create, a stalled rollout, Redis unreachable.
+// missing Secret (the pods are not updated until it exists), an object in
+// the way of an owned one, pods the Deployment cannot create, a stalled
+// rollout, Redis unreachable.
 func Degraded(sc *v1alpha1.SocketCluster, d *appsv1.Deployment, p Problems) metav1.Condition {
 	if len(p.MissingSecrets) > 0 {
 		return condition(sc, v1alpha1.ConditionDegraded, true, v1alpha1.ReasonSecretMissing,
 			"referenced Secret keys not found (pods are not updated until they exist): "+strings.Join(p.MissingSecrets, ", "))
+	}
+	if len(p.NotOwned) > 0 {
+		return condition(sc, v1alpha1.ConditionDegraded, true, v1alpha1.ReasonNameConflict,
+			"objects with the names this SocketCluster needs exist and are not controlled by it (rename or delete them): "+strings.Join(p.NotOwned, ", "))
 	}
 	if d != nil {
 		if c := deploymentCondition(d, appsv1.DeploymentReplicaFailure); c != nil && c.Status == corev1.ConditionTrue {

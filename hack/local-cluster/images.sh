@@ -14,8 +14,6 @@ OUT=$CACHE/images
 mkdir -p "$OUT/bin"
 mkimage() { (cd "$REPO" && go run ./hack/mkimage "$@"); }
 gobuild() { (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -o "$OUT/bin/$1" "$2"); }
-# has_main PKG: the package exists and is a command (it is being written now).
-has_main() { [ "$(cd "$REPO" && go list -f '{{.Name}}' "$1" 2> /dev/null)" = main ]; }
 
 pause() {
   gobuild pause ./hack/local-cluster/pause
@@ -23,21 +21,12 @@ pause() {
 }
 
 socketcluster() {
-  local server=./cmd/socketserver files=() tags=()
-  if ! has_main "$server"; then
-    log "warning: $server has no command yet; /socketserver is hack/local-cluster/stubserver"
-    server=./hack/local-cluster/stubserver
-  fi
-  gobuild socketserver "$server"
-  files+=("$OUT/bin/socketserver=/socketserver")
-  if has_main ./cmd/manager; then
-    gobuild manager ./cmd/manager
-    files+=("$OUT/bin/manager=/manager")
-  else
-    log "warning: ./cmd/manager has no command yet; the image has no /manager"
-  fi
+  local tags=()
+  gobuild socketserver ./cmd/socketserver
+  gobuild manager ./cmd/manager
   for t in $IMAGE_TAGS; do tags+=(-tag "$IMAGE_REPO:$t"); done
-  mkimage -o "$OUT/socketcluster.tar" "${tags[@]}" -entrypoint /socketserver -user 65532 "${files[@]}"
+  mkimage -o "$OUT/socketcluster.tar" "${tags[@]}" -entrypoint /socketserver -user 65532 \
+    "$OUT/bin/socketserver=/socketserver" "$OUT/bin/manager=/manager"
 }
 
 redis() {

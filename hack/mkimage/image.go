@@ -30,7 +30,6 @@ type Image struct {
 	Files      []File
 	Entrypoint []string
 	User       string
-	Env        []string
 }
 
 // File copies the host file Src (symlinks followed) to Dst in the image.
@@ -61,16 +60,12 @@ func Write(w io.Writer, img Image) error {
 	if err != nil {
 		return err
 	}
-	env := img.Env
-	if !slices.ContainsFunc(env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }) {
-		env = append([]string{"PATH=/usr/local/bin:/usr/bin:/bin:/"}, env...)
-	}
 	config := map[string]any{
 		"architecture": runtime.GOARCH,
 		"os":           "linux",
 		"config": map[string]any{
 			"Entrypoint": img.Entrypoint,
-			"Env":        env,
+			"Env":        []string{"PATH=/usr/local/bin:/usr/bin:/bin:/"},
 			"User":       img.User,
 			"WorkingDir": "/",
 		},

@@ -24,9 +24,8 @@ func main() {
 	out := flag.String("o", "", "archive to write")
 	entrypoint := flag.String("entrypoint", "", "image entrypoint (one path; arguments come from the Pod)")
 	user := flag.String("user", "", "user the image runs as, e.g. 65532")
-	var tags, env list
+	var tags list
 	flag.Var(&tags, "tag", "full image reference to name the image by (repeatable)")
-	flag.Var(&env, "env", "KEY=VALUE in the image environment (repeatable)")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: mkimage -o OUT.tar -tag REF [-tag REF] [-entrypoint PATH] [-user UID] SRC=DST...")
 		flag.PrintDefaults()
@@ -37,7 +36,7 @@ func main() {
 		os.Exit(2)
 	}
 
-	img := Image{Tags: tags, User: *user, Env: env}
+	img := Image{Tags: tags, User: *user}
 	if *entrypoint != "" {
 		img.Entrypoint = []string{*entrypoint}
 	}

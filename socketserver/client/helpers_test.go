@@ -276,6 +276,15 @@ func (p *proxy) serve() {
 	}
 }
 
+// cutAndHeal cuts every connection and stops muting before it accepts new
+// ones, so that the device's next connection works.
+func (p *proxy) cutAndHeal() {
+	target := p.target.Swap(nil)
+	p.cut()
+	p.mute.Store(false)
+	p.target.Store(target)
+}
+
 // cut closes every connection made so far.
 func (p *proxy) cut() {
 	p.mu.Lock()

@@ -133,7 +133,11 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 		published += len(d.published)
 	}
 	checkUpstream(t, ctx, redisAddr, devs)
-	for pod, code := range exits.drained() {
+	drained := exits.drained()
+	if len(drained) == 0 {
+		t.Error("saw no replaced pod end, so nothing checked the grace period")
+	}
+	for pod, code := range drained {
 		if code != 0 {
 			t.Errorf("pod %s ended with exit code %d, want 0 (drained within its grace period)", pod, code)
 		}
@@ -141,8 +145,8 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	p50, p99, maxResume := percentiles(resumes)
 	t.Logf("devices %d; backend messages accepted %d, ambiguous %d, delivered %d; publishes acknowledged %d",
 		nDevices, sent.Load(), ambiguous, delivered, published)
-	t.Logf("rollout %s; reconnects %d, resume p50 %s p99 %s max %s",
-		rollout.Round(time.Millisecond), len(resumes), p50, p99, maxResume)
+	t.Logf("rollout %s; pods seen ending %d; reconnects %d, resume p50 %s p99 %s max %s",
+		rollout.Round(time.Millisecond), len(drained), len(resumes), p50, p99, maxResume)
 }
 
 func envInt(t *testing.T, name string, def int) int {
