@@ -270,7 +270,7 @@ func (d *benchDevice) dial(ctx context.Context, network, _ string) (net.Conn, er
 	}
 	var nd net.Dialer
 	if d.local != nil {
-		nd.LocalAddr = d.local
+		nd.LocalAddr, nd.Control = d.local, bindNoPort
 	}
 	return nd.DialContext(ctx, network, d.host)
 }

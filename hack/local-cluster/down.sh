@@ -7,7 +7,8 @@ source "$(dirname "$0")/lib.sh"
 [ -d "$WORK" ] || exit 0
 shim=$DEBS/root/usr/bin/containerd-shim-runc-v2
 
-for name in kube-controller-manager kube-scheduler kubelet; do stop "$name"; done
+for name in kube-controller-manager kube-scheduler kubelet; do stop "$name" & done
+wait
 
 # Pod sandboxes and containers: the network namespaces they use, then every
 # task killed while containerd still answers.
@@ -25,9 +26,9 @@ for procs in $(find /sys/fs/cgroup/*/kubepods -name cgroup.procs 2> /dev/null); 
 done
 stop containerd
 # Shims outlive containerd (they are reparented); ours run the cached binary.
-for exe in /proc/[0-9]*/exe; do
-  [ "$(readlink "$exe" 2> /dev/null)" = "$shim" ] || continue
-  p=${exe#/proc/}; kill -KILL "${p%/exe}" 2> /dev/null
+for exe in $(find /proc -mindepth 2 -maxdepth 2 -name exe -lname "$shim" 2> /dev/null); do
+  p=${exe#/proc/}
+  kill -KILL "${p%/exe}" 2> /dev/null
 done
 
 # holdenv stops etcd and kube-apiserver itself; its children are killed if

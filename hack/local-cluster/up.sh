@@ -5,10 +5,11 @@
 # etcd + kube-apiserver run under envtest (holdenv). Everything the cluster
 # writes lives in $WORK (see lib.sh); down.sh removes it. Needs root.
 #
-#   hack/local-cluster/up.sh && export KUBECONFIG=$(hack/local-cluster/up.sh -k)
+#   eval "$(hack/local-cluster/up.sh)"     # then: hack/local-cluster/images.sh
 #
-# Prints `export KUBECONFIG=...` on success; a second run while the cluster
-# is up only prints it again (-k prints just the path).
+# Prints `export KUBECONFIG=...` on success (-k: just the path); a second run
+# while the cluster is up only prints it again. containerd's image store is
+# runtime state, so images.sh imports the images again after every up.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

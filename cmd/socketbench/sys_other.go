@@ -1,0 +1,12 @@
+//go:build !linux
+
+package main
+
+import (
+	"os/exec"
+	"syscall"
+)
+
+func setParentDeathSignal(*exec.Cmd) {}
+
+func bindNoPort(_, _ string, _ syscall.RawConn) error { return nil }
