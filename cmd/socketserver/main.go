@@ -40,7 +40,7 @@ type options struct {
 	redisTLS                                   bool
 	authKeyFile, apiTokenFile, tlsCert, tlsKey string
 	logFormat                                  string
-	logVerbosity                               int
+	logVerbosity, redisPoolSize                int
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -58,6 +58,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.redisUser, "redis-username", "", "Redis ACL user")
 	fs.StringVar(&o.redisPass, "redis-password", "", "Redis password (prefer env SOCKETSERVER_REDIS_PASSWORD)")
 	fs.BoolVar(&o.redisTLS, "redis-tls", false, "connect to Redis over TLS")
+	fs.IntVar(&o.redisPoolSize, "redis-pool-size", 128, "Redis connections per node; every in-flight HELLO, ACK or PUBLISH holds one")
 	fs.StringVar(&c.ServerName, "pod-name", firstNonEmpty(os.Getenv("POD_NAME"), host), "this server's name in the cluster (env POD_NAME)")
 	fs.StringVar(&o.authKeyFile, "auth-key-file", "", "file holding the HS256 device key")
 	fs.BoolVar(&c.InsecureNoAuth, "insecure-no-auth", false, "accept any token (development only)")
@@ -141,7 +142,9 @@ func (o *options) openStore() (store.Store, redis.UniversalClient, error) {
 	opts := &redis.UniversalOptions{
 		Addrs: addrs, MasterName: o.redisMasterName, Username: o.redisUser, Password: o.redisPass,
 		DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
-		MaxRetries: 1, PoolTimeout: 2 * time.Second,
+		MaxRetries: 1, PoolTimeout: 2 * time.Second, PoolSize: o.redisPoolSize,
+		// Let the server's per-operation deadlines bound Redis calls too.
+		ContextTimeoutEnabled: true,
 	}
 	if o.redisTLS {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
