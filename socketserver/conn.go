@@ -548,7 +548,10 @@ func (c *conn) teardown() {
 // protocol frames and handled in handle).
 func (c *conn) control(op ws.OpCode, payload []byte) {
 	if op == ws.OpPing {
-		c.write(func(dst []byte) []byte { return append(appendWSHeader(dst, ws.OpPong, len(payload)), payload...) })
+		c.write(func(dst []byte) []byte {
+			dst, _ = protocol.AppendWSHeader(dst, ws.OpPong, len(payload), false)
+			return append(dst, payload...)
+		})
 	}
 }
 

@@ -2,8 +2,6 @@ package socketserver
 
 import (
 	"bufio"
-	"encoding/binary"
-	"io"
 	"net"
 	"strings"
 
@@ -48,114 +46,24 @@ func (t *tcpTransport) appendClose(dst []byte) []byte { return dst }
 func (t *tcpTransport) name() string                  { return "tcp" }
 
 // wsTransport carries one frame per binary WebSocket message (no length prefix).
-type wsTransport struct {
-	br  *bufio.Reader
-	max int
-	buf []byte
-	// control answers WebSocket pings through the connection's writer.
-	control func(op ws.OpCode, payload []byte)
-}
+type wsTransport struct{ r *protocol.WSReader }
 
 func newWSTransport(nc net.Conn, maxFrame int, control func(ws.OpCode, []byte)) *wsTransport {
-	return &wsTransport{br: bufio.NewReaderSize(nc, readBufferSize), max: maxFrame, control: control}
+	return &wsTransport{r: protocol.NewWSReader(bufio.NewReaderSize(nc, readBufferSize), maxFrame, readBufferSize, control)}
 }
 
-func (t *wsTransport) name() string   { return "ws" }
-func (t *wsTransport) buffered() bool { return t.br.Buffered() > 0 }
-
-func (t *wsTransport) readFrame() (byte, []byte, error) {
-	msg := t.buf[:0]
-	started := false
-	for {
-		h, err := ws.ReadHeader(t.br)
-		if err != nil {
-			return 0, nil, err
-		}
-		if h.OpCode.IsControl() {
-			if h.Length > 125 {
-				return 0, nil, io.ErrUnexpectedEOF
-			}
-			var p [125]byte
-			if _, err := io.ReadFull(t.br, p[:h.Length]); err != nil {
-				return 0, nil, err
-			}
-			ws.Cipher(p[:h.Length], h.Mask, 0)
-			if h.OpCode == ws.OpClose {
-				return 0, nil, io.EOF
-			}
-			t.control(h.OpCode, p[:h.Length])
-			continue
-		}
-		switch {
-		case h.OpCode == ws.OpText:
-			return 0, nil, protocol.Errorf(protocol.CodeBadFrame, "text messages are not frames; send binary messages")
-		case h.OpCode == ws.OpBinary && started, h.OpCode == ws.OpContinuation && !started:
-			return 0, nil, protocol.Errorf(protocol.CodeBadFrame, "broken WebSocket fragmentation")
-		}
-		started = true
-		if int64(len(msg))+h.Length > int64(t.max) {
-			return 0, nil, protocol.Errorf(protocol.CodeFrameTooLarge, "message of at least %d bytes exceeds the limit of %d", int64(len(msg))+h.Length, t.max)
-		}
-		n := len(msg)
-		msg = grow(msg, int(h.Length))
-		if _, err := io.ReadFull(t.br, msg[n:]); err != nil {
-			return 0, nil, err
-		}
-		ws.Cipher(msg[n:], h.Mask, 0)
-		if h.Fin {
-			break
-		}
-	}
-	// Keep only small buffers between messages: idle connections stay cheap.
-	if cap(msg) <= readBufferSize {
-		t.buf = msg[:0]
-	} else {
-		t.buf = nil
-	}
-	if len(msg) == 0 {
-		return 0, nil, protocol.Errorf(protocol.CodeBadFrame, "frame length is 0")
-	}
-	if !protocol.KnownType(msg[0]) {
-		return 0, nil, protocol.Errorf(protocol.CodeBadFrame, "unknown frame type %s", protocol.TypeName(msg[0]))
-	}
-	return msg[0], msg[1:], nil
-}
-
-func grow(b []byte, n int) []byte {
-	if cap(b)-len(b) >= n {
-		return b[:len(b)+n]
-	}
-	nb := make([]byte, len(b)+n, max(len(b)+n, 2*cap(b)))
-	copy(nb, b)
-	return nb
-}
-
-// appendWSHeader appends an unmasked server frame header.
-func appendWSHeader(dst []byte, op ws.OpCode, n int) []byte {
-	dst = append(dst, 0x80|byte(op))
-	switch {
-	case n < 126:
-		return append(dst, byte(n))
-	case n <= 0xFFFF:
-		return binary.BigEndian.AppendUint16(append(dst, 126), uint16(n))
-	default:
-		return binary.BigEndian.AppendUint64(append(dst, 127), uint64(n))
-	}
-}
-
+func (t *wsTransport) name() string                     { return "ws" }
+func (t *wsTransport) buffered() bool                   { return t.r.Buffered() }
+func (t *wsTransport) readFrame() (byte, []byte, error) { return t.r.ReadFrame() }
 func (t *wsTransport) appendFrame(dst []byte, typ byte, body []byte) []byte {
-	dst = appendWSHeader(dst, ws.OpBinary, 1+len(body))
-	return append(append(dst, typ), body...)
+	return protocol.AppendWSFrame(dst, typ, body, false)
 }
-
 func (t *wsTransport) appendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte {
-	dst = appendWSHeader(dst, ws.OpBinary, 9+len(payload))
-	dst = binary.BigEndian.AppendUint64(append(dst, typ), n)
-	return append(dst, payload...)
+	return protocol.AppendWSSeqFrame(dst, typ, n, payload, false)
 }
-
 func (t *wsTransport) appendClose(dst []byte) []byte {
-	return append(appendWSHeader(dst, ws.OpClose, 2), 0x03, 0xE8) // 1000 normal closure
+	dst, _ = protocol.AppendWSHeader(dst, ws.OpClose, 2, false)
+	return append(dst, 0x03, 0xE8) // 1000 normal closure
 }
 
 // upgradeWS performs the handshake on /ws, selecting scp.v1. A client that

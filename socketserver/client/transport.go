@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -45,7 +44,12 @@ func (c *Client) dial(ctx context.Context, onWSPing func([]byte)) (net.Conn, tra
 		if br != nil {
 			src = br // holds bytes the server sent right after the handshake
 		}
-		return nc, &wsTransport{br: bufio.NewReaderSize(src, readBufferSize), max: c.cfg.MaxFrameBytes, onPing: onWSPing}, nil
+		onControl := func(op ws.OpCode, p []byte) {
+			if op == ws.OpPing {
+				onWSPing(p)
+			}
+		}
+		return nc, wsTransport{protocol.NewWSReader(bufio.NewReaderSize(src, readBufferSize), c.cfg.MaxFrameBytes, readBufferSize, onControl)}, nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
@@ -90,106 +94,21 @@ func (t tcpTransport) appendSeqFrame(dst []byte, typ byte, n uint64, payload []b
 	return protocol.AppendSeqFrame(dst, typ, n, payload)
 }
 
-type wsTransport struct {
-	br     *bufio.Reader
-	max    int
-	buf    []byte
-	onPing func([]byte)
+type wsTransport struct{ r *protocol.WSReader }
+
+func (t wsTransport) readFrame() (byte, []byte, error) { return t.r.ReadFrame() }
+func (t wsTransport) buffered() bool                   { return t.r.Buffered() }
+
+// Clients must mask what they send.
+func (t wsTransport) appendFrame(dst []byte, typ byte, body []byte) []byte {
+	return protocol.AppendWSFrame(dst, typ, body, true)
 }
-
-func (t *wsTransport) buffered() bool { return t.br.Buffered() > 0 }
-
-func (t *wsTransport) readFrame() (byte, []byte, error) {
-	msg := t.buf[:0]
-	for {
-		h, err := ws.ReadHeader(t.br)
-		if err != nil {
-			return 0, nil, err
-		}
-		if h.OpCode.IsControl() {
-			if h.Length > 125 {
-				return 0, nil, fmt.Errorf("websocket control frame of %d bytes", h.Length)
-			}
-			var p [125]byte
-			if _, err := io.ReadFull(t.br, p[:h.Length]); err != nil {
-				return 0, nil, err
-			}
-			switch h.OpCode {
-			case ws.OpClose:
-				return 0, nil, io.EOF
-			case ws.OpPing:
-				t.onPing(append([]byte(nil), p[:h.Length]...))
-			}
-			continue
-		}
-		if h.OpCode == ws.OpText {
-			return 0, nil, fmt.Errorf("server sent a text message")
-		}
-		if int64(len(msg))+h.Length > int64(t.max) {
-			return 0, nil, fmt.Errorf("server message of %d bytes exceeds the limit of %d", int64(len(msg))+h.Length, t.max)
-		}
-		n := len(msg)
-		msg = append(msg, make([]byte, h.Length)...)
-		if _, err := io.ReadFull(t.br, msg[n:]); err != nil {
-			return 0, nil, unexpectedEOF(err)
-		}
-		if h.Masked {
-			ws.Cipher(msg[n:], h.Mask, 0)
-		}
-		if h.Fin {
-			break
-		}
-	}
-	t.buf = msg
-	if len(msg) == 0 {
-		return 0, nil, fmt.Errorf("empty websocket message")
-	}
-	return msg[0], msg[1:], nil
-}
-
-func (t *wsTransport) appendFrame(dst []byte, typ byte, body []byte) []byte {
-	dst, start := appendMaskedHeader(dst, ws.OpBinary, 1+len(body))
-	dst = append(append(dst, typ), body...)
-	return maskFrom(dst, start)
-}
-
-func (t *wsTransport) appendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte {
-	dst, start := appendMaskedHeader(dst, ws.OpBinary, 9+len(payload))
-	dst = binary.BigEndian.AppendUint64(append(dst, typ), n)
-	return maskFrom(append(dst, payload...), start)
-}
-
-// appendMaskedHeader appends a client frame header (clients must mask) and
-// returns where the payload starts; the mask is the 4 bytes before it.
-func appendMaskedHeader(dst []byte, op ws.OpCode, n int) ([]byte, int) {
-	dst = append(dst, 0x80|byte(op))
-	switch {
-	case n < 126:
-		dst = append(dst, 0x80|byte(n))
-	case n <= 0xFFFF:
-		dst = binary.BigEndian.AppendUint16(append(dst, 0x80|126), uint16(n))
-	default:
-		dst = binary.BigEndian.AppendUint64(append(dst, 0x80|127), uint64(n))
-	}
-	mask := ws.NewMask()
-	dst = append(dst, mask[:]...)
-	return dst, len(dst)
-}
-
-func maskFrom(dst []byte, start int) []byte {
-	ws.Cipher(dst[start:], [4]byte(dst[start-4:start]), 0)
-	return dst
+func (t wsTransport) appendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte {
+	return protocol.AppendWSSeqFrame(dst, typ, n, payload, true)
 }
 
 // appendWSPong answers a WebSocket-level ping.
 func appendWSPong(dst []byte, payload []byte) []byte {
-	dst, start := appendMaskedHeader(dst, ws.OpPong, len(payload))
-	return maskFrom(append(dst, payload...), start)
-}
-
-func unexpectedEOF(err error) error {
-	if err == io.EOF {
-		return io.ErrUnexpectedEOF
-	}
-	return err
+	dst, start := protocol.AppendWSHeader(dst, ws.OpPong, len(payload), true)
+	return protocol.MaskFrom(append(dst, payload...), start)
 }

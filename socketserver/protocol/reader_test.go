@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -8,6 +9,8 @@ import (
 	"runtime"
 	"testing"
 	"testing/iotest"
+
+	"github.com/gobwas/ws"
 )
 
 func frames(t testing.TB, fs ...[]byte) []byte {
@@ -254,5 +257,43 @@ func BenchmarkAppendDeliver(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		buf = AppendSeqFrame(buf[:0], TypeDeliver, uint64(i), payload)
+	}
+}
+
+func FuzzWSReader(f *testing.F) {
+	masked := AppendWSFrame(nil, TypeHello, []byte(`{"protocol":1,"device":"d"}`), true)
+	f.Add(masked)
+	f.Add(AppendWSFrame(nil, TypePing, nil, false))
+	f.Add([]byte{0x81, 0x01, 'x'})                  // text
+	f.Add([]byte{0x02, 0x01, TypePing, 0x80, 0x00}) // fragmented
+	f.Add([]byte{0x82, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := NewWSReader(bufio.NewReaderSize(bytes.NewReader(data), 16), 1024, 512, func(ws.OpCode, []byte) {})
+		for {
+			typ, body, err := r.ReadFrame()
+			if err != nil {
+				return
+			}
+			if !KnownType(typ) || len(body) >= 1024 {
+				t.Fatalf("accepted type %d with %d bytes", typ, len(body))
+			}
+		}
+	})
+}
+
+func TestWSRoundTrip(t *testing.T) {
+	for _, mask := range []bool{false, true} {
+		var stream []byte
+		for _, n := range []int{0, 100, 125, 126, 65535, 65536, 70000} {
+			stream = AppendWSSeqFrame(stream, TypeDeliver, uint64(n), bytes.Repeat([]byte{'a'}, n), mask)
+		}
+		r := NewWSReader(bufio.NewReader(bytes.NewReader(stream)), 1<<20, 512, nil)
+		for _, n := range []int{0, 100, 125, 126, 65535, 65536, 70000} {
+			typ, body, err := r.ReadFrame()
+			seq, p, _ := ParseSeq(body)
+			if err != nil || typ != TypeDeliver || seq != uint64(n) || len(p) != n || (n > 0 && p[n-1] != 'a') {
+				t.Fatalf("mask=%v n=%d: typ=%d seq=%d len=%d err=%v", mask, n, typ, seq, len(p), err)
+			}
+		}
 	}
 }

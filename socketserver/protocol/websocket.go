@@ -1,0 +1,154 @@
+package protocol
+
+import (
+	"bufio"
+	"encoding/binary"
+	"io"
+
+	"github.com/gobwas/ws"
+)
+
+// WSReader reads frames carried one per binary WebSocket message (type byte
+// + body, no length prefix), for both ends: it unmasks what is masked, joins
+// fragments, hands control frames to onControl and refuses a message above
+// the limit before reading it.
+type WSReader struct {
+	br        *bufio.Reader
+	max       int
+	buf       []byte
+	keep      int
+	onControl func(op ws.OpCode, payload []byte)
+}
+
+// NewWSReader reads from br; onControl gets pings and pongs (payload valid
+// during the call); a close frame ends the stream with io.EOF. Buffers up to
+// keep bytes are reused between messages, larger ones are dropped so that
+// idle connections stay small.
+func NewWSReader(br *bufio.Reader, maxFrame, keep int, onControl func(ws.OpCode, []byte)) *WSReader {
+	return &WSReader{br: br, max: maxFrame, keep: keep, onControl: onControl}
+}
+
+// Buffered reports whether more input is already read.
+func (r *WSReader) Buffered() bool { return r.br.Buffered() > 0 }
+
+// ReadFrame returns the next frame; body is valid until the next call.
+func (r *WSReader) ReadFrame() (byte, []byte, error) {
+	msg := r.buf[:0]
+	started := false
+	for {
+		h, err := ws.ReadHeader(r.br)
+		if err != nil {
+			return 0, nil, err
+		}
+		if h.OpCode.IsControl() {
+			if h.Length > 125 {
+				return 0, nil, io.ErrUnexpectedEOF
+			}
+			var p [125]byte
+			if _, err := io.ReadFull(r.br, p[:h.Length]); err != nil {
+				return 0, nil, unexpected(err)
+			}
+			if h.Masked {
+				ws.Cipher(p[:h.Length], h.Mask, 0)
+			}
+			if h.OpCode == ws.OpClose {
+				return 0, nil, io.EOF
+			}
+			r.onControl(h.OpCode, p[:h.Length])
+			continue
+		}
+		switch {
+		case h.OpCode == ws.OpText:
+			return 0, nil, Errorf(CodeBadFrame, "text messages are not frames; send binary messages")
+		case h.OpCode == ws.OpBinary && started, h.OpCode == ws.OpContinuation && !started:
+			return 0, nil, Errorf(CodeBadFrame, "broken WebSocket fragmentation")
+		}
+		started = true
+		if int64(len(msg))+h.Length > int64(r.max) {
+			return 0, nil, Errorf(CodeFrameTooLarge, "message of at least %d bytes exceeds the limit of %d", int64(len(msg))+h.Length, r.max)
+		}
+		n := len(msg)
+		msg = grow(msg, int(h.Length))
+		if _, err := io.ReadFull(r.br, msg[n:]); err != nil {
+			return 0, nil, unexpected(err)
+		}
+		if h.Masked {
+			ws.Cipher(msg[n:], h.Mask, 0)
+		}
+		if h.Fin {
+			break
+		}
+	}
+	if cap(msg) <= r.keep {
+		r.buf = msg[:0]
+	} else {
+		r.buf = nil
+	}
+	if len(msg) == 0 {
+		return 0, nil, Errorf(CodeBadFrame, "frame length is 0")
+	}
+	if !KnownType(msg[0]) {
+		return 0, nil, Errorf(CodeBadFrame, "unknown frame type %s", TypeName(msg[0]))
+	}
+	return msg[0], msg[1:], nil
+}
+
+func grow(b []byte, n int) []byte {
+	if cap(b)-len(b) >= n {
+		return b[:len(b)+n]
+	}
+	nb := make([]byte, len(b)+n, max(len(b)+n, 2*cap(b)))
+	copy(nb, b)
+	return nb
+}
+
+// AppendWSHeader appends a final WebSocket frame header for n payload bytes.
+// With mask (clients must mask) it appends a fresh mask and returns the
+// offset where the payload starts, for MaskFrom; servers pass false.
+func AppendWSHeader(dst []byte, op ws.OpCode, n int, mask bool) ([]byte, int) {
+	dst = append(dst, 0x80|byte(op))
+	var m byte
+	if mask {
+		m = 0x80
+	}
+	switch {
+	case n < 126:
+		dst = append(dst, m|byte(n))
+	case n <= 0xFFFF:
+		dst = binary.BigEndian.AppendUint16(append(dst, m|126), uint16(n))
+	default:
+		dst = binary.BigEndian.AppendUint64(append(dst, m|127), uint64(n))
+	}
+	if mask {
+		k := ws.NewMask()
+		dst = append(dst, k[:]...)
+	}
+	return dst, len(dst)
+}
+
+// MaskFrom masks dst[start:] with the mask AppendWSHeader put before start.
+func MaskFrom(dst []byte, start int) []byte {
+	ws.Cipher(dst[start:], [4]byte(dst[start-4:start]), 0)
+	return dst
+}
+
+// AppendWSFrame appends one protocol frame as a binary WebSocket message.
+func AppendWSFrame(dst []byte, typ byte, body []byte, mask bool) []byte {
+	dst, start := AppendWSHeader(dst, ws.OpBinary, 1+len(body), mask)
+	dst = append(append(dst, typ), body...)
+	if mask {
+		dst = MaskFrom(dst, start)
+	}
+	return dst
+}
+
+// AppendWSSeqFrame is AppendSeqFrame as a binary WebSocket message.
+func AppendWSSeqFrame(dst []byte, typ byte, n uint64, payload []byte, mask bool) []byte {
+	dst, start := AppendWSHeader(dst, ws.OpBinary, 9+len(payload), mask)
+	dst = binary.BigEndian.AppendUint64(append(dst, typ), n)
+	dst = append(dst, payload...)
+	if mask {
+		dst = MaskFrom(dst, start)
+	}
+	return dst
+}
