@@ -152,7 +152,8 @@ func (c *conn) handle(typ byte, body []byte) error {
 	if c.epoch == 0 {
 		switch typ {
 		case protocol.TypeHello:
-			return c.hello(body)
+			// HELLO is deep work (JSON, JWT, store); see onFreshStack.
+			return onFreshStack(func() error { return c.hello(body) })
 		case protocol.TypePing:
 			return c.ping(body)
 		}

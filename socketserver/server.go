@@ -216,19 +216,48 @@ func (s *Server) acceptLoop(l net.Listener, isWS bool) {
 
 func (s *Server) serveConn(c *conn, isWS, full bool) {
 	defer s.wg.Done()
-	if !isWS {
-		c.serve(newTCPTransport(c.nc, s.cfg.MaxFrameBytes), full)
-		return
+	_, isTLS := c.nc.(*tls.Conn)
+	if isWS || isTLS {
+		if err := onFreshStack(func() error { return s.handshake(c, isWS) }); err != nil {
+			s.log.V(1).Info("handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err.Error())
+			_ = c.nc.Close()
+			s.untrack(c)
+			return
+		}
 	}
+	if isWS {
+		c.serve(newWSTransport(c.nc, s.cfg.MaxFrameBytes, c.control), full)
+	} else {
+		c.serve(newTCPTransport(c.nc, s.cfg.MaxFrameBytes), full)
+	}
+}
+
+// handshake completes TLS and the WebSocket upgrade within the hello timeout.
+func (s *Server) handshake(c *conn, isWS bool) error {
 	_ = c.nc.SetDeadline(time.Now().Add(s.cfg.HelloTimeout))
-	if err := upgradeWS(c.nc); err != nil {
-		s.log.V(1).Info("websocket handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err.Error())
-		_ = c.nc.Close()
-		s.untrack(c)
-		return
+	if tc, ok := c.nc.(*tls.Conn); ok {
+		if err := tc.Handshake(); err != nil {
+			return err
+		}
+	}
+	if isWS {
+		if err := upgradeWS(c.nc); err != nil {
+			return err
+		}
 	}
 	_ = c.nc.SetWriteDeadline(time.Time{})
-	c.serve(newWSTransport(c.nc, s.cfg.MaxFrameBytes, c.control), full)
+	return nil
+}
+
+// onFreshStack runs f on a short-lived goroutine and waits for it. Work
+// such as a TLS handshake, JWT checks or a Redis round trip grows a stack
+// to 8 KiB or more, and a connection's read loop would keep that stack for
+// its whole life; idle connections are the common case, so they keep only
+// the small stack their read loop needs.
+func onFreshStack(f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	return <-done
 }
 
 // track counts a new connection. full reports that it is over the limit
