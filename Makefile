@@ -50,8 +50,9 @@ KUBECTL ?= kubectl
 GEN_PATHS = paths="./api/...;./controllers/..."
 
 .PHONY: manifests
-manifests: ## Generate the CRD (config/crd/bases) and the manager ClusterRole (config/rbac/role.yaml).
+manifests: ## Generate the CRD (config/crd/bases) and the manager ClusterRole (config/rbac/role.yaml), and copy both into the chart.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd $(GEN_PATHS) output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	$(MAKE) --no-print-directory chart-sync
 
 .PHONY: generate
 generate: ## Generate the DeepCopy methods of api/.
