@@ -98,9 +98,19 @@ func TestPublishStoredOnceAndAcked(t *testing.T) {
 // A device moves between servers sharing one Redis: no message lost, and
 // only unacknowledged ones seen twice.
 func TestResumeOnAnotherServer(t *testing.T) {
-	r := redistest.Start(t)
-	a := startServer(t, redisStore(t, r), "pod-a", nil)
-	b := startServer(t, redisStore(t, r), "pod-b", nil)
+	t.Run("redis", func(t *testing.T) {
+		r := redistest.Start(t)
+		testResumeOnAnotherServer(t, func() store.Store { return redisStore(t, r) })
+	})
+	t.Run("redis-cluster", func(t *testing.T) {
+		c := redistest.StartCluster(t)
+		testResumeOnAnotherServer(t, func() store.Store { return store.NewRedis(c.Client(), "t") })
+	})
+}
+
+func testResumeOnAnotherServer(t *testing.T, newStore func() store.Store) {
+	a := startServer(t, newStore(), "pod-a", nil)
+	b := startServer(t, newStore(), "pod-b", nil)
 	c := dial(t, a.Addrs().TCP)
 	c.welcome("d", 0)
 	send(t, b, "d", "1") // sent through the other pod, delivered live

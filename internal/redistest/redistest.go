@@ -28,6 +28,7 @@ type Server struct {
 	dir  string
 	// persistent servers fsync every write, so a restart keeps the data.
 	persistent bool
+	extra      []string
 }
 
 // Binary finds redis-server; tests that need it fail with a hint when it is missing.
@@ -51,7 +52,7 @@ func Start(t testing.TB) *Server { t.Helper(); return start(t, false) }
 // killed and restarted, it comes back with every acknowledged write.
 func StartPersistent(t testing.TB) *Server { t.Helper(); return start(t, true) }
 
-func start(t testing.TB, persistent bool) *Server {
+func start(t testing.TB, persistent bool, extra ...string) *Server {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -59,7 +60,7 @@ func start(t testing.TB, persistent bool) *Server {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	s := &Server{t: t, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: t.TempDir(), persistent: persistent}
+	s := &Server{t: t, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: t.TempDir(), persistent: persistent, extra: extra}
 	s.Restart()
 	t.Cleanup(s.Kill)
 	return s
@@ -76,7 +77,7 @@ func (s *Server) Restart() {
 	if s.persistent {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	}
-	cmd := exec.Command(Binary(s.t), args...)
+	cmd := exec.Command(Binary(s.t), append(args, s.extra...)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		s.t.Fatal(err)

@@ -22,6 +22,9 @@ func forEachStore(t *testing.T, f func(t *testing.T, st store.Store)) {
 	t.Run("redis", func(t *testing.T) {
 		f(t, store.NewRedis(redistest.Start(t).Client(), "t"))
 	})
+	t.Run("redis-cluster", func(t *testing.T) {
+		f(t, store.NewRedis(redistest.StartCluster(t).Client(), "t"))
+	})
 }
 
 var ctx = context.Background()
