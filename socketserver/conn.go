@@ -120,9 +120,9 @@ func (c *conn) serve(tr transport, full bool) {
 				return
 			}
 			pendingAck = 0
-			if typ == protocol.TypeAck {
-				continue
-			}
+		}
+		if typ == protocol.TypeAck && c.epoch != 0 {
+			continue
 		}
 		if err := c.handle(typ, body); err != nil {
 			c.failErr(err)

@@ -47,6 +47,7 @@ func TestDeliveryAckAndRedelivery(t *testing.T) {
 		if seq, p := c.deliver(); seq != 4 || p != "m4" {
 			t.Fatalf("live DELIVER %d %q", seq, p)
 		}
+		c.ack(0) // nothing processed yet is a valid ACK
 		c.ack(2)
 		eventually(t, "ack 2 stored", func() bool { return deviceInfo(t, srv, "d").AckedSeq == 2 })
 		if d := deviceInfo(t, srv, "d"); !d.Connected || d.Server != "pod-a" || d.LastSeq != 4 || d.Pending != 2 {
