@@ -99,11 +99,13 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 		go func() { defer backends.Done(); backend(backendCtx, mine, srv, adminPort, 40*time.Millisecond, &sent) }()
 	}
 	time.Sleep(10 * time.Second) // traffic before the disruption
+	connectionsReported(t, ns, nDevices)
 
 	// 6. Roll to the second tag; meanwhile delete a pod and kill a container hard.
 	exits := watchExits(t, loadCtx, ns, selector)
 	start = time.Now()
 	kubectl(t, "-n", ns, "patch", "socketcluster", scName, "--type=merge", "-p", `{"spec":{"image":"`+image(tagB)+`"}}`)
+	kubectl(t, "-n", ns, "wait", "--for=condition=Progressing=True", "socketcluster/"+scName, "--timeout=2m")
 	deletePod(t, ctx, ns, selector)
 	eventually(t, 10*time.Minute, "rollout to "+tagB, func() error { return rolledOutTo(ctx, ns, image(tagB)) })
 	rollout := time.Since(start)
@@ -117,6 +119,9 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	backends.Wait()
 	eventually(t, 5*time.Minute, "all devices connected again", func() error { return allConnected(devs) })
 	eventually(t, 5*time.Minute, "all messages delivered", func() error { return allReceived(devs) })
+	connectionsReported(t, ns, nDevices)
+	kubectl(t, "-n", ns, "wait", "--for=condition=Progressing=False", "socketcluster/"+scName, "--timeout=2m")
+	kubectl(t, "-n", ns, "wait", "--for=condition=Degraded=False", "socketcluster/"+scName, "--timeout=2m")
 	stopLoad()
 	running.Wait()
 
@@ -147,6 +152,20 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 		nDevices, sent.Load(), ambiguous, delivered, published)
 	t.Logf("rollout %s; pods seen ending %d; reconnects %d, resume p50 %s p99 %s max %s",
 		rollout.Round(time.Millisecond), len(drained), len(resumes), p50, p99, maxResume)
+}
+
+// connectionsReported waits until the SocketCluster's status counts every
+// device (pods publish their counts every 5 s, the operator reads them
+// every 15 s).
+func connectionsReported(t *testing.T, ns string, want int) {
+	t.Helper()
+	eventually(t, 2*time.Minute, fmt.Sprintf("status.connections = %d", want), func() error {
+		got := strings.TrimSpace(kubectlNoFail("-n", ns, "get", "socketcluster", scName, "-o", "jsonpath={.status.connections}"))
+		if got != strconv.Itoa(want) {
+			return fmt.Errorf("status.connections is %q", got)
+		}
+		return nil
+	})
 }
 
 func envInt(t *testing.T, name string, def int) int {
