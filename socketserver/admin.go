@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -34,6 +35,9 @@ func (s *Server) adminHandler() http.Handler {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	// Profiles of a live pod, behind the API token like the rest of the API.
+	mux.HandleFunc("GET /debug/pprof/", s.guard(pprof.Index))
+	mux.HandleFunc("GET /debug/pprof/profile", s.guard(pprof.Profile))
 	return mux
 }
 

@@ -256,8 +256,10 @@ func TestAdminAPI(t *testing.T) {
 
 func TestAPIToken(t *testing.T) {
 	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.APIToken = "s3cret" })
-	if code, _ := api(t, srv, "POST", "/v1/devices/d/messages", "x"); code != 401 {
-		t.Fatalf("no token: %d", code)
+	for _, c := range [][2]string{{"POST", "/v1/devices/d/messages"}, {"GET", "/v1/devices/d"}, {"POST", "/drain"}, {"GET", "/debug/pprof/"}} {
+		if code, _ := api(t, srv, c[0], c[1], "x"); code != 401 {
+			t.Fatalf("%s %s without token: %d", c[0], c[1], code)
+		}
 	}
 	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
 		if code, _ := api(t, srv, "GET", p, ""); code != 200 {
