@@ -96,7 +96,7 @@ func (c *conn) serve(tr transport, full bool) {
 	_ = c.nc.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
 	var pendingAck uint64
 	for {
-		typ, body, err := tr.readFrame()
+		typ, body, err := tr.ReadFrame()
 		if err != nil {
 			c.readFailed(err)
 			return
@@ -111,7 +111,7 @@ func (c *conn) serve(tr transport, full bool) {
 				return
 			}
 			pendingAck = max(pendingAck, seq)
-			if tr.buffered() {
+			if tr.Buffered() {
 				continue // a burst: apply only the highest ACK of it
 			}
 		}
@@ -176,7 +176,7 @@ func (c *conn) ping(body []byte) error {
 	if len(body) > protocol.MaxPingBytes {
 		return protocol.Errorf(protocol.CodeBadFrame, "PING body of %d bytes exceeds 64", len(body))
 	}
-	c.write(func(dst []byte) []byte { return c.tr.appendFrame(dst, protocol.TypePong, body) })
+	c.write(func(dst []byte) []byte { return c.tr.AppendFrame(dst, protocol.TypePong, body) })
 	return nil
 }
 
@@ -220,7 +220,7 @@ func (c *conn) hello(body []byte) error {
 	c.mu.Lock()
 	c.sent = sess.AckedSeq
 	c.behind = true
-	c.out = c.tr.appendFrame(c.out, protocol.TypeWelcome, welcome)
+	c.out = c.tr.AppendFrame(c.out, protocol.TypeWelcome, welcome)
 	c.startFlushLocked()
 	c.kickLocked()
 	c.mu.Unlock()
@@ -284,7 +284,7 @@ func (c *conn) publish(body []byte) error {
 	if id == c.pubGap {
 		c.pubGap = 0
 	}
-	c.write(func(dst []byte) []byte { return c.tr.appendSeqFrame(dst, protocol.TypePubAck, id, nil) })
+	c.write(func(dst []byte) []byte { return c.tr.AppendSeqFrame(dst, protocol.TypePubAck, id, nil) })
 	return nil
 }
 
@@ -306,7 +306,7 @@ func (c *conn) deliver(seq uint64, payload []byte) {
 		c.kickLocked()
 		return
 	}
-	c.out = c.tr.appendSeqFrame(c.out, protocol.TypeDeliver, seq, payload)
+	c.out = c.tr.AppendSeqFrame(c.out, protocol.TypeDeliver, seq, payload)
 	c.sent = seq
 	c.srv.metrics.deliveries.Inc()
 	c.startFlushLocked()
@@ -358,7 +358,7 @@ func (c *conn) pump() {
 		}
 		for _, m := range msgs {
 			if m.Seq > c.sent && !c.closing {
-				c.out = c.tr.appendSeqFrame(c.out, protocol.TypeDeliver, m.Seq, m.Payload)
+				c.out = c.tr.AppendSeqFrame(c.out, protocol.TypeDeliver, m.Seq, m.Payload)
 				c.sent = m.Seq
 				s.metrics.deliveries.Inc()
 			}
@@ -449,7 +449,7 @@ func (c *conn) fail(code protocol.Code, msg string, retryAfterMs int64, reason C
 	if c.closing {
 		return
 	}
-	c.out = c.tr.appendFrame(c.out, protocol.TypeError, body)
+	c.out = c.tr.AppendFrame(c.out, protocol.TypeError, body)
 	c.out = c.tr.appendClose(c.out)
 	c.closeLocked(reason)
 }
@@ -484,7 +484,7 @@ func (c *conn) goAway() {
 		return
 	}
 	c.goaway = true
-	c.out = c.tr.appendFrame(c.out, protocol.TypeGoAway, body)
+	c.out = c.tr.AppendFrame(c.out, protocol.TypeGoAway, body)
 	c.startFlushLocked()
 	c.mu.Unlock()
 	c.srv.metrics.goaways.Inc()

@@ -149,7 +149,7 @@ func (d *simDevice) session(ctx context.Context, addr string, lost *time.Time) (
 				d.fail("gap: got seq %d after %d", seq, gap)
 				d.mu.Lock()
 			}
-			if r.Buffered() == 0 && d.last > d.acked {
+			if !r.Buffered() && d.last > d.acked {
 				d.acked = d.last
 				out = protocol.AppendSeqFrame(out, protocol.TypeAck, d.last, nil)
 			}

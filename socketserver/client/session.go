@@ -48,7 +48,7 @@ type sessionEnd struct {
 type session struct {
 	c          *Client
 	nc         net.Conn
-	tr         transport
+	tr         protocol.Codec
 	gen        uint64
 	kick       chan struct{}
 	stop       chan struct{}
@@ -95,7 +95,7 @@ func (c *Client) connect(ctx context.Context) sessionEnd {
 	c.mu.Lock()
 	s.ackSent = c.lastSeq
 	hello := protocol.Hello{Protocol: protocol.Version, Device: c.cfg.Device, Token: tok, LastSeq: c.lastSeq}
-	s.extra = tr.appendFrame(s.extra, protocol.TypeHello, protocol.MustJSON(hello))
+	s.extra = tr.AppendFrame(s.extra, protocol.TypeHello, protocol.MustJSON(hello))
 	c.mu.Unlock()
 	_ = nc.SetReadDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
 	go s.writeLoop()
@@ -126,7 +126,7 @@ func (s *session) read(ctx context.Context) sessionEnd {
 	silence := time.Duration(0)
 	pendingAcks := 0
 	for {
-		typ, body, err := s.tr.readFrame()
+		typ, body, err := s.tr.ReadFrame()
 		if err != nil {
 			return s.readFailed(ctx, err, silence != 0)
 		}
@@ -155,7 +155,7 @@ func (s *session) read(ctx context.Context) sessionEnd {
 			if s.deliver(seq, payload) {
 				pendingAcks++
 			}
-			if pendingAcks > 0 && (!s.tr.buffered() || pendingAcks >= ackBurst) {
+			if pendingAcks > 0 && (!s.tr.Buffered() || pendingAcks >= ackBurst) {
 				pendingAcks = 0
 				s.wake()
 			}
@@ -167,7 +167,7 @@ func (s *session) read(ctx context.Context) sessionEnd {
 			c.pubAcked(id)
 		case protocol.TypePing:
 			c.mu.Lock()
-			s.extra = s.tr.appendFrame(s.extra, protocol.TypePong, body)
+			s.extra = s.tr.AppendFrame(s.extra, protocol.TypePong, body)
 			c.mu.Unlock()
 			s.wake()
 		case protocol.TypePong:
@@ -333,14 +333,14 @@ func (s *session) collect(buf []byte, now time.Time, final bool) ([]byte, time.T
 		return buf, time.Time{}
 	}
 	if c.lastSeq > s.ackSent {
-		buf = s.tr.appendSeqFrame(buf, protocol.TypeAck, c.lastSeq, nil)
+		buf = s.tr.AppendSeqFrame(buf, protocol.TypeAck, c.lastSeq, nil)
 		s.ackSent = c.lastSeq
 	}
 	if final {
 		return buf, time.Time{}
 	}
 	if !now.Before(s.nextPing) {
-		buf = s.tr.appendFrame(buf, protocol.TypePing, nil)
+		buf = s.tr.AppendFrame(buf, protocol.TypePing, nil)
 		s.nextPing = now.Add(s.hb)
 	}
 	next := s.nextPing
@@ -349,7 +349,7 @@ func (s *session) collect(buf []byte, now time.Time, final bool) ([]byte, time.T
 			if !p.sentAt.IsZero() {
 				c.stats.Retransmits++
 			}
-			buf = s.tr.appendSeqFrame(buf, protocol.TypePublish, p.id, p.payload)
+			buf = s.tr.AppendSeqFrame(buf, protocol.TypePublish, p.id, p.payload)
 			p.gen, p.sentAt = s.gen, now
 		}
 		if d := p.sentAt.Add(c.cfg.PubAckTimeout); d.Before(next) {

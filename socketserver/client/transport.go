@@ -14,24 +14,11 @@ import (
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 )
 
-// transport is how frames look on the wire: length-prefixed over TCP, one
-// masked binary message per frame over WebSocket. The session code above it
-// is the same for both.
-type transport interface {
-	// readFrame returns the next frame; body is valid until the next call.
-	readFrame() (typ byte, body []byte, err error)
-	// buffered reports whether more input is already read, so that a burst
-	// of deliveries is acknowledged once, at its end.
-	buffered() bool
-	appendFrame(dst []byte, typ byte, body []byte) []byte
-	appendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte
-}
-
 const readBufferSize = 4096
 
 // dial connects to addr and returns the connection with its framing. onWSPing
 // receives WebSocket-level pings, which must be answered through the writer.
-func (c *Client) dial(ctx context.Context, onWSPing func([]byte)) (net.Conn, transport, error) {
+func (c *Client) dial(ctx context.Context, onWSPing func([]byte)) (net.Conn, protocol.Codec, error) {
 	addr := c.cfg.Addr
 	if strings.HasPrefix(addr, "ws://") || strings.HasPrefix(addr, "wss://") {
 		d := ws.Dialer{Timeout: c.cfg.DialTimeout, Protocols: []string{protocol.Subprotocol},
@@ -49,7 +36,8 @@ func (c *Client) dial(ctx context.Context, onWSPing func([]byte)) (net.Conn, tra
 				onWSPing(p)
 			}
 		}
-		return nc, wsTransport{protocol.NewWSReader(bufio.NewReaderSize(src, readBufferSize), c.cfg.MaxFrameBytes, readBufferSize, onControl)}, nil
+		// Clients mask what they send.
+		return nc, protocol.NewWSReader(bufio.NewReaderSize(src, readBufferSize), c.cfg.MaxFrameBytes, readBufferSize, true, onControl), nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
@@ -69,7 +57,7 @@ func (c *Client) dial(ctx context.Context, onWSPing func([]byte)) (net.Conn, tra
 		}
 		nc = tc
 	}
-	return nc, tcpTransport{protocol.NewReader(nc, c.cfg.MaxFrameBytes, readBufferSize)}, nil
+	return nc, protocol.NewReader(nc, c.cfg.MaxFrameBytes, readBufferSize), nil
 }
 
 func (c *Client) netDial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -81,30 +69,6 @@ func (c *Client) netDial(ctx context.Context, network, addr string) (net.Conn, e
 		d.LocalAddr = c.cfg.LocalAddr
 	}
 	return d.DialContext(ctx, network, addr)
-}
-
-type tcpTransport struct{ r *protocol.Reader }
-
-func (t tcpTransport) readFrame() (byte, []byte, error) { return t.r.ReadFrame() }
-func (t tcpTransport) buffered() bool                   { return t.r.Buffered() > 0 }
-func (t tcpTransport) appendFrame(dst []byte, typ byte, body []byte) []byte {
-	return protocol.AppendFrame(dst, typ, body)
-}
-func (t tcpTransport) appendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte {
-	return protocol.AppendSeqFrame(dst, typ, n, payload)
-}
-
-type wsTransport struct{ r *protocol.WSReader }
-
-func (t wsTransport) readFrame() (byte, []byte, error) { return t.r.ReadFrame() }
-func (t wsTransport) buffered() bool                   { return t.r.Buffered() }
-
-// Clients must mask what they send.
-func (t wsTransport) appendFrame(dst []byte, typ byte, body []byte) []byte {
-	return protocol.AppendWSFrame(dst, typ, body, true)
-}
-func (t wsTransport) appendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte {
-	return protocol.AppendWSSeqFrame(dst, typ, n, payload, true)
 }
 
 // appendWSPong answers a WebSocket-level ping.

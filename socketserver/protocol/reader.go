@@ -6,7 +6,19 @@ import (
 	"sync"
 )
 
-// Reader decodes TCP frames from a stream. It keeps a small window buffer
+// Codec reads and writes the frames of one connection; the two framings,
+// TCP and WebSocket, differ only here.
+type Codec interface {
+	// ReadFrame returns the next frame; body is valid until the next call.
+	ReadFrame() (typ byte, body []byte, err error)
+	// Buffered reports whether more input is already read, so that a burst
+	// of ACKs can be handled once, at its end.
+	Buffered() bool
+	AppendFrame(dst []byte, typ byte, body []byte) []byte
+	AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte
+}
+
+// Reader is the TCP Codec: it decodes length-prefixed frames from a stream. It keeps a small window buffer
 // (idle connections are the common case, so per-connection memory matters)
 // and borrows a pooled buffer only for frames that do not fit in it. The
 // announced length is checked before any body byte is read or allocated.
@@ -29,8 +41,18 @@ func NewReader(rd io.Reader, maxFrame, bufSize int) *Reader {
 
 var bigPool = sync.Pool{New: func() any { b := make([]byte, 0, DefaultMaxFrameBytes); return &b }}
 
-// Buffered reports how many bytes are read from the stream but not yet returned.
-func (r *Reader) Buffered() int { return r.w - r.r }
+// Buffered reports whether bytes are read from the stream but not yet returned.
+func (r *Reader) Buffered() bool { return r.w > r.r }
+
+// AppendFrame appends a length-prefixed frame.
+func (r *Reader) AppendFrame(dst []byte, typ byte, body []byte) []byte {
+	return AppendFrame(dst, typ, body)
+}
+
+// AppendSeqFrame appends a length-prefixed DELIVER, ACK, PUBLISH or PUBACK.
+func (r *Reader) AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte {
+	return AppendSeqFrame(dst, typ, n, payload)
+}
 
 // ReadFrame returns the next frame. body is valid until the next call.
 // Errors are *Error (answer with ERROR and close) or the stream's own error.

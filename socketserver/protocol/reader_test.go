@@ -268,7 +268,7 @@ func FuzzWSReader(f *testing.F) {
 	f.Add([]byte{0x02, 0x01, TypePing, 0x80, 0x00}) // fragmented
 	f.Add([]byte{0x82, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := NewWSReader(bufio.NewReaderSize(bytes.NewReader(data), 16), 1024, 512, func(ws.OpCode, []byte) {})
+		r := NewWSReader(bufio.NewReaderSize(bytes.NewReader(data), 16), 1024, 512, false, func(ws.OpCode, []byte) {})
 		for {
 			typ, body, err := r.ReadFrame()
 			if err != nil {
@@ -287,7 +287,7 @@ func TestWSRoundTrip(t *testing.T) {
 		for _, n := range []int{0, 100, 125, 126, 65535, 65536, 70000} {
 			stream = AppendWSSeqFrame(stream, TypeDeliver, uint64(n), bytes.Repeat([]byte{'a'}, n), mask)
 		}
-		r := NewWSReader(bufio.NewReader(bytes.NewReader(stream)), 1<<20, 512, nil)
+		r := NewWSReader(bufio.NewReader(bytes.NewReader(stream)), 1<<20, 512, false, nil)
 		for _, n := range []int{0, 100, 125, 126, 65535, 65536, 70000} {
 			typ, body, err := r.ReadFrame()
 			seq, p, _ := ParseSeq(body)

@@ -8,28 +8,40 @@ import (
 	"github.com/gobwas/ws"
 )
 
-// WSReader reads frames carried one per binary WebSocket message (type byte
-// + body, no length prefix), for both ends: it unmasks what is masked, joins
-// fragments, hands control frames to onControl and refuses a message above
-// the limit before reading it.
+// WSReader is the WebSocket Codec: frames travel one per binary message
+// (type byte + body, no length prefix). It serves both ends: it unmasks what
+// is masked, joins fragments, hands control frames to onControl and refuses
+// a message above the limit before reading it; it masks what it writes when
+// it is the client's.
 type WSReader struct {
 	br        *bufio.Reader
 	max       int
 	buf       []byte
 	keep      int
+	mask      bool
 	onControl func(op ws.OpCode, payload []byte)
 }
 
 // NewWSReader reads from br; onControl gets pings and pongs (payload valid
 // during the call); a close frame ends the stream with io.EOF. Buffers up to
 // keep bytes are reused between messages, larger ones are dropped so that
-// idle connections stay small.
-func NewWSReader(br *bufio.Reader, maxFrame, keep int, onControl func(ws.OpCode, []byte)) *WSReader {
-	return &WSReader{br: br, max: maxFrame, keep: keep, onControl: onControl}
+// idle connections stay small. mask is true on the client side.
+func NewWSReader(br *bufio.Reader, maxFrame, keep int, mask bool, onControl func(ws.OpCode, []byte)) *WSReader {
+	return &WSReader{br: br, max: maxFrame, keep: keep, mask: mask, onControl: onControl}
 }
 
 // Buffered reports whether more input is already read.
 func (r *WSReader) Buffered() bool { return r.br.Buffered() > 0 }
+
+// AppendFrame appends a frame as one binary message.
+func (r *WSReader) AppendFrame(dst []byte, typ byte, body []byte) []byte {
+	return AppendWSFrame(dst, typ, body, r.mask)
+}
+
+// AppendSeqFrame appends a DELIVER, ACK, PUBLISH or PUBACK as one binary message.
+func (r *WSReader) AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte {
+	return AppendWSSeqFrame(dst, typ, n, payload, r.mask)
+}
 
 // ReadFrame returns the next frame; body is valid until the next call.
 func (r *WSReader) ReadFrame() (byte, []byte, error) {
