@@ -27,6 +27,7 @@ import (
 // the store publishes with SPUBLISH after the script.
 type Redis struct {
 	rdb     redis.UniversalClient
+	batch   *batcher
 	prefix  string
 	cluster bool
 }
@@ -34,7 +35,7 @@ type Redis struct {
 // NewRedis wraps a client. Sessions are written under prefix.
 func NewRedis(rdb redis.UniversalClient, prefix string) *Redis {
 	_, cluster := rdb.(*redis.ClusterClient)
-	return &Redis{rdb: rdb, prefix: prefix, cluster: cluster}
+	return &Redis{rdb: rdb, batch: newBatcher(rdb), prefix: prefix, cluster: cluster}
 }
 
 func (r *Redis) sessionKey(d string) string { return r.prefix + ":{" + d + "}:s" }
@@ -84,7 +85,7 @@ return {epoch, hellos, prev, acked, v[4] or '0', v[5] or ''}
 `)
 
 func (r *Redis) Hello(ctx context.Context, device, server string, lastSeq uint64) (Session, error) {
-	res, err := helloScript.Run(ctx, r.rdb, []string{r.sessionKey(device), r.outboxKey(device)},
+	res, err := r.batch.run(ctx, helloScript, []string{r.sessionKey(device), r.outboxKey(device)},
 		server, strconv.FormatUint(lastSeq, 10), r.channelPrefix(), device).Slice()
 	if err != nil {
 		return Session{}, err
@@ -127,7 +128,7 @@ return {acked + start, redis.call('LRANGE', KEYS[2], start, start + tonumber(ARG
 `)
 
 func (r *Redis) Pending(ctx context.Context, device string, after uint64, limit int) ([]Message, error) {
-	res, err := pendingScript.Run(ctx, r.rdb, []string{r.sessionKey(device), r.outboxKey(device)},
+	res, err := r.batch.run(ctx, pendingScript, []string{r.sessionKey(device), r.outboxKey(device)},
 		strconv.FormatUint(after, 10), limit).Slice()
 	if err != nil {
 		return nil, err
@@ -156,7 +157,7 @@ return {seq, server}
 `)
 
 func (r *Redis) Enqueue(ctx context.Context, device string, payload []byte, maxPending int) (uint64, error) {
-	res, err := enqueueScript.Run(ctx, r.rdb, []string{r.sessionKey(device), r.outboxKey(device)},
+	res, err := r.batch.run(ctx, enqueueScript, []string{r.sessionKey(device), r.outboxKey(device)},
 		payload, maxPending, r.channelPrefix(), device).Slice()
 	if err != nil {
 		return 0, err
@@ -186,7 +187,7 @@ return 0
 `)
 
 func (r *Redis) Ack(ctx context.Context, device string, epoch, seq uint64) error {
-	n, err := ackScript.Run(ctx, r.rdb, []string{r.sessionKey(device), r.outboxKey(device)},
+	n, err := r.batch.run(ctx, ackScript, []string{r.sessionKey(device), r.outboxKey(device)},
 		strconv.FormatUint(epoch, 10), strconv.FormatUint(seq, 10)).Int64()
 	if err != nil {
 		return err
@@ -224,7 +225,7 @@ func (r *Redis) Publish(ctx context.Context, device string, epoch, id uint64, pa
 		keys = append(keys, r.upstreamKey())
 	}
 	ep, pid, sid := strconv.FormatUint(epoch, 10), padID(id), strconv.FormatUint(id, 10)
-	n, err := publishScript.Run(ctx, r.rdb, keys, ep, pid, sid, device, payload).Int64()
+	n, err := r.batch.run(ctx, publishScript, keys, ep, pid, sid, device, payload).Int64()
 	if err != nil {
 		return false, err
 	}
@@ -241,7 +242,7 @@ func (r *Redis) Publish(ctx context.Context, device string, epoch, id uint64, pa
 	if err != nil {
 		return false, err
 	}
-	n, err = recordScript.Run(ctx, r.rdb, keys, ep, pid).Int64()
+	n, err = r.batch.run(ctx, recordScript, keys, ep, pid).Int64()
 	if err != nil {
 		return false, err
 	}
@@ -258,7 +259,7 @@ return 0
 `)
 
 func (r *Redis) Release(ctx context.Context, device, server string, epoch uint64) error {
-	return releaseScript.Run(ctx, r.rdb, []string{r.sessionKey(device)}, strconv.FormatUint(epoch, 10), server).Err()
+	return r.batch.run(ctx, releaseScript, []string{r.sessionKey(device)}, strconv.FormatUint(epoch, 10), server).Err()
 }
 
 func (r *Redis) Epochs(ctx context.Context, devices []string) ([]uint64, error) {
@@ -360,4 +361,7 @@ func (r *Redis) PublishStats(ctx context.Context, server string, st ServerStats)
 	return r.rdb.HSet(ctx, ServersKey(r.prefix), server, b).Err()
 }
 
-func (r *Redis) Close() error { return r.rdb.Close() }
+func (r *Redis) Close() error {
+	r.batch.close()
+	return r.rdb.Close()
+}

@@ -310,3 +310,39 @@ func TestServerStats(t *testing.T) {
 		t.Fatalf("stats %+v %v", got, err)
 	}
 }
+
+// Concurrent calls share pipelines; after a restart Redis has forgotten the
+// scripts, and every call must still succeed.
+func TestPipelinedScriptsAfterRestart(t *testing.T) {
+	srv := redistest.Start(t)
+	st := store.NewRedis(srv.Client(), "t")
+	hellos := func() {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make(chan error, 200)
+		for i := 0; i < 200; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := st.Hello(ctx, fmt.Sprint("d", i), "a", 0); err != nil {
+					errs <- err
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	hellos()
+	srv.Kill()
+	srv.Restart()
+	if err := srv.Ping(); err != nil {
+		t.Fatal(err)
+	}
+	hellos()
+	if info, err := st.Device(ctx, "d7"); err != nil || info.SessionEpoch != 1 {
+		t.Fatalf("after restart: %+v %v", info, err)
+	}
+}
