@@ -472,18 +472,20 @@ func errMessage(err error) string {
 
 // goAway asks the device to reconnect elsewhere, and closes the connection
 // when it leaves or after a grace period.
+// The drain calls it again for every session while it waits, so the
+// already-sent check comes before any work.
 func (c *conn) goAway() {
-	jitter := int64(0)
-	if j := c.srv.cfg.DrainJitter.Milliseconds(); j > 0 {
-		jitter = rand.Int64N(j + 1)
-	}
-	body := protocol.MustJSON(protocol.GoAway{Reason: "draining", ReconnectAfterMs: jitter})
 	c.mu.Lock()
 	if c.goaway || c.closing {
 		c.mu.Unlock()
 		return
 	}
 	c.goaway = true
+	jitter := int64(0)
+	if j := c.srv.cfg.DrainJitter.Milliseconds(); j > 0 {
+		jitter = rand.Int64N(j + 1)
+	}
+	body := protocol.MustJSON(protocol.GoAway{Reason: "draining", ReconnectAfterMs: jitter})
 	c.out = c.tr.AppendFrame(c.out, protocol.TypeGoAway, body)
 	c.startFlushLocked()
 	c.mu.Unlock()
