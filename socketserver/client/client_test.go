@@ -163,15 +163,7 @@ func TestPublishRetransmitIsDeduplicated(t *testing.T) {
 		t.Fatalf("Publish = %d, %v", id3, err)
 	}
 
-	entries, err := rdb.XRange(ctx, "t:upstream", "-", "+").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, e := range entries {
-		got = append(got, fmt.Sprint(e.Values["id"], "=", e.Values["payload"]))
-	}
-	if want := "[1=first 2=second 3=third]"; fmt.Sprint(got) != want {
+	if got, want := upstream(t, ctx, rdb), "[1=first 2=second 3=third]"; got != want {
 		t.Fatalf("upstream stream %v, want %s", got, want)
 	}
 	if st := d.Stats(); st.Retransmits == 0 || st.PublishesAcked != 3 || st.InFlight != 0 {
@@ -367,15 +359,7 @@ func TestPublishAfterFailedStoreIsNotLost(t *testing.T) {
 					t.Fatal("no PUBACK")
 				}
 			}
-			entries, err := rdb.XRange(ctx, "t:upstream", "-", "+").Result()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got []string
-			for _, e := range entries {
-				got = append(got, fmt.Sprint(e.Values["id"], "=", e.Values["payload"]))
-			}
-			if want := "[1=first 2=second]"; fmt.Sprint(got) != want {
+			if got, want := upstream(t, ctx, rdb), "[1=first 2=second]"; got != want {
 				t.Fatalf("upstream stream %v, want %s", got, want)
 			}
 		})

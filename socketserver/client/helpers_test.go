@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver"
@@ -293,4 +294,18 @@ func (p *proxy) cut() {
 		c.Close()
 	}
 	p.conns = nil
+}
+
+// upstream lists the upstream stream as "[id=payload ...]".
+func upstream(t *testing.T, ctx context.Context, rdb *redis.Client) string {
+	t.Helper()
+	entries, err := rdb.XRange(ctx, "t:upstream", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		got = append(got, fmt.Sprint(e.Values["id"], "=", e.Values["payload"]))
+	}
+	return fmt.Sprint(got)
 }
