@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -46,11 +47,11 @@ const (
 	goAwayGrace       = 5 * time.Second
 )
 
-// conn is one device connection. The read loop (serve) owns reading and all
+// conn is one device connection. The read loop owns reading and all
 // request handling; the flusher is the only goroutine that writes to the
 // socket and runs only while output is queued; the pump fetches stored
-// messages when live delivery cannot keep up. Idle connections hold one
-// goroutine and a few hundred bytes.
+// messages when live delivery cannot keep up. An idle welcomed connection
+// is parked with the poller: it holds no goroutine and no buffer.
 type conn struct {
 	srv *Server
 	nc  net.Conn
@@ -76,58 +77,116 @@ type conn struct {
 	goaway    bool
 	closed    chan struct{}
 	closeOnce sync.Once
+
+	// state is running while a read loop goroutine exists, parked while
+	// the poller waits for input; the swap parked->running starts a loop.
+	state  atomic.Int32
+	pollID uint64 // set by the read loop before the first park
+	// lastRead (unix ns) is when the welcomed device last sent a frame.
+	lastRead atomic.Int64
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{srv: s, nc: nc, closed: make(chan struct{})}
 }
 
-// serve runs the connection to its end.
+// serve runs a new connection: the read loop, which parks and resumes
+// until the connection ends.
 func (c *conn) serve(tr transport, full bool) {
 	c.tr = tr
-	s := c.srv
-	s.metrics.connections.WithLabelValues(tr.name()).Inc()
-	defer s.metrics.connections.WithLabelValues(tr.name()).Dec()
-	defer c.teardown()
+	c.srv.metrics.connections.WithLabelValues(tr.name()).Inc()
 	if full {
 		c.fail(protocol.CodeServerFull, "server is at its connection limit; try another", retryAfter(), ReasonRejected)
+		c.teardown()
 		return
 	}
-	_ = c.nc.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
+	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.cfg.HelloTimeout))
+	c.readLoop()
+}
+
+// readLoop reads and handles frames. Once the device is welcomed and its
+// input is drained, the loop hands the connection to the poller and
+// returns; unpark starts it again when bytes arrive. It tears the
+// connection down when reading ends.
+func (c *conn) readLoop() {
 	var pendingAck uint64
 	for {
-		typ, body, err := tr.ReadFrame()
+		typ, body, err := c.tr.ReadFrame()
 		if err != nil {
 			c.readFailed(err)
+			break
+		}
+		if !c.frame(typ, body, &pendingAck) {
+			break
+		}
+		if c.epoch != 0 && !c.tr.Buffered() && c.park() {
 			return
 		}
-		if c.epoch != 0 {
-			_ = c.nc.SetReadDeadline(time.Now().Add(s.cfg.HeartbeatTimeout))
-		}
-		if typ == protocol.TypeAck && c.epoch != 0 {
+	}
+	c.teardown()
+}
+
+// frame handles one frame; false means the connection is finished.
+func (c *conn) frame(typ byte, body []byte, pendingAck *uint64) bool {
+	if c.epoch != 0 {
+		c.lastRead.Store(time.Now().UnixNano())
+		if typ == protocol.TypeAck {
 			seq, err := protocol.ParseNumber(body)
 			if err != nil {
 				c.failErr(err)
-				return
+				return false
 			}
-			pendingAck = max(pendingAck, seq)
-			if tr.Buffered() {
-				continue // a burst: apply only the highest ACK of it
+			*pendingAck = max(*pendingAck, seq)
+			if c.tr.Buffered() {
+				return true // a burst: apply only the highest ACK of it
 			}
 		}
-		if pendingAck != 0 {
-			if !c.ack(pendingAck) {
-				return
+		if *pendingAck != 0 {
+			if !c.ack(*pendingAck) {
+				return false
 			}
-			pendingAck = 0
+			*pendingAck = 0
 		}
-		if typ == protocol.TypeAck && c.epoch != 0 {
-			continue
+		if typ == protocol.TypeAck {
+			return true
 		}
-		if err := c.handle(typ, body); err != nil {
-			c.failErr(err)
-			return
-		}
+	}
+	if err := c.handle(typ, body); err != nil {
+		c.failErr(err)
+		return false
+	}
+	return true
+}
+
+const (
+	running int32 = iota
+	parked
+)
+
+// park hands the idle connection to the poller; true means the read loop
+// must return (a wake-up or a close starts it again).
+func (c *conn) park() bool {
+	p := c.srv.poller
+	if p == nil {
+		return false
+	}
+	if c.pollID == 0 {
+		p.add(c)
+	}
+	c.tr.Release()
+	c.state.Store(parked)
+	if p.arm(c) {
+		return true
+	}
+	// Not armed: keep reading here, unless a close already restarted the loop.
+	return !c.state.CompareAndSwap(parked, running)
+}
+
+// unpark restarts the read loop of a parked connection: input arrived or
+// the connection is closing.
+func (c *conn) unpark() {
+	if c.state.CompareAndSwap(parked, running) {
+		go c.readLoop()
 	}
 }
 
@@ -138,11 +197,8 @@ func (c *conn) readFailed(err error) {
 	case errors.As(err, &pe):
 		c.failErr(pe)
 	case errors.As(err, &ne) && ne.Timeout():
-		if c.epoch == 0 {
-			c.fail(protocol.CodeHelloTimeout, "no HELLO within the hello timeout", 0, ReasonTimeout)
-		} else {
-			c.fail(protocol.CodeHeartbeatTimeout, "no frame within the heartbeat timeout", 0, ReasonTimeout)
-		}
+		// Only the hello timeout is a read deadline; heartbeats are swept.
+		c.fail(protocol.CodeHelloTimeout, "no HELLO within the hello timeout", 0, ReasonTimeout)
 	default:
 		c.close(ReasonClientClosed)
 	}
@@ -224,7 +280,10 @@ func (c *conn) hello(body []byte) error {
 	c.startFlushLocked()
 	c.kickLocked()
 	c.mu.Unlock()
-	_ = c.nc.SetReadDeadline(time.Now().Add(s.cfg.HeartbeatTimeout))
+	// From here the heartbeat sweep watches lastRead; a parked connection
+	// has no read in progress that a deadline could end.
+	c.lastRead.Store(time.Now().UnixNano())
+	_ = c.nc.SetReadDeadline(time.Time{})
 	s.register(c)
 	// A drain that started while the store answered has not seen this connection.
 	if s.draining.Load() {
@@ -519,12 +578,19 @@ func (c *conn) closeSocket() {
 	c.closeOnce.Do(func() {
 		close(c.closed)
 		_ = c.nc.Close()
+		c.unpark() // a parked connection ends through its read loop
 	})
 }
 
 // teardown runs when the read loop ends: let the final frames go out
 // (bounded), then forget the session here and in the store.
 func (c *conn) teardown() {
+	s := c.srv
+	defer s.wg.Done()
+	defer s.metrics.connections.WithLabelValues(c.tr.name()).Dec()
+	if s.poller != nil {
+		defer s.poller.forget(c)
+	}
 	c.close(ReasonClientClosed)
 	select {
 	case <-c.closed:
@@ -534,7 +600,6 @@ func (c *conn) teardown() {
 	c.mu.Lock()
 	reason := c.reason
 	c.mu.Unlock()
-	s := c.srv
 	s.metrics.closes.WithLabelValues(string(reason)).Inc()
 	if c.epoch == 0 {
 		s.untrack(c)

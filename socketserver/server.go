@@ -90,6 +90,8 @@ type Server struct {
 	conns  map[*conn]struct{}
 	closed bool
 
+	poller    *poller // nil: every connection keeps its read goroutine
+
 	listeners []net.Listener
 	admin     *http.Server
 	addrs     Addrs
@@ -135,6 +137,11 @@ func (s *Server) Start() error {
 	if err := s.store.Subscribe(s.ctx, s.cfg.ServerName, s); err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
+	p, err := newPoller()
+	if err != nil {
+		s.log.Error(err, "no poller: idle connections keep a goroutine each")
+	}
+	s.poller = p
 	listen := func(addr, name string, tlsOK bool) (net.Listener, error) {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -175,8 +182,9 @@ func (s *Server) Start() error {
 		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = s.admin.Serve(l) }()
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.statsLoop()
+	go s.heartbeatLoop()
 	return nil
 }
 
@@ -214,14 +222,15 @@ func (s *Server) acceptLoop(l net.Listener, isWS bool) {
 	}
 }
 
+// serveConn runs a connection; the wait group counts it until teardown.
 func (s *Server) serveConn(c *conn, isWS, full bool) {
-	defer s.wg.Done()
 	_, isTLS := c.nc.(*tls.Conn)
 	if isWS || isTLS {
 		if err := onFreshStack(func() error { return s.handshake(c, isWS) }); err != nil {
 			s.log.V(1).Info("handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err.Error())
 			_ = c.nc.Close()
 			s.untrack(c)
+			s.wg.Done()
 			return
 		}
 	}
@@ -392,6 +401,40 @@ func (s *Server) statsLoop() {
 	}
 }
 
+// heartbeatLoop ends welcomed connections whose device sent nothing within
+// the heartbeat timeout. A sweep instead of a read deadline: parked
+// connections have no read to time out, and busy ones skip a timer reset
+// per frame.
+func (s *Server) heartbeatLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(min(max(s.cfg.HeartbeatTimeout/10, 10*time.Millisecond), time.Second))
+	defer t.Stop()
+	var dead []*conn
+	for {
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			return
+		}
+		limit := time.Now().Add(-s.cfg.HeartbeatTimeout).UnixNano()
+		for i := range s.shards {
+			sh := &s.shards[i]
+			sh.mu.Lock()
+			for _, c := range sh.m {
+				if c.lastRead.Load() < limit {
+					dead = append(dead, c)
+				}
+			}
+			sh.mu.Unlock()
+		}
+		for _, c := range dead {
+			c.fail(protocol.CodeHeartbeatTimeout, "no frame within the heartbeat timeout", 0, ReasonTimeout)
+		}
+		clear(dead)
+		dead = dead[:0]
+	}
+}
+
 func (s *Server) publishStats(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 	defer cancel()
@@ -495,6 +538,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var err error
 	select {
 	case <-done:
+		s.poller.close() // nothing is parked any more
 	case <-ctx.Done():
 		err = ctx.Err()
 	}

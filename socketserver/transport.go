@@ -1,7 +1,6 @@
 package socketserver
 
 import (
-	"bufio"
 	"net"
 	"strings"
 
@@ -26,8 +25,7 @@ func newTCPTransport(nc net.Conn, maxFrame int) transport {
 }
 
 func newWSTransport(nc net.Conn, maxFrame int, control func(ws.OpCode, []byte)) transport {
-	br := bufio.NewReaderSize(nc, readBufferSize)
-	return transport{Codec: protocol.NewWSReader(br, maxFrame, readBufferSize, false, control), ws: true}
+	return transport{Codec: protocol.NewWSReader(nc, maxFrame, readBufferSize, false, control), ws: true}
 }
 
 func (t transport) name() string {

@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -37,7 +36,7 @@ func (c *Client) dial(ctx context.Context, onWSPing func([]byte)) (net.Conn, pro
 			}
 		}
 		// Clients mask what they send.
-		return nc, protocol.NewWSReader(bufio.NewReaderSize(src, readBufferSize), c.cfg.MaxFrameBytes, readBufferSize, true, onControl), nil
+		return nc, protocol.NewWSReader(src, c.cfg.MaxFrameBytes, readBufferSize, true, onControl), nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()

@@ -14,6 +14,9 @@ type Codec interface {
 	// Buffered reports whether more input is already read, so that a burst
 	// of ACKs can be handled once, at its end.
 	Buffered() bool
+	// Release gives the read buffers back while nothing is buffered: an
+	// idle connection then holds none. The next ReadFrame takes them again.
+	Release()
 	AppendFrame(dst []byte, typ byte, body []byte) []byte
 	AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte
 }
@@ -23,11 +26,9 @@ type Codec interface {
 // and borrows a pooled buffer only for frames that do not fit in it. The
 // announced length is checked before any body byte is read or allocated.
 type Reader struct {
-	rd   io.Reader
-	max  int
-	buf  []byte
-	r, w int
-	big  *[]byte
+	window
+	max int
+	big *[]byte
 }
 
 // NewReader returns a Reader that refuses frames longer than maxFrame
@@ -36,13 +37,26 @@ func NewReader(rd io.Reader, maxFrame, bufSize int) *Reader {
 	if bufSize < 16 {
 		bufSize = 16
 	}
-	return &Reader{rd: rd, max: maxFrame, buf: make([]byte, bufSize)}
+	return &Reader{window: window{rd: rd, size: bufSize}, max: maxFrame}
 }
 
 var bigPool = sync.Pool{New: func() any { b := make([]byte, 0, DefaultMaxFrameBytes); return &b }}
 
 // Buffered reports whether bytes are read from the stream but not yet returned.
-func (r *Reader) Buffered() bool { return r.w > r.r }
+func (r *Reader) Buffered() bool { return r.buffered() }
+
+// Release implements Codec.
+func (r *Reader) Release() {
+	r.putBig()
+	r.release()
+}
+
+func (r *Reader) putBig() {
+	if r.big != nil {
+		bigPool.Put(r.big)
+		r.big = nil
+	}
+}
 
 // AppendFrame appends a length-prefixed frame.
 func (r *Reader) AppendFrame(dst []byte, typ byte, body []byte) []byte {
@@ -57,10 +71,7 @@ func (r *Reader) AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) 
 // ReadFrame returns the next frame. body is valid until the next call.
 // Errors are *Error (answer with ERROR and close) or the stream's own error.
 func (r *Reader) ReadFrame() (typ byte, body []byte, err error) {
-	if r.big != nil {
-		bigPool.Put(r.big)
-		r.big = nil
-	}
+	r.putBig()
 	if err := r.fill(HeaderSize); err != nil {
 		return 0, nil, err
 	}
@@ -102,31 +113,6 @@ func (r *Reader) ReadFrame() (typ byte, body []byte, err error) {
 	}
 	*r.big = b
 	return typ, b, nil
-}
-
-// fill makes at least n bytes available at r.buf[r.r:].
-func (r *Reader) fill(n int) error {
-	if r.w-r.r >= n {
-		return nil
-	}
-	if r.r > 0 && len(r.buf)-r.r < n {
-		r.w = copy(r.buf, r.buf[r.r:r.w])
-		r.r = 0
-	}
-	for r.w-r.r < n {
-		m, err := r.rd.Read(r.buf[r.w:])
-		r.w += m
-		if err != nil {
-			if r.w-r.r >= n {
-				return nil
-			}
-			if err == io.EOF && r.w > r.r {
-				return io.ErrUnexpectedEOF
-			}
-			return err
-		}
-	}
-	return nil
 }
 
 func unexpected(err error) error {

@@ -1,7 +1,6 @@
 package protocol
 
 import (
-	"bufio"
 	"encoding/binary"
 	"io"
 
@@ -14,7 +13,7 @@ import (
 // a message above the limit before reading it; it masks what it writes when
 // it is the client's.
 type WSReader struct {
-	br        *bufio.Reader
+	in        window
 	max       int
 	buf       []byte
 	keep      int
@@ -22,16 +21,22 @@ type WSReader struct {
 	onControl func(op ws.OpCode, payload []byte)
 }
 
-// NewWSReader reads from br; onControl gets pings and pongs (payload valid
+// NewWSReader reads from rd through a window of keep bytes; onControl gets pings and pongs (payload valid
 // during the call); a close frame ends the stream with io.EOF. Buffers up to
 // keep bytes are reused between messages, larger ones are dropped so that
 // idle connections stay small. mask is true on the client side.
-func NewWSReader(br *bufio.Reader, maxFrame, keep int, mask bool, onControl func(ws.OpCode, []byte)) *WSReader {
-	return &WSReader{br: br, max: maxFrame, keep: keep, mask: mask, onControl: onControl}
+func NewWSReader(rd io.Reader, maxFrame, keep int, mask bool, onControl func(ws.OpCode, []byte)) *WSReader {
+	return &WSReader{in: window{rd: rd, size: keep}, max: maxFrame, keep: keep, mask: mask, onControl: onControl}
 }
 
 // Buffered reports whether more input is already read.
-func (r *WSReader) Buffered() bool { return r.br.Buffered() > 0 }
+func (r *WSReader) Buffered() bool { return r.in.buffered() }
+
+// Release implements Codec; the message buffer is dropped too.
+func (r *WSReader) Release() {
+	r.in.release()
+	r.buf = nil
+}
 
 // AppendFrame appends a frame as one binary message.
 func (r *WSReader) AppendFrame(dst []byte, typ byte, body []byte) []byte {
@@ -48,7 +53,7 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 	msg := r.buf[:0]
 	started := false
 	for {
-		h, err := ws.ReadHeader(r.br)
+		h, err := ws.ReadHeader(&r.in)
 		if err != nil {
 			return 0, nil, err
 		}
@@ -57,7 +62,7 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 				return 0, nil, io.ErrUnexpectedEOF
 			}
 			var p [125]byte
-			if _, err := io.ReadFull(r.br, p[:h.Length]); err != nil {
+			if _, err := io.ReadFull(&r.in, p[:h.Length]); err != nil {
 				return 0, nil, unexpected(err)
 			}
 			if h.Masked {
@@ -81,7 +86,7 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 		}
 		n := len(msg)
 		msg = grow(msg, int(h.Length))
-		if _, err := io.ReadFull(r.br, msg[n:]); err != nil {
+		if _, err := io.ReadFull(&r.in, msg[n:]); err != nil {
 			return 0, nil, unexpected(err)
 		}
 		if h.Masked {
