@@ -90,7 +90,7 @@ type Server struct {
 	conns  map[*conn]struct{}
 	closed bool
 
-	poller    *poller // nil: every connection keeps its read goroutine
+	poller *poller // nil: every connection keeps its read goroutine
 
 	listeners []net.Listener
 	admin     *http.Server
