@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -81,7 +82,8 @@ type conn struct {
 	// state is running while a read loop goroutine exists, parked while
 	// the poller waits for input; the swap parked->running starts a loop.
 	state  atomic.Int32
-	pollID uint64 // set by the read loop before the first park
+	pollID uint64          // set by the read loop before the first park
+	raw    syscall.RawConn // with pollID
 	// lastRead (unix ns) is when the welcomed device last sent a frame.
 	lastRead atomic.Int64
 }
@@ -163,15 +165,17 @@ const (
 	parked
 )
 
-// park hands the idle connection to the poller; true means the read loop
-// must return (a wake-up or a close starts it again).
+// parkAfter is how long a drained read loop waits for more input before
+// it parks the connection.
+const parkAfter = 250 * time.Millisecond
+
+// park hands a connection that stayed silent for parkAfter to the poller;
+// true means the read loop must return (a wake-up or a close starts it
+// again).
 func (c *conn) park() bool {
 	p := c.srv.poller
-	if p == nil {
+	if p == nil || c.pollID == 0 && !p.add(c) || p.wait(c, parkAfter) {
 		return false
-	}
-	if c.pollID == 0 {
-		p.add(c)
 	}
 	c.tr.Release()
 	c.state.Store(parked)

@@ -2,8 +2,11 @@ package socketserver
 
 import (
 	"errors"
+	"os"
 	"sync"
 	"syscall"
+	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -43,19 +46,9 @@ func newPoller() (*poller, error) {
 	return p, nil
 }
 
-// add gives c an id; the read loop calls it before c is first marked parked.
-func (p *poller) add(c *conn) {
-	p.mu.Lock()
-	p.next++
-	c.pollID = p.next
-	p.conns[c.pollID] = c
-	p.mu.Unlock()
-}
-
-// arm asks for one wake-up when c has input. The caller has marked c
-// parked; false means it could not be armed (not a plain socket, closed,
-// or the poller stopped) and the caller keeps reading with a goroutine.
-func (p *poller) arm(c *conn) bool {
+// add gives c an id; the read loop calls it before c is first marked
+// parked. False: c is not a plain socket (TLS) and keeps its goroutine.
+func (p *poller) add(c *conn) bool {
 	sc, ok := c.nc.(syscall.Conn)
 	if !ok {
 		return false
@@ -64,9 +57,38 @@ func (p *poller) arm(c *conn) bool {
 	if err != nil {
 		return false
 	}
+	c.raw = rc
+	p.mu.Lock()
+	p.next++
+	c.pollID = p.next
+	p.conns[c.pollID] = c
+	p.mu.Unlock()
+	return true
+}
+
+// wait reports whether input arrives within d, without reading it: a busy
+// connection then keeps its goroutine instead of paying for a re-arm and
+// a goroutine start per frame.
+func (p *poller) wait(c *conn, d time.Duration) bool {
+	_ = c.nc.SetReadDeadline(time.Now().Add(d))
+	err := c.raw.Read(func(fd uintptr) bool {
+		// Peek, since the runtime's readiness flag may be stale.
+		var b byte
+		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		return errno != unix.EAGAIN
+	})
+	_ = c.nc.SetReadDeadline(time.Time{})
+	return !errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// arm asks for one wake-up when c has input. The caller has marked c
+// parked; false means it could not be armed (not a plain socket, closed,
+// or the poller stopped) and the caller keeps reading with a goroutine.
+func (p *poller) arm(c *conn) bool {
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(c.pollID), Pad: int32(c.pollID >> 32)}
 	var cerr error
-	err = rc.Control(func(fd uintptr) {
+	err := c.raw.Control(func(fd uintptr) {
 		// Re-arm; the first time, add. Nothing else is written after the
 		// caller marked c parked: the wake-up may already run.
 		if cerr = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev); cerr == unix.ENOENT {
