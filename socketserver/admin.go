@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -23,6 +24,7 @@ import (
 func (s *Server) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/devices/{device}/messages", s.guard(s.postMessage))
+	mux.HandleFunc("POST /v1/messages", s.guard(s.postMessages))
 	mux.HandleFunc("GET /v1/devices/{device}", s.guard(s.getDevice))
 	mux.HandleFunc("PUT /v1/devices/{device}/state", s.guard(s.putState))
 	mux.HandleFunc("POST /drain", s.guard(s.postDrain))
@@ -93,22 +95,103 @@ func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
 			"message": fmt.Sprintf("payload exceeds %d bytes (max frame bytes %d minus 9)", maxPayload, s.cfg.MaxFrameBytes)})
 		return
 	}
-	ctx, cancel := s.storeCtx(r)
+	res := s.enqueue(r.Context(), device, payload)
+	if res.Error == "unavailable" {
+		w.Header().Set("Retry-After", "1")
+	}
+	if res.Error == "" {
+		writeJSON(w, res.status, map[string]uint64{"seq": res.Seq})
+		return
+	}
+	writeJSON(w, res.status, res)
+}
+
+// enqueued is the answer for one message, alone or in a batch.
+type enqueued struct {
+	Seq     uint64 `json:"seq,omitempty"`
+	Error   string `json:"error,omitempty"`
+	Message string `json:"message,omitempty"`
+	status  int
+}
+
+func (s *Server) enqueue(ctx context.Context, device string, payload []byte) enqueued {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 	seq, err := s.store.Enqueue(ctx, device, payload, s.cfg.MaxPending)
 	cancel()
+	var res enqueued
 	switch {
 	case errors.Is(err, store.ErrOutboxFull):
-		s.metrics.enqueued.WithLabelValues("429").Inc()
-		writeJSON(w, http.StatusTooManyRequests, map[string]string{"error": "outbox_full"})
+		res = enqueued{Error: "outbox_full", status: http.StatusTooManyRequests}
 	case err != nil:
-		s.metrics.enqueued.WithLabelValues("503").Inc()
 		s.metrics.storeErrors.WithLabelValues("enqueue").Inc()
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "unavailable", "message": err.Error()})
+		res = enqueued{Error: "unavailable", Message: err.Error(), status: http.StatusServiceUnavailable}
 	default:
-		s.metrics.enqueued.WithLabelValues("202").Inc()
-		writeJSON(w, http.StatusAccepted, map[string]uint64{"seq": seq})
+		res = enqueued{Seq: seq, status: http.StatusAccepted}
 	}
+	s.metrics.enqueued.WithLabelValues(strconv.Itoa(res.status)).Inc()
+	return res
+}
+
+// maxBatch bounds the messages of one POST /v1/messages.
+const maxBatch = 1000
+
+// postMessages stores a batch of messages for many devices: a backend that
+// sends thousands per second makes one request per batch instead of one
+// per message, and the store pipelines the batch. Each message gets its
+// own answer, in order; 200 means the batch was read, not that every
+// message was stored.
+func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Messages []struct {
+			Device  string `json:"device"`
+			Payload []byte `json:"payload"` // base64 in JSON
+		} `json:"messages"`
+	}
+	limit := int64(maxBatch) * int64(s.cfg.MaxFrameBytes*4/3+64)
+	if err := json.NewDecoder(io.LimitReader(r.Body, limit)).Decode(&req); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad_body",
+			"message": `want {"messages":[{"device":"…","payload":"<base64>"},…]}: ` + err.Error()})
+		return
+	}
+	if len(req.Messages) > maxBatch {
+		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": "too_many",
+			"message": fmt.Sprintf("%d messages in one batch; at most %d", len(req.Messages), maxBatch)})
+		return
+	}
+	// Devices in parallel (the store pipelines them), each device's
+	// messages in order.
+	results := make([]enqueued, len(req.Messages))
+	byDevice := map[string][]int{}
+	for i, m := range req.Messages {
+		switch {
+		case !protocol.ValidDevice(m.Device):
+			results[i] = enqueued{Error: "bad_device", Message: "device must be 1-128 characters of [A-Za-z0-9._:-]"}
+		case len(m.Payload) > s.cfg.MaxFrameBytes-9:
+			s.metrics.enqueued.WithLabelValues("413").Inc()
+			results[i] = enqueued{Error: "too_large", Message: fmt.Sprintf("payload exceeds %d bytes", s.cfg.MaxFrameBytes-9)}
+		default:
+			byDevice[m.Device] = append(byDevice[m.Device], i)
+		}
+	}
+	var wg sync.WaitGroup
+	for device, idx := range byDevice {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k, i := range idx {
+				results[i] = s.enqueue(r.Context(), device, req.Messages[i].Payload)
+				if results[i].Error != "" {
+					// Storing later ones would reorder them when the backend retries.
+					for _, j := range idx[k+1:] {
+						results[j] = enqueued{Error: "not_attempted", Message: "an earlier message to this device in the batch was not stored"}
+					}
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	writeJSON(w, http.StatusOK, map[string][]enqueued{"results": results})
 }
 
 func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {

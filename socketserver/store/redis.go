@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -61,7 +60,11 @@ const (
 
 // pubid is stored zero-padded so that Lua compares full uint64 ids as strings
 // (Lua numbers are doubles and would round ids above 2^53).
-func padID(id uint64) string { return fmt.Sprintf("%020d", id) }
+func padID(id uint64) string {
+	const zeros = "00000000000000000000"
+	s := strconv.FormatUint(id, 10)
+	return zeros[len(s):] + s
+}
 
 var helloScript = redis.NewScript(`
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
