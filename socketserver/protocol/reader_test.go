@@ -297,3 +297,27 @@ func TestWSRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// The server side of WebSocket: masked client messages, with a release
+// between frames as an idle connection does.
+func BenchmarkWSReadFrame(b *testing.B) {
+	payload := bytes.Repeat([]byte("p"), 200)
+	one := AppendWSSeqFrame(nil, TypePublish, 42, payload, true)
+	stream := bytes.Repeat(one, 1000)
+	src := bytes.NewReader(stream)
+	r := NewWSReader(src, DefaultMaxFrameBytes, 512, false, nil)
+	b.SetBytes(int64(len(one)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, _, err := r.ReadFrame(); err != nil {
+			src.Reset(stream)
+			if _, _, err := r.ReadFrame(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if i%100 == 0 {
+			r.Release()
+		}
+	}
+}

@@ -26,7 +26,7 @@ type WSReader struct {
 // keep bytes are reused between messages, larger ones are dropped so that
 // idle connections stay small. mask is true on the client side.
 func NewWSReader(rd io.Reader, maxFrame, keep int, mask bool, onControl func(ws.OpCode, []byte)) *WSReader {
-	return &WSReader{in: window{rd: rd, size: keep}, max: maxFrame, keep: keep, mask: mask, onControl: onControl}
+	return &WSReader{in: window{rd: rd, size: max(keep, 16)}, max: maxFrame, keep: keep, mask: mask, onControl: onControl}
 }
 
 // Buffered reports whether more input is already read.
@@ -53,7 +53,7 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 	msg := r.buf[:0]
 	started := false
 	for {
-		h, err := ws.ReadHeader(&r.in)
+		h, err := r.readHeader()
 		if err != nil {
 			return 0, nil, err
 		}
@@ -108,6 +108,48 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 		return 0, nil, Errorf(CodeBadFrame, "unknown frame type %s", TypeName(msg[0]))
 	}
 	return msg[0], msg[1:], nil
+}
+
+// readHeader parses a frame header in place in the window (the reader's
+// io.Reader path allocates per frame).
+func (r *WSReader) readHeader() (ws.Header, error) {
+	in := &r.in
+	if err := in.fill(2); err != nil {
+		return ws.Header{}, err
+	}
+	b0, b1 := in.buf[in.r], in.buf[in.r+1]
+	n := 2
+	switch b1 & 0x7f {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if b1&0x80 != 0 {
+		n += 4
+	}
+	if err := in.fill(n); err != nil {
+		return ws.Header{}, unexpected(err)
+	}
+	p := in.buf[in.r : in.r+n]
+	in.r += n
+	h := ws.Header{Fin: b0&0x80 != 0, Rsv: b0 >> 4 & 7, OpCode: ws.OpCode(b0 & 0x0f), Masked: b1&0x80 != 0}
+	switch l := b1 & 0x7f; l {
+	case 126:
+		h.Length = int64(binary.BigEndian.Uint16(p[2:]))
+	case 127:
+		u := binary.BigEndian.Uint64(p[2:])
+		if u > 1<<62 {
+			return h, Errorf(CodeFrameTooLarge, "WebSocket length %d is not valid", u)
+		}
+		h.Length = int64(u)
+	default:
+		h.Length = int64(l)
+	}
+	if h.Masked {
+		copy(h.Mask[:], p[n-4:])
+	}
+	return h, nil
 }
 
 func grow(b []byte, n int) []byte {
