@@ -47,6 +47,10 @@ type Config struct {
 	OnMessage func(seq uint64, payload []byte)
 	// OnState receives the session state of every WELCOME.
 	OnState func(state json.RawMessage)
+	// OnPubAck receives each published message once, when its PUBACK
+	// arrives, on the reading goroutine; payload is only valid during the
+	// call. An alternative to waiting on every Pending.
+	OnPubAck func(id uint64, payload []byte)
 	// OnEvent receives connects and disconnects, on the Run goroutine.
 	OnEvent func(Event)
 

@@ -138,7 +138,13 @@ func TestPublishRetransmitIsDeduplicated(t *testing.T) {
 	r, a, _ := redisPair(t, nil)
 	rdb := r.Client()
 	p := newProxy(t, a.Addrs().TCP)
-	d := runDevice(t, client.Config{Addr: p.addr(), Device: "pos-9"})
+	var mu sync.Mutex
+	var acked []string
+	d := runDevice(t, client.Config{Addr: p.addr(), Device: "pos-9", OnPubAck: func(id uint64, payload []byte) {
+		mu.Lock()
+		acked = append(acked, fmt.Sprintf("%d=%s", id, payload))
+		mu.Unlock()
+	}})
 	d.waitConnected(t, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -168,6 +174,11 @@ func TestPublishRetransmitIsDeduplicated(t *testing.T) {
 	}
 	if st := d.Stats(); st.Retransmits == 0 || st.PublishesAcked != 3 || st.InFlight != 0 {
 		t.Fatalf("stats %+v", st)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := fmt.Sprint(acked); got != "[1=first 2=second 3=third]" {
+		t.Fatalf("OnPubAck saw %s, want each message once", got)
 	}
 }
 

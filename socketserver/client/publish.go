@@ -76,13 +76,18 @@ func (c *Client) Publish(ctx context.Context, payload []byte) (uint64, error) {
 // pubAcked completes the message with id (a retransmit's second PUBACK finds nothing).
 func (c *Client) pubAcked(id uint64) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	i := slices.IndexFunc(c.inflight, func(p *Pending) bool { return p.id == id })
 	if i < 0 {
+		c.mu.Unlock()
 		return
 	}
-	close(c.inflight[i].done)
+	p := c.inflight[i]
 	c.inflight = slices.Delete(c.inflight, i, i+1)
 	c.stats.PublishesAcked++
+	c.mu.Unlock()
 	<-c.window
+	if c.cfg.OnPubAck != nil {
+		c.cfg.OnPubAck(p.id, p.payload)
+	}
+	close(p.done)
 }
