@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"math"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
 
 	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/client"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
 
@@ -68,5 +71,180 @@ func TestWorkerAccountsForEveryMessage(t *testing.T) {
 	}
 	if len(r.PostFailures) != 0 || len(r.Disconnects) != 0 {
 		t.Fatalf("failures %v, disconnects %v", r.PostFailures, r.Disconnects)
+	}
+}
+
+func TestStormFlag(t *testing.T) {
+	two := []string{"--spawn-servers", "2"}
+	for _, c := range []struct {
+		args []string
+		want stormMode
+		err  string // part of the expected error, if one is expected
+	}{
+		{args: two, want: stormOff},
+		{args: append(two, "--storm"), want: stormDrain},
+		{args: append(two, "--storm=drain"), want: stormDrain},
+		{args: append(two, "--storm=kill"), want: stormKill},
+		{args: append(two, "--storm=restart"), want: stormRestart},
+		{args: append(two, "--storm=false"), want: stormOff},
+		{args: []string{"--spawn-servers", "1", "--storm=restart"}, want: stormRestart},
+		{args: []string{"--addrs", "a:1,b:1", "--admin-addrs", "a:2,b:2", "--storm"}, want: stormDrain},
+		{args: append(two, "--storm=boom"), err: "not drain, kill or restart"},
+		{args: append(two, "--storm", "kill"), err: `unexpected argument "kill"`},
+		{args: []string{"--addrs", "a:1,b:1", "--admin-addrs", "a:2,b:2", "--storm=kill"}, err: "needs --spawn-servers"},
+		{args: []string{"--addrs", "a:1,b:1", "--admin-addrs", "a:2,b:2", "--storm=restart"}, err: "needs --spawn-servers"},
+		{args: []string{"--spawn-servers", "1", "--storm=kill"}, err: "at least two servers"},
+		{args: []string{"--spawn-servers", "1", "--storm"}, err: "at least two servers"},
+		{args: []string{"--addrs", "a:1", "--admin-addrs", "a:2", "--storm"}, err: "at least two servers"},
+	} {
+		o, err := parseFlags(c.args)
+		switch {
+		case c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)):
+			t.Errorf("%q: error %v, want one containing %q", c.args, err, c.err)
+		case c.err == "" && err != nil:
+			t.Errorf("%q: %v", c.args, err)
+		case c.err == "" && o.storm != c.want:
+			t.Errorf("%q: storm %q, want %q", c.args, o.storm, c.want)
+		}
+	}
+	// A plain --storm takes no value: the flags after it still count.
+	o, err := parseFlags(append(two, "--storm", "--duration", "9s"))
+	if err != nil || o.storm != stormDrain || o.duration != 9*time.Second {
+		t.Fatalf("--storm --duration 9s: %v, %+v", err, o)
+	}
+}
+
+func TestAvoidListPick(t *testing.T) {
+	hosts := []string{"a", "b", "c"}
+	t0 := time.Now()
+	pick := func(a *avoidList, pref, idx int, at time.Duration) string {
+		return a.pick(hosts, pref, idx, t0.Add(at))
+	}
+	var a avoidList
+	if got := pick(&a, 0, 0, 0); got != "a" {
+		t.Fatalf("nothing avoided: %s, want the preferred a", got)
+	}
+	a.failed("a", t0)
+	if got := []string{pick(&a, 0, 0, time.Second), pick(&a, 0, 1, time.Second), pick(&a, 1, 0, time.Second)}; got[0] != "b" || got[1] != "c" || got[2] != "b" {
+		t.Fatalf("a refused: %v, want a's devices spread over [b c] and b's on b", got)
+	}
+	if got := pick(&a, 0, 0, avoidFor); got != "a" {
+		t.Fatalf("after %s: %s, want a again", avoidFor, got)
+	}
+	a.failed("b", t0)
+	a.failed("c", t0)
+	if got := pick(&a, 2, 0, time.Second); got != "c" {
+		t.Fatalf("all refused: %s, want the preferred c", got)
+	}
+	a.succeeded("b")
+	if got := pick(&a, 0, 5, time.Second); got != "b" {
+		t.Fatalf("b answered again: %s, want b", got)
+	}
+
+	var d avoidList // GOAWAY is for good
+	d.goAway("a")
+	if got := pick(&d, 0, 1, time.Hour); got != "c" {
+		t.Fatalf("a drained an hour ago: %s, want c", got)
+	}
+	d.goAway("b")
+	d.goAway("c")
+	if got := pick(&d, 1, 0, 0); got != "b" {
+		t.Fatalf("all drained: %s, want the preferred b", got)
+	}
+}
+
+// A refused dial sends the device, and the next ones, to a live server.
+func TestDialAvoidsRefusingServer(t *testing.T) {
+	live, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	w := newWorker(WorkerSpec{Addrs: []string{deadAddr, live.Addr().String()}})
+	d := &benchDevice{w: w, pref: 0}
+	if _, err := d.dial(context.Background(), "tcp", ""); err == nil {
+		t.Fatal("dial to a closed port succeeded")
+	}
+	for i := 0; i < 2; i++ {
+		nc, err := (&benchDevice{w: w, pref: 0, idx: i}).dial(context.Background(), "tcp", "")
+		if err != nil {
+			t.Fatalf("dial %d after the refusal: %v", i, err)
+		}
+		nc.Close()
+	}
+}
+
+// Any lost connection starts an outage that ends at the next WELCOME;
+// failed reconnects in between do not restart it.
+func TestOutageTracking(t *testing.T) {
+	w := newWorker(WorkerSpec{Addrs: []string{"a:1", "b:1"}})
+	d := &benchDevice{w: w, host: "a:1"}
+	t0 := time.Now()
+	for _, ev := range []client.Event{
+		{Type: client.EventConnected, At: t0},
+		{Type: client.EventDisconnected, At: t0.Add(time.Second), Reason: client.ReasonConnLost},
+		{Type: client.EventDisconnected, At: t0.Add(2 * time.Second), Reason: client.ReasonDialFailed},
+	} {
+		d.onEvent(ev)
+	}
+	if w.affected.Load() != 1 || w.outages.Load() != 1 || w.pendingResume.Load() != 1 || w.resumed.Load() != 0 {
+		t.Fatalf("down: affected %d outages %d pending %d resumed %d", w.affected.Load(), w.outages.Load(), w.pendingResume.Load(), w.resumed.Load())
+	}
+	back := t0.Add(3500 * time.Millisecond)
+	d.dialedAt = t0.Add(3 * time.Second)
+	d.onEvent(client.Event{Type: client.EventConnected, At: back})
+	if w.resumed.Load() != 1 || w.pendingResume.Load() != 0 || w.lastResume.Load() != back.UnixNano() {
+		t.Fatalf("back: resumed %d pending %d", w.resumed.Load(), w.pendingResume.Load())
+	}
+	if got := w.resLat.Quantile(1); got < 2400*time.Millisecond || got > 2600*time.Millisecond {
+		t.Fatalf("resume latency %s, want 2.5s (from the lost connection)", got)
+	}
+	if got := w.helloLat.Quantile(1); got < 450*time.Millisecond || got > 550*time.Millisecond {
+		t.Fatalf("HELLO latency %s, want 0.5s (from the successful dial)", got)
+	}
+	d.onEvent(client.Event{Type: client.EventDisconnected, At: back, Reason: client.ReasonGoAway})
+	d.onEvent(client.Event{Type: client.EventConnected, At: back.Add(time.Second)})
+	if w.affected.Load() != 1 || w.outages.Load() != 2 || w.resumed.Load() != 2 {
+		t.Fatalf("second outage: affected %d outages %d resumed %d", w.affected.Load(), w.outages.Load(), w.resumed.Load())
+	}
+	if got := w.servers.pick(w.hosts, 0, 1, time.Now().Add(time.Hour)); got != "b:1" {
+		t.Fatalf("after GOAWAY from a:1: picked %s", got)
+	}
+
+	// A connection reset before WELCOME avoids the server for a while.
+	w2 := newWorker(WorkerSpec{Addrs: []string{"a:1", "b:1"}})
+	d2 := &benchDevice{w: w2, host: "a:1"}
+	d2.onEvent(client.Event{Type: client.EventDisconnected, At: t0, Reason: client.ReasonHandshake})
+	if got := w2.servers.pick(w2.hosts, 0, 0, t0.Add(time.Second)); got != "b:1" {
+		t.Fatalf("after a failed handshake on a:1: picked %s", got)
+	}
+}
+
+// A message's 202 and its delivery may come in either order; one delivered
+// without a 202 does not make up for one lost.
+func TestDeliveryMatching(t *testing.T) {
+	w := newWorker(WorkerSpec{Addrs: []string{"a:1"}})
+	d := &benchDevice{w: w}
+	d.got(1) // delivered before its 202
+	d.accepted(1)
+	d.accepted(2) // accepted, then delivered
+	d.got(2)
+	d.got(3)      // stored although the POST failed
+	d.accepted(4) // never delivered
+	if n := w.awaitDelivery.Load(); n != 1 {
+		t.Fatalf("awaiting %d, want 1", n)
+	}
+	d.up.Store(true)
+	d.c = client.New(client.Config{Addr: "a:1", Device: "x"})
+	w.devs = []*benchDevice{d}
+	r := w.result(0, 0, 0, 0)
+	if r.Posted != 3 || r.LostDownstream != 1 || r.DeliveredUnaccepted != 1 || r.Undelivered != 0 {
+		t.Fatalf("posted %d lost %d delivered unaccepted %d undelivered %d", r.Posted, r.LostDownstream, r.DeliveredUnaccepted, r.Undelivered)
 	}
 }

@@ -1,9 +1,9 @@
 // Command socketbench is the load tool: it opens many device connections
 // (TCP or WebSocket) to one or more socketservers, drives backend messages
-// and device publishes at set rates, optionally drains a server mid-run
-// (--storm), and prints a table: connections held, server memory per
-// connection, connect rate, resume time, throughput, end-to-end latency,
-// errors and lost messages (which must be 0).
+// and device publishes at set rates, optionally injects a fault mid-run
+// (--storm=drain|kill|restart), and prints a table: connections held, server
+// memory per connection, connect rate, resume time, throughput, end-to-end
+// latency, errors and lost messages (which must be 0).
 //
 // It spreads connections over source addresses 127.0.0.2, .3, … (one
 // address gives ~28k ports) and over worker processes (re-executions of
@@ -45,7 +45,37 @@ type options struct {
 	connectRate, deliverRate, publishRate                              float64
 	duration, settle, connectTimeout, maxTime, stormAfter              time.Duration
 	drainTimeout, drainJitter                                          time.Duration
-	storm                                                              bool
+	storm                                                              stormMode
+}
+
+// stormMode is the fault --storm injects during the load.
+type stormMode string
+
+const (
+	stormOff     stormMode = ""
+	stormDrain   stormMode = "drain"   // POST /drain to server 0: its devices get GOAWAY
+	stormKill    stormMode = "kill"    // SIGKILL spawned server 0: its devices just lose the connection
+	stormRestart stormMode = "restart" // SIGKILL every spawned server, then start them again on the same ports
+)
+
+func (m *stormMode) String() string { return string(*m) }
+
+// IsBoolFlag lets a plain --storm (which the flag package sets to "true")
+// keep meaning drain, as it did when it was a bool.
+func (m *stormMode) IsBoolFlag() bool { return true }
+
+func (m *stormMode) Set(v string) error {
+	switch v {
+	case "true":
+		*m = stormDrain
+	case "false":
+		*m = stormOff
+	case string(stormDrain), string(stormKill), string(stormRestart):
+		*m = stormMode(v)
+	default:
+		return fmt.Errorf("%q is not drain, kill or restart", v)
+	}
+	return nil
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -72,13 +102,21 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.settle, "settle", 30*time.Second, "longest wait after the load for deliveries, PUBACKs and resumes")
 	fs.DurationVar(&o.connectTimeout, "connect-timeout", 2*time.Minute, "longest connect phase")
 	fs.DurationVar(&o.maxTime, "max-time", 0, "hard cap on the whole run (default: connect-timeout + duration + settle + 1m)")
-	fs.BoolVar(&o.storm, "storm", false, "drain the first server during the load (POST /drain) and measure until every device resumed elsewhere")
-	fs.DurationVar(&o.stormAfter, "storm-after", 0, "when to drain, after the load started (default: a third of --duration)")
+	fs.Var(&o.storm, "storm", "fault during the load, measured until every affected device resumed: drain (POST /drain to the first server; plain --storm), "+
+		"kill (SIGKILL the first spawned server) or restart (SIGKILL every spawned server and start them again on the same ports)")
+	fs.DurationVar(&o.stormAfter, "storm-after", 0, "when the storm hits, after the load started (default: a third of --duration)")
 	fs.StringVar(&o.keyFile, "key-file", "", "device key to sign tokens (spawned servers run without auth)")
 	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "bearer token file for the admin API")
 	fs.StringVar(&o.jsonOut, "json", "", "also write the summed results as JSON to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if fs.NArg() > 0 { // "--storm kill" sets drain and stops parsing at "kill"
+		return nil, fmt.Errorf("unexpected argument %q (a storm mode is given as --storm=kill)", fs.Arg(0))
+	}
+	servers := o.spawn
+	if servers == 0 {
+		servers = len(strings.Split(o.addrs, ","))
 	}
 	switch {
 	case o.connections < 1:
@@ -87,8 +125,11 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("--transport is tcp or ws")
 	case o.spawn == 0 && o.addrs == "":
 		return nil, errors.New("give --addrs and --admin-addrs, or --spawn-servers N")
-	case o.storm && o.spawn == 0 && len(strings.Split(o.addrs, ",")) < 2, o.storm && o.spawn == 1:
-		return nil, errors.New("--storm needs at least two servers")
+	case (o.storm == stormKill || o.storm == stormRestart) && o.spawn == 0:
+		return nil, fmt.Errorf("--storm=%s needs --spawn-servers: the tool kills only servers it started", o.storm)
+	case (o.storm == stormDrain || o.storm == stormKill) && servers < 2:
+		// Restart brings the same servers back; drain and kill need another one to move to.
+		return nil, fmt.Errorf("--storm=%s needs at least two servers", o.storm)
 	}
 	if o.maxTime == 0 {
 		o.maxTime = o.connectTimeout + o.duration + o.settle + time.Minute
@@ -130,7 +171,7 @@ func run(args []string) int {
 			fmt.Fprintln(os.Stderr, "socketbench:", err)
 		}
 	}
-	if sum.LostDownstream > 0 || sum.ConnectedAtEnd < o.connections {
+	if sum.LostDownstream > 0 || sum.UpstreamMissing > 0 || sum.UpstreamDuplicates > 0 || sum.ConnectedAtEnd < o.connections {
 		return 1
 	}
 	return 0
@@ -138,14 +179,31 @@ func run(args []string) int {
 
 type bench struct {
 	o        *options
-	children []*process
-	addrs    []string // device addresses, in the transport's form
+	mu       sync.Mutex // guards children
+	children []*process // everything started, dead or alive: killed at the end
+	servers  []*server  // spawned servers
+	addrs    []string   // device addresses, in the transport's form
 	admins   []string
 	apiToken string
 	rdb      *redis.Client
 }
 
+// server is a spawned socketserver; p is its current process.
+type server struct {
+	name  string
+	p     *process
+	addrs serverAddrs
+}
+
+func (b *bench) track(p *process) {
+	b.mu.Lock()
+	b.children = append(b.children, p)
+	b.mu.Unlock()
+}
+
 func (b *bench) stopChildren() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	for i := len(b.children) - 1; i >= 0; i-- {
 		b.children[i].kill()
 	}
@@ -176,22 +234,22 @@ func (b *bench) setup(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("redis: %w", err)
 			}
-			b.children = append(b.children, p)
+			b.track(p)
 			o.redisAddr = addr
 		}
-		extra := []string{"--drain-timeout", o.drainTimeout.String(), "--drain-jitter", o.drainJitter.String()}
 		for i := 0; i < o.spawn; i++ {
-			p, a, err := startServer(o.serverBin, fmt.Sprintf("bench-%d", i), o.redisAddr, o.prefix, extra)
-			if err != nil {
-				return err
-			}
-			b.children = append(b.children, p)
+			b.servers = append(b.servers, &server{name: fmt.Sprintf("bench-%d", i)})
+		}
+		if err := b.startServers(); err != nil {
+			return err
+		}
+		for _, s := range b.servers {
 			if o.transport == "ws" {
-				hostPorts = append(hostPorts, a.WS)
+				hostPorts = append(hostPorts, s.addrs.WS)
 			} else {
-				hostPorts = append(hostPorts, a.TCP)
+				hostPorts = append(hostPorts, s.addrs.TCP)
 			}
-			b.admins = append(b.admins, a.Admin)
+			b.admins = append(b.admins, s.addrs.Admin)
 		}
 	} else {
 		hostPorts = strings.Split(o.addrs, ",")
@@ -212,16 +270,48 @@ func (b *bench) setup(ctx context.Context) error {
 	return nil
 }
 
+// startServers starts every spawned server at once: on ports the kernel
+// picks the first time, on the same addresses again after a restart (as
+// pods of a StatefulSet come back behind the same endpoints).
+func (b *bench) startServers() error {
+	o := b.o
+	extra := []string{"--drain-timeout", o.drainTimeout.String(), "--drain-jitter", o.drainJitter.String()}
+	errs := make([]error, len(b.servers))
+	var wg sync.WaitGroup
+	for i, s := range b.servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, a, err := startServer(o.serverBin, s.name, o.redisAddr, o.prefix, s.addrs, extra)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			b.track(p)
+			s.p, s.addrs = p, a
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Summary is the whole run: the workers' results added up, plus what the
 // coordinator measured itself.
 type Summary struct {
 	Result
 	Workers, Servers, SourceIPs int
 	Transport                   string
-	StormDrainUnixNano          int64
-	StormSeconds                float64
-	Memory                      []serverMemory
-	UpstreamStored              int64
+	// Storm: what was done and when; StormSeconds runs from then until the
+	// last affected device was back; RestartSeconds until every restarted
+	// server listened again.
+	StormAction                  string
+	StormUnixNano                int64
+	StormSeconds, RestartSeconds float64
+	Memory                       []serverMemory
+	// UpstreamStored: stream entries of this run's devices; missing:
+	// PUBACKed publishes not among them; duplicates: entries beyond the
+	// first of one (device, id).
+	UpstreamStored, UpstreamMissing, UpstreamDuplicates int64
 }
 
 type serverMemory struct {
@@ -234,9 +324,11 @@ type serverMemory struct {
 func (b *bench) run(ctx context.Context) (*Summary, error) {
 	o := b.o
 	before := b.scrapeAll(ctx)
-	var startXLen int64
+	startID := "0-0" // the stream's last entry before the run
 	if b.rdb != nil {
-		startXLen, _ = b.rdb.XLen(ctx, o.prefix+":upstream").Result()
+		if last, err := b.rdb.XRevRangeN(ctx, o.prefix+":upstream", "+", "-", 1).Result(); err == nil && len(last) > 0 {
+			startID = last[0].ID
+		}
 	}
 	workers := (o.connections + o.perWorker - 1) / o.perWorker
 	var ips []string
@@ -273,7 +365,7 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 		if err := cmd.Start(); err != nil {
 			return nil, fmt.Errorf("start worker: %w", err)
 		}
-		b.children = append(b.children, &process{name: "worker", cmd: cmd})
+		b.track(&process{name: "worker", cmd: cmd})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -297,13 +389,11 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 			RSSBefore: before[i]["process_resident_memory_bytes"], RSSReady: ready[i]["process_resident_memory_bytes"],
 			HeapBefore: before[i]["go_memstats_heap_inuse_bytes"], HeapReady: ready[i]["go_memstats_heap_inuse_bytes"]})
 	}
-	if o.storm {
+	if o.storm != stormOff {
 		select {
 		case <-time.After(o.stormAfter):
-			sum.StormDrainUnixNano = time.Now().UnixNano()
-			if err := b.drain(ctx, b.admins[0]); err != nil {
-				fmt.Fprintln(os.Stderr, "socketbench: drain:", err)
-				sum.StormDrainUnixNano = 0
+			if err := b.storm(ctx, sum); err != nil {
+				fmt.Fprintf(os.Stderr, "socketbench: storm %s: %v\n", o.storm, err)
 			}
 		case <-done:
 		case <-ctx.Done():
@@ -323,16 +413,87 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 		}
 		sum.add(r)
 	}
-	if sum.StormDrainUnixNano != 0 && sum.LastResumeUnixNano > sum.StormDrainUnixNano {
-		sum.StormSeconds = float64(sum.LastResumeUnixNano-sum.StormDrainUnixNano) / 1e9
+	if sum.StormUnixNano != 0 && sum.LastResumeUnixNano > sum.StormUnixNano {
+		sum.StormSeconds = float64(sum.LastResumeUnixNano-sum.StormUnixNano) / 1e9
 	}
 	if b.rdb != nil {
-		n, err := b.rdb.XLen(context.Background(), o.prefix+":upstream").Result()
-		if err == nil {
-			sum.UpstreamStored = n - startXLen
+		if err := b.checkUpstream(startID, prefix+"-", sum); err != nil {
+			fmt.Fprintln(os.Stderr, "socketbench: reading the upstream stream:", err)
 		}
 	}
+	sum.AckedIDs = nil // checked; too long for the JSON output
 	return sum, nil
+}
+
+// storm injects the fault and records when (sum.StormUnixNano, taken just
+// before the action) and what.
+func (b *bench) storm(ctx context.Context, sum *Summary) error {
+	sum.StormUnixNano = time.Now().UnixNano()
+	switch b.o.storm {
+	case stormDrain:
+		sum.StormAction = "POST /drain to " + b.admins[0]
+		if err := b.drain(ctx, b.admins[0]); err != nil {
+			sum.StormUnixNano = 0
+			return err
+		}
+	case stormKill:
+		s := b.servers[0]
+		pid := s.p.cmd.Process.Pid
+		s.p.kill()
+		sum.StormAction = fmt.Sprintf("SIGKILL %s (pid %d), exited after %.2fs", s.name, pid, sinceStorm(sum))
+	case stormRestart:
+		for _, s := range b.servers { // all at once, then reap
+			_ = s.p.cmd.Process.Kill()
+		}
+		for _, s := range b.servers {
+			s.p.kill()
+		}
+		sum.StormAction = fmt.Sprintf("SIGKILL all %d servers (exited after %.2fs), start them again on the same ports",
+			len(b.servers), sinceStorm(sum))
+		err := b.startServers()
+		sum.RestartSeconds = sinceStorm(sum)
+		return err
+	}
+	return nil
+}
+
+func sinceStorm(sum *Summary) float64 { return float64(time.Now().UnixNano()-sum.StormUnixNano) / 1e9 }
+
+// checkUpstream reads the entries this run's devices added to the upstream
+// stream and checks that every PUBACKed publish is there exactly once.
+func (b *bench) checkUpstream(startID, devicePrefix string, sum *Summary) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	seen := map[string]int{} // "device id" -> entries
+	for from := "(" + startID; ; {
+		entries, err := b.rdb.XRangeN(ctx, b.o.prefix+":upstream", from, "+", 10000).Result()
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			dev, _ := e.Values["device"].(string)
+			if !strings.HasPrefix(dev, devicePrefix) {
+				continue
+			}
+			sum.UpstreamStored++
+			key := fmt.Sprint(dev, " ", e.Values["id"])
+			if seen[key]++; seen[key] > 1 {
+				sum.UpstreamDuplicates++
+			}
+		}
+		if len(entries) < 10000 {
+			break
+		}
+		from = "(" + entries[len(entries)-1].ID
+	}
+	for dev, ids := range sum.AckedIDs {
+		for _, id := range ids {
+			if seen[fmt.Sprint(dev, " ", id)] == 0 {
+				sum.UpstreamMissing++
+			}
+		}
+	}
+	return nil
 }
 
 func (b *bench) scrapeAll(ctx context.Context) []map[string]float64 {
@@ -446,6 +607,7 @@ func (s *Summary) add(r *Result) {
 	t.DeliverLatency.Add(r.DeliverLatency)
 	t.PublishLatency.Add(r.PublishLatency)
 	t.ResumeLatency.Add(r.ResumeLatency)
+	t.HelloLatency.Add(r.HelloLatency)
 	t.PostFailures = addCounts(t.PostFailures, r.PostFailures)
 	t.Disconnects = addCounts(t.Disconnects, r.Disconnects)
 	t.ErrorCodes = addCounts(t.ErrorCodes, r.ErrorCodes)
@@ -457,10 +619,18 @@ func (s *Summary) add(r *Result) {
 			t.DisconnectSamples[k] = v
 		}
 	}
-	t.GoAwayDevices += r.GoAwayDevices
+	t.DeliveredUnaccepted += r.DeliveredUnaccepted
+	t.Affected += r.Affected
+	t.Outages += r.Outages
 	t.Resumed += r.Resumed
 	t.PendingResume += r.PendingResume
 	t.LastResumeUnixNano = max(t.LastResumeUnixNano, r.LastResumeUnixNano)
+	for k, v := range r.AckedIDs {
+		if t.AckedIDs == nil {
+			t.AckedIDs = map[string][]uint64{}
+		}
+		t.AckedIDs[k] = v // device names are unique to a worker
+	}
 }
 
 func addCounts(dst, src map[string]uint64) map[string]uint64 {

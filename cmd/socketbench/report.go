@@ -35,16 +35,27 @@ func (b *bench) print(out io.Writer, s *Summary) {
 	}
 	row("backend -> device latency", "%s", quantiles(&s.DeliverLatency))
 	row("publish -> PUBACK latency", "%s", quantiles(&s.PublishLatency))
-	if o.storm {
-		if s.StormDrainUnixNano == 0 {
-			row("storm", "drain did not happen")
+	if o.storm != stormOff {
+		if s.StormUnixNano == 0 {
+			row("storm: "+string(o.storm), "did not happen")
 		} else {
-			row("storm: all resumed after", "%.2fs from POST /drain (%d devices sent away, %d resumed, %d not back)",
-				s.StormSeconds, s.GoAwayDevices, s.Resumed, s.PendingResume)
-			row("storm: per device resume", "%s (GOAWAY -> WELCOME, includes the hinted jitter)", quantiles(&s.ResumeLatency))
+			row("storm: "+string(o.storm), "%s", s.StormAction)
+			if s.RestartSeconds > 0 {
+				row("storm: servers listening again", "%.2fs after the SIGKILL", s.RestartSeconds)
+			}
+			back := "all back"
+			if s.PendingResume > 0 {
+				back = "last resume"
+			}
+			row("storm: "+back+" after", "%.2fs (%d devices affected, %d outages, %d resumed, %d not back)",
+				s.StormSeconds, s.Affected, s.Outages, s.Resumed, s.PendingResume)
+			row("storm: per device resume", "%s (disconnect -> WELCOME%s)", quantiles(&s.ResumeLatency),
+				map[bool]string{true: ", includes the hinted jitter"}[o.storm == stormDrain])
+			row("storm: of which HELLO", "%s (TCP connected -> WELCOME of the resuming connection)", quantiles(&s.HelloLatency))
 		}
 	}
-	row("backend POSTs", "%d accepted, failed %s, not sent (posters busy) %d", s.Posted, counts(s.PostFailures), s.PostSkipped)
+	row("backend POSTs", "%d accepted, failed %s, not sent (posters busy) %d; %d delivered although their POST failed",
+		s.Posted, counts(s.PostFailures), s.PostSkipped, s.DeliveredUnaccepted)
 	row("device errors by code", "%s", counts(s.ErrorCodes))
 	row("disconnects by reason", "%s", counts(s.Disconnects))
 	for _, k := range slices.Sorted(maps.Keys(s.DisconnectSamples)) {
@@ -53,14 +64,14 @@ func (b *bench) print(out io.Writer, s *Summary) {
 	row("duplicates dropped", "%d", s.Duplicates)
 	row("publishes", "%d sent, %d PUBACKed, %d unacked at the end, %d retransmitted frames", s.Published, s.PublishAcked, s.PublishUnacked, s.Retransmits)
 	if b.rdb != nil {
-		row("upstream stream", "%d entries added (PUBACKed %d)", s.UpstreamStored, s.PublishAcked)
-	}
-	lostUp := int64(0)
-	if b.rdb != nil && s.UpstreamStored < int64(s.PublishAcked) {
-		lostUp = int64(s.PublishAcked) - s.UpstreamStored
+		row("upstream stream", "%d entries added (PUBACKed %d), %d duplicated", s.UpstreamStored, s.PublishAcked, s.UpstreamDuplicates)
 	}
 	row("undelivered", "%d stored for devices not connected at the end (delivered on resume)", s.Undelivered)
-	row("LOST messages", "%d downstream, %d upstream", s.LostDownstream, lostUp)
+	up := "not checked (no Redis)"
+	if b.rdb != nil {
+		up = fmt.Sprintf("%d upstream (PUBACKed, not in the stream)", s.UpstreamMissing)
+	}
+	row("LOST messages", "%d downstream, %s", s.LostDownstream, up)
 	_ = tw.Flush()
 }
 

@@ -63,10 +63,16 @@ type serverAddrs struct{ TCP, WS, Admin string }
 
 var listeningRE = regexp.MustCompile(`listening (tcp|ws|admin)=([^\s"]+)`)
 
-// startServer runs the socketserver binary on loopback ports and returns
-// the addresses it logged.
-func startServer(bin, name, redisAddr, prefix string, extra []string) (*process, serverAddrs, error) {
-	args := append([]string{"--tcp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+// startServer runs the socketserver binary on the addresses in at (empty
+// ones: a loopback port the kernel picks) and returns the addresses it logged.
+func startServer(bin, name, redisAddr, prefix string, at serverAddrs, extra []string) (*process, serverAddrs, error) {
+	or := func(a string) string {
+		if a == "" {
+			return "127.0.0.1:0"
+		}
+		return a
+	}
+	args := append([]string{"--tcp-addr", or(at.TCP), "--ws-addr", or(at.WS), "--admin-addr", or(at.Admin),
 		"--redis-addr", redisAddr, "--redis-prefix", prefix, "--pod-name", name, "--insecure-no-auth"}, extra...)
 	cmd := exec.Command(bin, args...)
 	setParentDeathSignal(cmd)

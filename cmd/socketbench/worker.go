@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -16,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/socketcluster/socketcluster/socketserver/client"
@@ -46,8 +48,9 @@ type WorkerSpec struct {
 type Result struct {
 	Devices, Connected, ConnectedAtEnd int
 	ConnectSeconds, LoadSeconds        float64
-	// Downstream: backend POSTs answered 202, failed by status, or not
-	// sent because the posters could not keep up.
+	// Downstream: backend POSTs answered 202, failed by status (or
+	// "refused", "error" without one), or not sent because the posters
+	// could not keep up.
 	Posted, PostSkipped   uint64
 	PostFailures          map[string]uint64
 	Delivered, Duplicates uint64
@@ -55,17 +58,29 @@ type Result struct {
 	// LostDownstream: 202-acknowledged messages that a device connected at
 	// the end never got; Undelivered: those still stored for devices that
 	// were not connected at the end (not lost: they get them on resume).
-	LostDownstream, Undelivered uint64
+	// Messages are matched one by one (by their send stamp), so a message
+	// stored although its POST failed (the server died before answering)
+	// cannot hide a lost one; DeliveredUnaccepted counts those.
+	LostDownstream, Undelivered, DeliveredUnaccepted uint64
 	// Upstream: publishes handed to the client, PUBACKed, still unacked at the end.
 	Published, PublishAcked, LoadPublishAcked, PublishUnacked, Retransmits uint64
-	DeliverLatency, PublishLatency, ResumeLatency                          Hist
-	Disconnects, ErrorCodes                                                map[string]uint64
+	// ResumeLatency: disconnect -> WELCOME of each outage; HelloLatency: the
+	// part of it from TCP connected to WELCOME (the rest is failed attempts
+	// and backoff), which tells a slow server from a slow client.
+	DeliverLatency, PublishLatency, ResumeLatency, HelloLatency Hist
+	Disconnects, ErrorCodes                                     map[string]uint64
 	// DisconnectSamples holds the first error seen for each disconnect reason.
 	DisconnectSamples map[string]string
-	// Storm: devices sent away by GOAWAY, and when the last of them was back.
-	GoAwayDevices, Resumed uint64
-	PendingResume          int64
-	LastResumeUnixNano     int64
+	// Storm: devices that lost a connection they had (for any reason:
+	// GOAWAY, a killed server), their outages, the outages that ended
+	// (ResumeLatency: disconnect -> WELCOME), those still open at the end,
+	// and when the last one ended.
+	Affected, Outages, Resumed uint64
+	PendingResume              int64
+	LastResumeUnixNano         int64
+	// AckedIDs: the PUBACKed publish ids of each device, which the
+	// coordinator looks up in the upstream stream.
+	AckedIDs map[string][]uint64 `json:",omitempty"`
 }
 
 // message is one line of a worker's stdout.
@@ -84,39 +99,138 @@ type progress struct {
 }
 
 type worker struct {
-	spec  WorkerSpec
-	devs  []*benchDevice
-	hosts []string // host:port of each address
-	avoid sync.Map // host:port -> true once it sent GOAWAY (like an unready endpoint)
-	http  *http.Client
+	spec          WorkerSpec
+	devs          []*benchDevice
+	hosts         []string  // host:port of each address
+	servers, apis avoidList // of hosts and of spec.Admins
+	http          *http.Client
 
 	everConnected, connectedNow atomic.Int64
 	delivered, pubAcked         atomic.Uint64
 	published, postSkipped      atomic.Uint64
-	pendingResume               atomic.Int64
-	lastResume                  atomic.Int64
-	goAwayDevices, resumed      atomic.Uint64
+	awaitDelivery               atomic.Int64 // 202-accepted messages not delivered yet
+	lastStamp                   atomic.Int64 // makes payload stamps unique
+	pendingResume, lastResume   atomic.Int64
+	affected, outages, resumed  atomic.Uint64
 
-	mu                          sync.Mutex
-	deliverLat, pubLat, resLat  Hist
-	disconnects, codes, postErr map[string]uint64
-	samples                     map[string]string
+	mu                                   sync.Mutex
+	deliverLat, pubLat, resLat, helloLat Hist
+	disconnects, codes, postErr          map[string]uint64
+	samples                              map[string]string
 }
 
 type benchDevice struct {
-	w        *worker
-	name     string
-	idx      int
-	pref     int          // index of the server it prefers
-	local    *net.TCPAddr // source address
-	c        *client.Client
-	posted   atomic.Uint64
-	received atomic.Uint64
-	up       atomic.Bool
+	w     *worker
+	name  string
+	idx   int
+	pref  int          // index of the server it prefers
+	local *net.TCPAddr // source address
+	c     *client.Client
+	up    atomic.Bool
 	// Touched only on the client's Run goroutine (dial, events, messages).
 	host     string
 	ever     bool
-	goAwayAt time.Time
+	affected bool
+	downAt   time.Time // when it lost its connection; zero while connected
+	dialedAt time.Time // when the last dial succeeded
+
+	mu     sync.Mutex
+	posted uint64
+	// A message's 202 and its delivery come in either order: each waits
+	// here, by send stamp, for the other.
+	waiting, early map[int64]struct{}
+	acked          []uint64 // PUBACKed publish ids
+}
+
+// accepted: the backend got 202 for the message stamped stamp.
+func (d *benchDevice) accepted(stamp int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.posted++
+	if _, ok := d.early[stamp]; ok {
+		delete(d.early, stamp)
+		return
+	}
+	if d.waiting == nil {
+		d.waiting = map[int64]struct{}{}
+	}
+	d.waiting[stamp] = struct{}{}
+	d.w.awaitDelivery.Add(1)
+}
+
+// got: the message stamped stamp arrived.
+func (d *benchDevice) got(stamp int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.waiting[stamp]; ok {
+		delete(d.waiting, stamp)
+		d.w.awaitDelivery.Add(-1)
+		return
+	}
+	if d.early == nil {
+		d.early = map[int64]struct{}{}
+	}
+	d.early[stamp] = struct{}{}
+}
+
+// avoidFor is how long a server that failed a connection is skipped.
+const avoidFor = 3 * time.Second
+
+// avoidList is the tool's view of which servers are ready, as a Kubernetes
+// Service keeps its endpoints: a server that sent GOAWAY is draining and
+// skipped for good; one that failed a connection (refused it, or reset it
+// before WELCOME) is probably down and skipped for avoidFor, or until a
+// connection to it succeeds.
+type avoidList struct {
+	mu       sync.Mutex
+	draining map[string]bool
+	downTill map[string]time.Time
+}
+
+func (a *avoidList) goAway(h string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.draining == nil {
+		a.draining = map[string]bool{}
+	}
+	a.draining[h] = true
+}
+
+func (a *avoidList) failed(h string, now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.downTill == nil {
+		a.downTill = map[string]time.Time{}
+	}
+	a.downTill[h] = now.Add(avoidFor)
+}
+
+func (a *avoidList) succeeded(h string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.downTill, h)
+}
+
+// pick returns hosts[pref] if it is usable, else one of the usable hosts
+// (spread by idx), else hosts[pref] anyway: with nowhere to go, the
+// device's backoff paces the retries.
+func (a *avoidList) pick(hosts []string, pref, idx int, now time.Time) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	usable := func(h string) bool { return !a.draining[h] && !now.Before(a.downTill[h]) }
+	if usable(hosts[pref]) {
+		return hosts[pref]
+	}
+	var ok []string
+	for _, h := range hosts {
+		if usable(h) {
+			ok = append(ok, h)
+		}
+	}
+	if len(ok) == 0 {
+		return hosts[pref]
+	}
+	return ok[idx%len(ok)]
 }
 
 func runWorker(specJSON string) int {
@@ -252,37 +366,33 @@ func (w *worker) newDevice(i int, key []byte) *benchDevice {
 	return d
 }
 
-// dial spreads devices over the servers and skips servers that sent GOAWAY,
-// as a Service skips unready pods.
+// dial spreads devices over the servers and skips servers that sent GOAWAY
+// or refused a connection, as a Service skips unready pods.
 func (d *benchDevice) dial(ctx context.Context, network, _ string) (net.Conn, error) {
-	hosts := d.w.hosts
-	var ok []string
-	for _, h := range hosts {
-		if _, bad := d.w.avoid.Load(h); !bad {
-			ok = append(ok, h)
-		}
-	}
-	switch _, bad := d.w.avoid.Load(hosts[d.pref]); {
-	case !bad || len(ok) == 0:
-		d.host = hosts[d.pref]
-	default: // spread the devices of a drained server over the others
-		d.host = ok[d.idx%len(ok)]
-	}
+	d.host = d.w.servers.pick(d.w.hosts, d.pref, d.idx, time.Now())
 	var nd net.Dialer
 	if d.local != nil {
 		nd.LocalAddr, nd.Control = d.local, bindNoPort
 	}
-	return nd.DialContext(ctx, network, d.host)
+	nc, err := nd.DialContext(ctx, network, d.host)
+	switch {
+	case err == nil:
+		d.dialedAt = time.Now()
+		d.w.servers.succeeded(d.host)
+	case ctx.Err() == nil: // refused, or reset by a dying server; not a slow one
+		d.w.servers.failed(d.host, time.Now())
+	}
+	return nc, err
 }
 
 func (d *benchDevice) onMessage(_ uint64, payload []byte) {
-	d.received.Add(1)
 	d.w.delivered.Add(1)
 	if len(payload) >= 8 {
-		sent := time.Unix(0, int64(binary.BigEndian.Uint64(payload)))
+		stamp := int64(binary.BigEndian.Uint64(payload))
 		d.w.mu.Lock()
-		d.w.deliverLat.Record(time.Since(sent))
+		d.w.deliverLat.Record(time.Since(time.Unix(0, stamp)))
 		d.w.mu.Unlock()
+		d.got(stamp)
 	}
 }
 
@@ -295,19 +405,30 @@ func (d *benchDevice) onEvent(ev client.Event) {
 			d.ever = true
 			w.everConnected.Add(1)
 		}
-		if !d.goAwayAt.IsZero() {
+		if !d.downAt.IsZero() {
 			w.mu.Lock()
-			w.resLat.Record(ev.At.Sub(d.goAwayAt))
+			w.resLat.Record(ev.At.Sub(d.downAt))
+			w.helloLat.Record(ev.At.Sub(d.dialedAt))
 			w.mu.Unlock()
 			w.resumed.Add(1)
 			w.pendingResume.Add(-1)
-			w.lastResume.Store(ev.At.UnixNano())
-			d.goAwayAt = time.Time{}
+			storeMax(&w.lastResume, ev.At.UnixNano())
+			d.downAt = time.Time{}
 		}
 		return
 	}
-	if d.up.Swap(false) {
+	wasUp := d.up.Swap(false)
+	if wasUp {
+		// Whatever the reason (GOAWAY, a dead server), the outage lasts
+		// until the next WELCOME; failed reconnects do not restart it.
 		w.connectedNow.Add(-1)
+		d.downAt = ev.At
+		w.outages.Add(1)
+		w.pendingResume.Add(1)
+		if !d.affected {
+			d.affected = true
+			w.affected.Add(1)
+		}
 	}
 	w.mu.Lock()
 	w.disconnects[string(ev.Reason)]++
@@ -318,23 +439,39 @@ func (d *benchDevice) onEvent(ev client.Event) {
 		w.codes[string(ev.Code)]++
 	}
 	w.mu.Unlock()
-	if ev.Reason == client.ReasonGoAway {
-		w.avoid.Store(d.host, true)
-		if d.goAwayAt.IsZero() {
-			d.goAwayAt = ev.At
-			w.goAwayDevices.Add(1)
-			w.pendingResume.Add(1)
-		}
+	switch {
+	case ev.Reason == client.ReasonGoAway:
+		w.servers.goAway(d.host)
+	case ev.Reason == client.ReasonHandshake, ev.Reason == client.ReasonConnLost && !wasUp:
+		// Connected but never welcomed: a dying server's listener still
+		// accepts until the process is gone, then resets. It is not serving.
+		w.servers.failed(d.host, ev.At)
 	}
 }
 
-func (w *worker) payload() []byte {
+// storeMax raises a to v unless it is already higher.
+func storeMax(a *atomic.Int64, v int64) {
+	for old := a.Load(); v > old && !a.CompareAndSwap(old, v); old = a.Load() {
+	}
+}
+
+// payload starts with the send time in nanoseconds, unique in this worker
+// (it also names the message for the lost check), and returns it.
+func (w *worker) payload() ([]byte, int64) {
 	b := make([]byte, max(w.spec.Payload, 8))
 	for i := 8; i < len(b); i++ {
 		b[i] = 'x'
 	}
-	binary.BigEndian.PutUint64(b, uint64(time.Now().UnixNano()))
-	return b
+	var stamp int64
+	for {
+		last := w.lastStamp.Load()
+		stamp = max(time.Now().UnixNano(), last+1)
+		if w.lastStamp.CompareAndSwap(last, stamp) {
+			break
+		}
+	}
+	binary.BigEndian.PutUint64(b, uint64(stamp))
+	return b, stamp
 }
 
 // postLoop plays the backend: POSTs at the deliver rate to random devices
@@ -352,7 +489,9 @@ func (w *worker) postLoop(ctx context.Context) {
 			for d := range jobs {
 				// Requests in flight finish after the load ends (bounded by the
 				// client's timeout), so that every stored message is counted.
-				w.post(context.WithoutCancel(ctx), d, w.spec.Admins[rand.IntN(len(w.spec.Admins))])
+				n := len(w.spec.Admins)
+				admin := w.apis.pick(w.spec.Admins, rand.IntN(n), rand.IntN(n), time.Now())
+				w.post(context.WithoutCancel(ctx), d, admin)
 			}
 		}()
 	}
@@ -370,19 +509,30 @@ func (w *worker) postLoop(ctx context.Context) {
 	wg.Wait()
 }
 
+// post sends one backend message; only a 202 makes it count as sent (and
+// then it must arrive). A server that fails to answer is skipped for a while.
 func (w *worker) post(ctx context.Context, d *benchDevice, admin string) {
+	body, stamp := w.payload()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/v1/devices/"+d.name+"/messages",
-		strings.NewReader(string(w.payload())))
+		strings.NewReader(string(body)))
 	if w.spec.APIToken != "" {
 		req.Header.Set("Authorization", "Bearer "+w.spec.APIToken)
 	}
 	resp, err := w.http.Do(req)
-	status := "error"
-	if err == nil {
+	var status string
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		status = "refused"
+		w.apis.failed(admin, time.Now())
+	case err != nil:
+		status = "error"
+		w.apis.failed(admin, time.Now())
+	default:
 		_, _ = io.Copy(io.Discard, bufio.NewReader(resp.Body))
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusAccepted {
-			d.posted.Add(1)
+			w.apis.succeeded(admin)
+			d.accepted(stamp)
 			return
 		}
 		status = strconv.Itoa(resp.StatusCode)
@@ -405,13 +555,17 @@ func (w *worker) publishLoop(ctx context.Context) {
 				d = w.devs[rand.IntN(len(w.devs))]
 			}
 			start := time.Now()
-			p, err := d.c.PublishAsync(ctx, w.payload())
+			body, _ := w.payload()
+			p, err := d.c.PublishAsync(ctx, body)
 			if err != nil {
 				return
 			}
 			w.published.Add(1)
 			go func() {
 				<-p.Done() // or never: the message then counts as unacked
+				d.mu.Lock()
+				d.acked = append(d.acked, p.ID())
+				d.mu.Unlock()
 				w.pubAcked.Add(1)
 				w.mu.Lock()
 				w.pubLat.Record(time.Since(start))
@@ -421,17 +575,10 @@ func (w *worker) publishLoop(ctx context.Context) {
 	}
 }
 
-// settled: every device connected, every posted message delivered, every publish acked.
+// settled: every device connected, every accepted message delivered, every publish acked.
 func (w *worker) settled() bool {
-	if int(w.connectedNow.Load()) < len(w.devs) || w.pubAcked.Load() < w.published.Load() {
-		return false
-	}
-	for _, d := range w.devs {
-		if d.received.Load() < d.posted.Load() {
-			return false
-		}
-	}
-	return true
+	return int(w.connectedNow.Load()) == len(w.devs) && w.awaitDelivery.Load() == 0 &&
+		w.pubAcked.Load() >= w.published.Load()
 }
 
 func (w *worker) result(connectSeconds, loadSeconds float64, loadDelivered, loadAcked uint64) *Result {
@@ -439,26 +586,29 @@ func (w *worker) result(connectSeconds, loadSeconds float64, loadDelivered, load
 		ConnectSeconds: connectSeconds, LoadSeconds: loadSeconds, PostSkipped: w.postSkipped.Load(),
 		Delivered: w.delivered.Load(), LoadDelivered: loadDelivered, Published: w.published.Load(),
 		PublishAcked: w.pubAcked.Load(), LoadPublishAcked: loadAcked,
-		GoAwayDevices: w.goAwayDevices.Load(), Resumed: w.resumed.Load(),
-		PendingResume: w.pendingResume.Load(), LastResumeUnixNano: w.lastResume.Load()}
+		Affected: w.affected.Load(), Outages: w.outages.Load(), Resumed: w.resumed.Load(),
+		PendingResume: w.pendingResume.Load(), LastResumeUnixNano: w.lastResume.Load(), AckedIDs: map[string][]uint64{}}
 	r.PublishUnacked = r.Published - r.PublishAcked
 	for _, d := range w.devs {
-		posted, got := d.posted.Load(), d.received.Load()
-		r.Posted += posted
-		switch {
-		case got >= posted:
-		case d.up.Load():
-			r.LostDownstream += posted - got
-		default:
-			r.Undelivered += posted - got
+		d.mu.Lock()
+		r.Posted += d.posted
+		r.DeliveredUnaccepted += uint64(len(d.early))
+		if d.up.Load() {
+			r.LostDownstream += uint64(len(d.waiting))
+		} else {
+			r.Undelivered += uint64(len(d.waiting))
 		}
+		if len(d.acked) > 0 {
+			r.AckedIDs[d.name] = d.acked
+		}
+		d.mu.Unlock()
 		st := d.c.Stats()
 		r.Duplicates += st.Duplicates
 		r.Retransmits += st.Retransmits
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	r.DeliverLatency, r.PublishLatency, r.ResumeLatency = w.deliverLat, w.pubLat, w.resLat
+	r.DeliverLatency, r.PublishLatency, r.ResumeLatency, r.HelloLatency = w.deliverLat, w.pubLat, w.resLat, w.helloLat
 	r.Disconnects, r.ErrorCodes, r.PostFailures, r.DisconnectSamples = w.disconnects, w.codes, w.postErr, w.samples
 	return r
 }
