@@ -95,7 +95,9 @@ func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
 			"message": fmt.Sprintf("payload exceeds %d bytes (max frame bytes %d minus 9)", maxPayload, s.cfg.MaxFrameBytes)})
 		return
 	}
-	res := s.enqueue(r.Context(), device, payload)
+	ctx, cancel := s.storeCtx(r)
+	res := s.enqueue(ctx, device, payload)
+	cancel()
 	if res.Error == "unavailable" {
 		w.Header().Set("Retry-After", "1")
 	}
@@ -114,10 +116,9 @@ type enqueued struct {
 	status  int
 }
 
+// enqueue stores one message; ctx carries the deadline (one per request).
 func (s *Server) enqueue(ctx context.Context, device string, payload []byte) enqueued {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 	seq, err := s.store.Enqueue(ctx, device, payload, s.cfg.MaxPending)
-	cancel()
 	var res enqueued
 	switch {
 	case errors.Is(err, store.ErrOutboxFull):
@@ -173,13 +174,15 @@ func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
 			byDevice[m.Device] = append(byDevice[m.Device], i)
 		}
 	}
+	ctx, cancel := s.storeCtx(r)
+	defer cancel()
 	var wg sync.WaitGroup
 	for device, idx := range byDevice {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for k, i := range idx {
-				results[i] = s.enqueue(r.Context(), device, req.Messages[i].Payload)
+				results[i] = s.enqueue(ctx, device, req.Messages[i].Payload)
 				if results[i].Error != "" {
 					// Storing later ones would reorder them when the backend retries.
 					for _, j := range idx[k+1:] {

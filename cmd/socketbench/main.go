@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,6 +41,8 @@ func main() {
 
 type options struct {
 	connections, perWorker, sourceIPs, spawn, payload, postConcurrency int
+	postBatch                                                          int
+	idleBeforeLoad                                                     time.Duration
 	transport, addrs, admins, serverBin, redisAddr, prefix             string
 	keyFile, apiTokenFile, jsonOut                                     string
 	connectRate, deliverRate, publishRate                              float64
@@ -98,6 +101,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.Float64Var(&o.publishRate, "publish-rate", 1000, "device PUBLISHes per second")
 	fs.IntVar(&o.payload, "payload", 64, "payload bytes (at least 8: the send timestamp)")
 	fs.IntVar(&o.postConcurrency, "post-concurrency", 64, "backend requests in flight per worker")
+	fs.IntVar(&o.postBatch, "post-batch", 1, "backend messages per request: 1 posts to /v1/devices/{d}/messages, more batch them in POST /v1/messages")
+	fs.DurationVar(&o.idleBeforeLoad, "idle-before-load", 3*time.Second, "pause between connecting and the load, in which idle memory is measured")
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "load phase, after every device connected")
 	fs.DurationVar(&o.settle, "settle", 30*time.Second, "longest wait after the load for deliveries, PUBACKs and resumes")
 	fs.DurationVar(&o.connectTimeout, "connect-timeout", 2*time.Minute, "longest connect phase")
@@ -312,6 +317,8 @@ type Summary struct {
 	// PUBACKed publishes not among them; duplicates: entries beyond the
 	// first of one (device, id).
 	UpstreamStored, UpstreamMissing, UpstreamDuplicates int64
+	// CPU time of the servers and of Redis in the load phase (without a storm).
+	ServerCPUSeconds, RedisCPUSeconds float64
 }
 
 type serverMemory struct {
@@ -323,6 +330,7 @@ type serverMemory struct {
 
 func (b *bench) run(ctx context.Context) (*Summary, error) {
 	o := b.o
+	b.collectGarbage(ctx)
 	before := b.scrapeAll(ctx)
 	startID := "0-0" // the stream's last entry before the run
 	if b.rdb != nil {
@@ -351,6 +359,7 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 		spec := WorkerSpec{ID: i, DevicePrefix: prefix, FirstDevice: first, Devices: n, Addrs: b.addrs, Admins: b.admins,
 			SourceIPs: ips, ConnectRate: o.connectRate / float64(workers), DeliverRate: o.deliverRate / float64(workers),
 			PublishRate: o.publishRate / float64(workers), Payload: o.payload, PostConcurrency: o.postConcurrency,
+			PostBatch: o.postBatch, IdleBeforeLoad: o.idleBeforeLoad,
 			ConnectTimeout: o.connectTimeout, Duration: o.duration, Settle: o.settle, KeyFile: o.keyFile, APIToken: b.apiToken}
 		first += n
 		specJSON, _ := json.Marshal(spec)
@@ -383,11 +392,26 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 	case <-done:
 	case <-ctx.Done():
 	}
+	// Idle memory: connections parked, after a collection.
+	loadStart := time.Now().Add(o.idleBeforeLoad)
+	sleep(ctx, o.idleBeforeLoad*2/3)
+	b.collectGarbage(ctx)
 	ready := b.scrapeAll(ctx)
 	for i, admin := range b.admins {
 		sum.Memory = append(sum.Memory, serverMemory{Admin: admin, Connections: ready[i]["socketserver_connections"],
 			RSSBefore: before[i]["process_resident_memory_bytes"], RSSReady: ready[i]["process_resident_memory_bytes"],
 			HeapBefore: before[i]["go_memstats_heap_inuse_bytes"], HeapReady: ready[i]["go_memstats_heap_inuse_bytes"]})
+	}
+	sleep(ctx, time.Until(loadStart))
+	cpu0 := b.cpu(ctx)
+	if o.storm == stormOff { // restarted servers would reset their counters
+		select {
+		case <-time.After(time.Until(loadStart.Add(o.duration))):
+			cpu1 := b.cpu(ctx)
+			sum.ServerCPUSeconds, sum.RedisCPUSeconds = cpu1.server-cpu0.server, cpu1.redis-cpu0.redis
+		case <-done:
+		case <-ctx.Done():
+		}
 	}
 	if o.storm != stormOff {
 		select {
@@ -496,6 +520,49 @@ func (b *bench) checkUpstream(startID, devicePrefix string, sum *Summary) error 
 	return nil
 }
 
+type cpuTimes struct{ server, redis float64 }
+
+// cpu reads the servers' and Redis's CPU time so far.
+func (b *bench) cpu(ctx context.Context) cpuTimes {
+	var t cpuTimes
+	for _, m := range b.scrapeAll(ctx) {
+		t.server += m["process_cpu_seconds_total"]
+	}
+	if b.rdb != nil {
+		info, _ := b.rdb.Info(ctx, "cpu").Result()
+		for _, line := range strings.Split(info, "\n") {
+			k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+			if k == "used_cpu_sys" || k == "used_cpu_user" {
+				f, _ := strconv.ParseFloat(v, 64)
+				t.redis += f
+			}
+		}
+	}
+	return t
+}
+
+// collectGarbage asks each server for a heap profile after a collection,
+// so that the memory figures count live data, not garbage.
+func (b *bench) collectGarbage(ctx context.Context) {
+	for _, a := range b.admins {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a+"/debug/pprof/heap?gc=1", nil)
+		if b.apiToken != "" {
+			req.Header.Set("Authorization", "Bearer "+b.apiToken)
+		}
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+}
+
 func (b *bench) scrapeAll(ctx context.Context) []map[string]float64 {
 	out := make([]map[string]float64, len(b.admins))
 	for i, a := range b.admins {
@@ -591,6 +658,7 @@ func (s *Summary) add(r *Result) {
 	t.Connected += r.Connected
 	t.ConnectedAtEnd += r.ConnectedAtEnd
 	t.ConnectSeconds = max(t.ConnectSeconds, r.ConnectSeconds)
+	t.LoadCPUSeconds += r.LoadCPUSeconds
 	t.LoadSeconds = max(t.LoadSeconds, r.LoadSeconds)
 	t.Posted += r.Posted
 	t.PostSkipped += r.PostSkipped

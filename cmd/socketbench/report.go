@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"runtime"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -26,12 +27,18 @@ func (b *bench) print(out io.Writer, s *Summary) {
 			continue
 		}
 		row("server "+m.Admin, "%.0f conns: RSS %s (%s/conn over idle), Go heap %s (%s/conn over idle)",
-			m.Connections, bytes(m.RSSReady), bytes((m.RSSReady-m.RSSBefore)/m.Connections),
-			bytes(m.HeapReady), bytes((m.HeapReady-m.HeapBefore)/m.Connections))
+			m.Connections, byteSize(m.RSSReady), byteSize((m.RSSReady-m.RSSBefore)/m.Connections),
+			byteSize(m.HeapReady), byteSize((m.HeapReady-m.HeapBefore)/m.Connections))
 	}
 	if s.LoadSeconds > 0 {
 		row("deliveries/s", "%.0f (%d delivered in %.1fs of load; target %.0f/s)", float64(s.LoadDelivered)/s.LoadSeconds, s.LoadDelivered, s.LoadSeconds, o.deliverRate)
 		row("publishes/s", "%.0f (%d PUBACKed in %.1fs of load; target %.0f/s)", float64(s.LoadPublishAcked)/s.LoadSeconds, s.LoadPublishAcked, s.LoadSeconds, o.publishRate)
+	}
+	if msgs := float64(s.LoadDelivered + s.LoadPublishAcked); s.ServerCPUSeconds > 0 && msgs > 0 {
+		us := func(sec float64) float64 { return sec / msgs * 1e6 }
+		row("CPU in the load phase", "servers %.1fs, Redis %.1fs, load tool %.1fs of %d cores x %.0fs; per message: server %.1f µs, Redis %.1f µs, load tool %.1f µs",
+			s.ServerCPUSeconds, s.RedisCPUSeconds, s.LoadCPUSeconds, runtime.NumCPU(), s.LoadSeconds,
+			us(s.ServerCPUSeconds), us(s.RedisCPUSeconds), us(s.LoadCPUSeconds))
 	}
 	row("backend -> device latency", "%s", quantiles(&s.DeliverLatency))
 	row("publish -> PUBACK latency", "%s", quantiles(&s.PublishLatency))
@@ -103,7 +110,7 @@ func counts(m map[string]uint64) string {
 	return strings.Join(parts, " ")
 }
 
-func bytes(v float64) string {
+func byteSize(v float64) string {
 	switch {
 	case v >= 1<<30 || v <= -(1<<30):
 		return fmt.Sprintf("%.2f GiB", v/(1<<30))

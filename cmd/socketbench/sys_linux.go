@@ -3,6 +3,7 @@ package main
 import (
 	"os/exec"
 	"syscall"
+	"time"
 )
 
 // setParentDeathSignal makes the kernel kill the child if the tool dies, so
@@ -25,4 +26,13 @@ func bindNoPort(_, _ string, c syscall.RawConn) error {
 		return err
 	}
 	return serr
+}
+
+// cpuSeconds is the process's user and system CPU time so far.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }

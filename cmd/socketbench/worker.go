@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -37,6 +38,8 @@ type WorkerSpec struct {
 	PublishRate     float64       `json:"publish_rate"`
 	Payload         int           `json:"payload"`
 	PostConcurrency int           `json:"post_concurrency"`
+	PostBatch       int           `json:"post_batch"`
+	IdleBeforeLoad  time.Duration `json:"idle_before_load"`
 	ConnectTimeout  time.Duration `json:"connect_timeout"`
 	Duration        time.Duration `json:"duration"`
 	Settle          time.Duration `json:"settle"`
@@ -48,6 +51,8 @@ type WorkerSpec struct {
 type Result struct {
 	Devices, Connected, ConnectedAtEnd int
 	ConnectSeconds, LoadSeconds        float64
+	// LoadCPUSeconds is this worker's own CPU time in the load phase.
+	LoadCPUSeconds float64
 	// Downstream: backend POSTs answered 202, failed by status (or
 	// "refused", "error" without one), or not sent because the posters
 	// could not keep up.
@@ -314,10 +319,12 @@ func (w *worker) run(ctx context.Context, emit func(message)) (*Result, error) {
 	}
 	connectSeconds := time.Since(start).Seconds()
 	emit(message{Ready: ptr(report())})
+	// Idle connections settle (the coordinator measures memory meanwhile).
+	wait(ctx, spec.IdleBeforeLoad)
 
 	// Load phase.
 	loadCtx, stopLoad := context.WithTimeout(ctx, spec.Duration)
-	loadStart := time.Now()
+	loadStart, cpuStart := time.Now(), cpuSeconds()
 	delivered0, acked0 := w.delivered.Load(), w.pubAcked.Load()
 	var load sync.WaitGroup
 	load.Add(2)
@@ -331,6 +338,7 @@ func (w *worker) run(ctx context.Context, emit func(message)) (*Result, error) {
 		}
 	}
 	stopLoad()
+	loadCPU := cpuSeconds() - cpuStart
 	load.Wait()
 	loadSeconds := time.Since(loadStart).Seconds()
 	loadDelivered, loadAcked := w.delivered.Load()-delivered0, w.pubAcked.Load()-acked0
@@ -346,7 +354,9 @@ func (w *worker) run(ctx context.Context, emit func(message)) (*Result, error) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return w.result(connectSeconds, loadSeconds, loadDelivered, loadAcked), nil
+	r := w.result(connectSeconds, loadSeconds, loadDelivered, loadAcked)
+	r.LoadCPUSeconds = loadCPU
+	return r, nil
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -355,7 +365,7 @@ func (w *worker) newDevice(i int, key []byte) *benchDevice {
 	spec := w.spec
 	d := &benchDevice{w: w, name: fmt.Sprintf("%s-%d", spec.DevicePrefix, i), idx: i, pref: i % len(w.hosts)}
 	cfg := client.Config{Addr: spec.Addrs[0], Device: d.name, Dial: d.dial,
-		OnMessage: d.onMessage, OnEvent: d.onEvent, BackoffMax: 5 * time.Second}
+		OnMessage: d.onMessage, OnPubAck: d.onPubAck, OnEvent: d.onEvent, BackoffMax: 5 * time.Second}
 	if len(spec.SourceIPs) > 0 {
 		d.local = &net.TCPAddr{IP: net.ParseIP(spec.SourceIPs[i%len(spec.SourceIPs)])}
 	}
@@ -394,6 +404,17 @@ func (d *benchDevice) onMessage(_ uint64, payload []byte) {
 		d.w.mu.Unlock()
 		d.got(stamp)
 	}
+}
+
+func (d *benchDevice) onPubAck(id uint64, payload []byte) {
+	d.mu.Lock()
+	d.acked = append(d.acked, id)
+	d.mu.Unlock()
+	d.w.pubAcked.Add(1)
+	sent := time.Unix(0, int64(binary.BigEndian.Uint64(payload)))
+	d.w.mu.Lock()
+	d.w.pubLat.Record(time.Since(sent))
+	d.w.mu.Unlock()
 }
 
 func (d *benchDevice) onEvent(ev client.Event) {
@@ -474,24 +495,44 @@ func (w *worker) payload() ([]byte, int64) {
 	return b, stamp
 }
 
-// postLoop plays the backend: POSTs at the deliver rate to random devices
-// through the admin APIs, with a bounded number of requests in flight.
+// postLoop plays the backend: messages at the deliver rate to random
+// devices through the admin APIs, one POST per message or per batch of
+// PostBatch, with a bounded number of requests in flight.
 func (w *worker) postLoop(ctx context.Context) {
 	if w.spec.DeliverRate <= 0 || len(w.devs) == 0 {
 		return
 	}
-	jobs := make(chan *benchDevice, w.spec.PostConcurrency)
+	batch := max(w.spec.PostBatch, 1)
+	jobs := make(chan *benchDevice, w.spec.PostConcurrency*batch)
 	var wg sync.WaitGroup
 	for k := 0; k < w.spec.PostConcurrency; k++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var ds []*benchDevice
 			for d := range jobs {
+				ds = append(ds[:0], d)
+			more:
+				for len(ds) < batch {
+					select {
+					case d, ok := <-jobs:
+						if !ok {
+							break more
+						}
+						ds = append(ds, d)
+					default:
+						break more
+					}
+				}
 				// Requests in flight finish after the load ends (bounded by the
 				// client's timeout), so that every stored message is counted.
 				n := len(w.spec.Admins)
 				admin := w.apis.pick(w.spec.Admins, rand.IntN(n), rand.IntN(n), time.Now())
-				w.post(context.WithoutCancel(ctx), d, admin)
+				if batch == 1 {
+					w.post(context.WithoutCancel(ctx), ds[0], admin)
+				} else {
+					w.postBatch(context.WithoutCancel(ctx), ds, admin)
+				}
 			}
 		}()
 	}
@@ -513,32 +554,81 @@ func (w *worker) postLoop(ctx context.Context) {
 // then it must arrive). A server that fails to answer is skipped for a while.
 func (w *worker) post(ctx context.Context, d *benchDevice, admin string) {
 	body, stamp := w.payload()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/v1/devices/"+d.name+"/messages",
-		strings.NewReader(string(body)))
+	resp, status := w.request(ctx, admin, "/v1/devices/"+d.name+"/messages", body)
+	if resp == nil {
+		w.postFailed(status, 1)
+		return
+	}
+	_, _ = io.Copy(io.Discard, bufio.NewReader(resp.Body))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		w.postFailed(strconv.Itoa(resp.StatusCode), 1)
+		return
+	}
+	d.accepted(stamp)
+}
+
+// postBatch sends one message to each of ds in one POST /v1/messages; each
+// message counts as sent when its own result has a seq.
+func (w *worker) postBatch(ctx context.Context, ds []*benchDevice, admin string) {
+	type msg struct {
+		Device  string `json:"device"`
+		Payload []byte `json:"payload"`
+	}
+	msgs := make([]msg, len(ds))
+	stamps := make([]int64, len(ds))
+	for i, d := range ds {
+		msgs[i].Device = d.name
+		msgs[i].Payload, stamps[i] = w.payload()
+	}
+	body, _ := json.Marshal(map[string][]msg{"messages": msgs})
+	resp, status := w.request(ctx, admin, "/v1/messages", body)
+	if resp == nil {
+		w.postFailed(status, uint64(len(ds)))
+		return
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Results []struct {
+			Seq   uint64 `json:"seq"`
+			Error string `json:"error"`
+		} `json:"results"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&out) != nil || len(out.Results) != len(ds) {
+		w.postFailed(strconv.Itoa(resp.StatusCode), uint64(len(ds)))
+		return
+	}
+	for i, r := range out.Results {
+		if r.Seq == 0 {
+			w.postFailed(r.Error, 1)
+			continue
+		}
+		ds[i].accepted(stamps[i])
+	}
+}
+
+// request POSTs body to an admin API; a nil response comes with the reason.
+func (w *worker) request(ctx context.Context, admin, path string, body []byte) (*http.Response, string) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+path, bytes.NewReader(body))
 	if w.spec.APIToken != "" {
 		req.Header.Set("Authorization", "Bearer "+w.spec.APIToken)
 	}
 	resp, err := w.http.Do(req)
-	var status string
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
-		status = "refused"
 		w.apis.failed(admin, time.Now())
+		return nil, "refused"
 	case err != nil:
-		status = "error"
 		w.apis.failed(admin, time.Now())
-	default:
-		_, _ = io.Copy(io.Discard, bufio.NewReader(resp.Body))
-		resp.Body.Close()
-		if resp.StatusCode == http.StatusAccepted {
-			w.apis.succeeded(admin)
-			d.accepted(stamp)
-			return
-		}
-		status = strconv.Itoa(resp.StatusCode)
+		return nil, "error"
 	}
+	w.apis.succeeded(admin)
+	return resp, ""
+}
+
+func (w *worker) postFailed(status string, n uint64) {
 	w.mu.Lock()
-	w.postErr[status]++
+	w.postErr[status] += n
 	w.mu.Unlock()
 }
 
@@ -554,23 +644,11 @@ func (w *worker) publishLoop(ctx context.Context) {
 			for k := 0; k < 8 && !d.up.Load(); k++ {
 				d = w.devs[rand.IntN(len(w.devs))]
 			}
-			start := time.Now()
-			body, _ := w.payload()
-			p, err := d.c.PublishAsync(ctx, body)
-			if err != nil {
+			body, _ := w.payload() // onPubAck takes the latency from its stamp
+			if _, err := d.c.PublishAsync(ctx, body); err != nil {
 				return
 			}
 			w.published.Add(1)
-			go func() {
-				<-p.Done() // or never: the message then counts as unacked
-				d.mu.Lock()
-				d.acked = append(d.acked, p.ID())
-				d.mu.Unlock()
-				w.pubAcked.Add(1)
-				w.mu.Lock()
-				w.pubLat.Record(time.Since(start))
-				w.mu.Unlock()
-			}()
 		}
 	}
 }

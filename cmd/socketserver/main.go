@@ -145,6 +145,9 @@ func (o *options) openStore() (store.Store, redis.UniversalClient, error) {
 		MaxRetries: 1, PoolTimeout: 2 * time.Second, PoolSize: o.redisPoolSize,
 		// Let the server's per-operation deadlines bound Redis calls too.
 		ContextTimeoutEnabled: true,
+		// Commands and replies are small; the 32 KiB defaults would cost
+		// 8 MiB over a full pool. Pipelines have their own pool and buffers.
+		ReadBufferSize: 8 << 10, WriteBufferSize: 8 << 10,
 	}
 	if o.redisTLS {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}

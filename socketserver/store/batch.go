@@ -29,9 +29,9 @@ type scriptReq struct {
 const (
 	batchWorkers = 8
 	batchMax     = 128
-	// batchTimeout bounds one pipeline; callers give up earlier by their
-	// own context and treat the outcome as unknown, as with any timeout.
-	batchTimeout = 5 * time.Second
+	// batchTimeout bounds one pipeline, and so every call that passes no
+	// deadline of its own; callers treat a timeout as an unknown outcome.
+	batchTimeout = 2 * time.Second
 )
 
 func newBatcher(rdb redis.UniversalClient) *batcher {
