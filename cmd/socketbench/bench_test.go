@@ -248,3 +248,25 @@ func TestDeliveryMatching(t *testing.T) {
 		t.Fatalf("posted %d lost %d delivered unaccepted %d undelivered %d", r.Posted, r.LostDownstream, r.DeliveredUnaccepted, r.Undelivered)
 	}
 }
+
+// Source addresses 127.0.0.x only reach servers on loopback.
+func TestSourceIPs(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"--spawn-servers", "1", "--connections", "45000"}, 3},
+		{[]string{"--addrs", "127.0.0.1:7000", "--admin-addrs", "127.0.0.1:9090"}, 1},
+		{[]string{"--addrs", "localhost:7000", "--admin-addrs", "localhost:9090"}, 1},
+		{[]string{"--transport", "ws", "--addrs", "127.0.0.1:8080", "--admin-addrs", "127.0.0.1:9090"}, 1},
+		{[]string{"--addrs", "10.0.0.5:7000,127.0.0.1:7000", "--admin-addrs", "10.0.0.5:9090,127.0.0.1:9090"}, 0},
+		{[]string{"--addrs", "10.0.0.5:7000", "--admin-addrs", "10.0.0.5:9090", "--source-ips", "2"}, 2},
+	} {
+		o, err := parseFlags(c.args)
+		if err != nil {
+			t.Errorf("%q: %v", c.args, err)
+		} else if o.sourceIPs != c.want {
+			t.Errorf("%q: %d source addresses, want %d", c.args, o.sourceIPs, c.want)
+		}
+	}
+}

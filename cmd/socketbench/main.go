@@ -19,7 +19,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -94,7 +96,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.prefix, "redis-prefix", "scp", "Redis key prefix of the servers")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "--drain-timeout of spawned servers")
 	fs.DurationVar(&o.drainJitter, "drain-jitter", 2*time.Second, "--drain-jitter of spawned servers")
-	fs.IntVar(&o.sourceIPs, "source-ips", 0, "source addresses 127.0.0.2.. to spread connections over (0: one per 20,000 connections)")
+	fs.IntVar(&o.sourceIPs, "source-ips", 0, "source addresses 127.0.0.2.. to spread connections over (0: one per 20,000 connections when the servers are on loopback, none otherwise)")
 	fs.IntVar(&o.perWorker, "per-worker", 15000, "connections per worker process (a process may hold 20,000 files)")
 	fs.Float64Var(&o.connectRate, "connect-rate", 5000, "new connections per second, all workers together (0: unpaced)")
 	fs.Float64Var(&o.deliverRate, "deliver-rate", 1000, "backend messages per second (POSTs to the admin API)")
@@ -142,10 +144,25 @@ func parseFlags(args []string) (*options, error) {
 	if o.stormAfter == 0 {
 		o.stormAfter = o.duration / 3
 	}
-	if o.sourceIPs == 0 {
+	if o.sourceIPs == 0 && (o.spawn > 0 || loopback(o.addrs)) {
 		o.sourceIPs = (o.connections + 19999) / 20000
 	}
 	return o, nil
+}
+
+// loopback reports whether every address is on loopback, where source
+// addresses 127.0.0.x can reach it.
+func loopback(addrs string) bool {
+	for _, a := range strings.Split(addrs, ",") {
+		if u, err := url.Parse(a); err == nil && u.Host != "" {
+			a = u.Host // a ws:// URL
+		}
+		host, _, err := net.SplitHostPort(a)
+		if ip := net.ParseIP(host); err != nil || host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return false
+		}
+	}
+	return true
 }
 
 func run(args []string) int {

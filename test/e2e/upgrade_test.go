@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
@@ -152,6 +154,41 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 		nDevices, sent.Load(), ambiguous, delivered, published)
 	t.Logf("rollout %s; pods seen ending %d; reconnects %d, resume p50 %s p99 %s max %s",
 		rollout.Round(time.Millisecond), len(drained), len(resumes), p50, p99, maxResume)
+
+	// 9. The load tool against the upgraded cluster: its own devices and
+	// backends through the pod IPs, one pod drained by its admin API.
+	runLoadTool(t, ctx, ns, selector, redisAddr)
+}
+
+// runLoadTool runs socketbench against the ready pods with a drain storm;
+// it exits non-zero when a message is lost or a device is not back.
+func runLoadTool(t *testing.T, ctx context.Context, ns string, selector map[string]string, redisAddr string) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "socketbench")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/socketbench")
+	build.Dir = cluster.repo
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build socketbench: %v\n%s", err, out)
+	}
+	pods, err := cluster.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(selector).String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addrs, admins []string
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Status.PodIP != "" && podReady(&p) {
+			addrs = append(addrs, net.JoinHostPort(p.Status.PodIP, strconv.Itoa(tcpPort)))
+			admins = append(admins, net.JoinHostPort(p.Status.PodIP, strconv.Itoa(adminPort)))
+		}
+	}
+	cmd := exec.CommandContext(ctx, bin, "--addrs", strings.Join(addrs, ","), "--admin-addrs", strings.Join(admins, ","),
+		"--redis-addr", redisAddr, "--connections", "1000", "--deliver-rate", "200", "--publish-rate", "200",
+		"--duration", "20s", "--settle", "45s", "--storm=drain", "--max-time", "4m")
+	out, err := cmd.Output() // the table; progress goes to stderr
+	t.Logf("socketbench against %d pods:\n%s", len(addrs), out)
+	if err != nil {
+		t.Fatalf("socketbench: %v (lost messages, devices not back, or a failed run)", err)
+	}
 }
 
 // connectionsReported waits until the SocketCluster's status counts every
