@@ -96,7 +96,7 @@ func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := s.storeCtx(r)
-	res := s.enqueue(ctx, device, payload)
+	res := s.enqueue(ctx, device, [][]byte{payload})[0]
 	cancel()
 	if res.Error == "unavailable" {
 		w.Header().Set("Retry-After", "1")
@@ -116,20 +116,30 @@ type enqueued struct {
 	status  int
 }
 
-// enqueue stores one message; ctx carries the deadline (one per request).
-func (s *Server) enqueue(ctx context.Context, device string, payload []byte) enqueued {
-	seq, err := s.store.Enqueue(ctx, device, payload, s.cfg.MaxPending)
-	var res enqueued
-	switch {
-	case errors.Is(err, store.ErrOutboxFull):
-		res = enqueued{Error: "outbox_full", status: http.StatusTooManyRequests}
-	case err != nil:
+// enqueue stores a device's messages in order as one store operation and
+// answers each; ctx carries the request's deadline.
+func (s *Server) enqueue(ctx context.Context, device string, payloads [][]byte) []enqueued {
+	first, n, err := s.store.EnqueueBatch(ctx, device, payloads, s.cfg.MaxPending)
+	full := errors.Is(err, store.ErrOutboxFull)
+	if err != nil && !full {
 		s.metrics.storeErrors.WithLabelValues("enqueue").Inc()
-		res = enqueued{Error: "unavailable", Message: err.Error(), status: http.StatusServiceUnavailable}
-	default:
-		res = enqueued{Seq: seq, status: http.StatusAccepted}
 	}
-	s.metrics.enqueued.WithLabelValues(strconv.Itoa(res.status)).Inc()
+	res := make([]enqueued, len(payloads))
+	for i := range res {
+		switch {
+		case i < n:
+			res[i] = enqueued{Seq: first + uint64(i), status: http.StatusAccepted}
+		case full && i == n:
+			res[i] = enqueued{Error: "outbox_full", status: http.StatusTooManyRequests}
+		case full:
+			// Storing later ones would reorder them when the backend retries.
+			res[i] = enqueued{Error: "not_attempted", Message: "an earlier message to this device in the batch was not stored"}
+			continue
+		default: // the device's messages were stored all together or not at all
+			res[i] = enqueued{Error: "unavailable", Message: err.Error(), status: http.StatusServiceUnavailable}
+		}
+		s.metrics.enqueued.WithLabelValues(strconv.Itoa(res[i].status)).Inc()
+	}
 	return res
 }
 
@@ -160,7 +170,7 @@ func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Devices in parallel (the store pipelines them), each device's
-	// messages in order.
+	// messages in order in one store operation.
 	results := make([]enqueued, len(req.Messages))
 	byDevice := map[string][]int{}
 	for i, m := range req.Messages {
@@ -181,15 +191,12 @@ func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			payloads := make([][]byte, len(idx))
 			for k, i := range idx {
-				results[i] = s.enqueue(ctx, device, req.Messages[i].Payload)
-				if results[i].Error != "" {
-					// Storing later ones would reorder them when the backend retries.
-					for _, j := range idx[k+1:] {
-						results[j] = enqueued{Error: "not_attempted", Message: "an earlier message to this device in the batch was not stored"}
-					}
-					return
-				}
+				payloads[k] = req.Messages[i].Payload
+			}
+			for k, res := range s.enqueue(ctx, device, payloads) {
+				results[idx[k]] = res
 			}
 		}()
 	}

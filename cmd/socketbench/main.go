@@ -43,7 +43,7 @@ func main() {
 
 type options struct {
 	connections, perWorker, sourceIPs, spawn, payload, postConcurrency int
-	postBatch                                                          int
+	postBatch, burst                                                   int
 	idleBeforeLoad                                                     time.Duration
 	transport, addrs, admins, serverBin, redisAddr, prefix             string
 	keyFile, apiTokenFile, jsonOut                                     string
@@ -104,6 +104,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.payload, "payload", 64, "payload bytes (at least 8: the send timestamp)")
 	fs.IntVar(&o.postConcurrency, "post-concurrency", 64, "backend requests in flight per worker")
 	fs.IntVar(&o.postBatch, "post-batch", 1, "backend messages per request: 1 posts to /v1/devices/{d}/messages, more batch them in POST /v1/messages")
+	fs.IntVar(&o.burst, "burst", 1, "messages in a row to, and from, one device (1: each message picks a random device)")
 	fs.DurationVar(&o.idleBeforeLoad, "idle-before-load", 3*time.Second, "pause between connecting and the load, in which idle memory is measured")
 	fs.DurationVar(&o.duration, "duration", 30*time.Second, "load phase, after every device connected")
 	fs.DurationVar(&o.settle, "settle", 30*time.Second, "longest wait after the load for deliveries, PUBACKs and resumes")
@@ -376,7 +377,7 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 		spec := WorkerSpec{ID: i, DevicePrefix: prefix, FirstDevice: first, Devices: n, Addrs: b.addrs, Admins: b.admins,
 			SourceIPs: ips, ConnectRate: o.connectRate / float64(workers), DeliverRate: o.deliverRate / float64(workers),
 			PublishRate: o.publishRate / float64(workers), Payload: o.payload, PostConcurrency: o.postConcurrency,
-			PostBatch: o.postBatch, IdleBeforeLoad: o.idleBeforeLoad,
+			PostBatch: o.postBatch, Burst: o.burst, IdleBeforeLoad: o.idleBeforeLoad,
 			ConnectTimeout: o.connectTimeout, Duration: o.duration, Settle: o.settle, KeyFile: o.keyFile, APIToken: b.apiToken}
 		first += n
 		specJSON, _ := json.Marshal(spec)

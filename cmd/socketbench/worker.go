@@ -39,6 +39,7 @@ type WorkerSpec struct {
 	Payload         int           `json:"payload"`
 	PostConcurrency int           `json:"post_concurrency"`
 	PostBatch       int           `json:"post_batch"`
+	Burst           int           `json:"burst"`
 	IdleBeforeLoad  time.Duration `json:"idle_before_load"`
 	ConnectTimeout  time.Duration `json:"connect_timeout"`
 	Duration        time.Duration `json:"duration"`
@@ -537,10 +538,14 @@ func (w *worker) postLoop(ctx context.Context) {
 		}()
 	}
 	pace := newPacer(w.spec.DeliverRate)
-	for wait(ctx, 2*time.Millisecond) {
-		for n := pace.due(); n > 0; n-- {
+	var d *benchDevice
+	for i := 0; wait(ctx, 2*time.Millisecond); {
+		for n := pace.due(); n > 0; n, i = n-1, i+1 {
+			if i%max(w.spec.Burst, 1) == 0 {
+				d = w.devs[rand.IntN(len(w.devs))]
+			}
 			select {
-			case jobs <- w.devs[rand.IntN(len(w.devs))]:
+			case jobs <- d:
 			default:
 				w.postSkipped.Add(1)
 			}
@@ -638,11 +643,14 @@ func (w *worker) publishLoop(ctx context.Context) {
 		return
 	}
 	pace := newPacer(w.spec.PublishRate)
-	for wait(ctx, 2*time.Millisecond) {
-		for n := pace.due(); n > 0; n-- {
-			d := w.devs[rand.IntN(len(w.devs))]
-			for k := 0; k < 8 && !d.up.Load(); k++ {
+	var d *benchDevice
+	for i := 0; wait(ctx, 2*time.Millisecond); {
+		for n := pace.due(); n > 0; n, i = n-1, i+1 {
+			if i%max(w.spec.Burst, 1) == 0 {
 				d = w.devs[rand.IntN(len(w.devs))]
+				for k := 0; k < 8 && !d.up.Load(); k++ {
+					d = w.devs[rand.IntN(len(w.devs))]
+				}
 			}
 			body, _ := w.payload() // onPubAck takes the latency from its stamp
 			if _, err := d.c.PublishAsync(ctx, body); err != nil {

@@ -90,23 +90,36 @@ func (m *Memory) Pending(_ context.Context, device string, after uint64, limit i
 	return out, nil
 }
 
-func (m *Memory) Enqueue(_ context.Context, device string, payload []byte, maxPending int) (uint64, error) {
+func (m *Memory) Enqueue(ctx context.Context, device string, payload []byte, maxPending int) (uint64, error) {
+	seq, _, err := m.EnqueueBatch(ctx, device, [][]byte{payload}, maxPending)
+	return seq, err
+}
+
+func (m *Memory) EnqueueBatch(_ context.Context, device string, payloads [][]byte, maxPending int) (uint64, int, error) {
 	m.mu.Lock()
 	d := m.dev(device)
-	if maxPending > 0 && len(d.outbox) >= maxPending {
-		m.mu.Unlock()
-		return 0, ErrOutboxFull
+	n := len(payloads)
+	if maxPending > 0 {
+		n = max(0, min(n, maxPending-len(d.outbox)))
 	}
-	d.seq++
-	seq := d.seq
-	p := append([]byte(nil), payload...)
-	d.outbox = append(d.outbox, p)
+	first := d.seq + 1
+	stored := make([][]byte, n)
+	for i, p := range payloads[:n] {
+		stored[i] = append([]byte(nil), p...)
+	}
+	d.outbox = append(d.outbox, stored...)
+	d.seq += uint64(n)
 	h := m.subs[d.server]
 	m.mu.Unlock()
 	if h != nil {
-		h.Deliver(device, seq, p)
+		for i, p := range stored {
+			h.Deliver(device, first+uint64(i), p)
+		}
 	}
-	return seq, nil
+	if n < len(payloads) {
+		return first, n, ErrOutboxFull
+	}
+	return first, n, nil
 }
 
 func (m *Memory) Ack(_ context.Context, device string, epoch, seq uint64) error {

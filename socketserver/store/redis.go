@@ -145,34 +145,52 @@ func (r *Redis) Pending(ctx context.Context, device string, after uint64, limit 
 	return out, nil
 }
 
+// enqueueScript stores ARGV[4..] for one device, as many as the outbox
+// limit ARGV[1] lets in, and notifies the holder (ARGV[2]: channel prefix,
+// empty on Cluster where the caller notifies; ARGV[3]: device).
 var enqueueScript = redis.NewScript(`
 local v = redis.call('HMGET', KEYS[1], 'seq', 'acked', 'server')
 local seq = tonumber(v[1] or '0')
-local maxp = tonumber(ARGV[2])
-if maxp > 0 and seq - tonumber(v[2] or '0') >= maxp then return {-1, ''} end
-seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-redis.call('RPUSH', KEYS[2], ARGV[1])
+local n = #ARGV - 3
+local maxp = tonumber(ARGV[1])
+if maxp > 0 then n = math.min(n, maxp - (seq - tonumber(v[2] or '0'))) end
+if n <= 0 then return {seq + 1, 0, ''} end
+redis.call('HINCRBY', KEYS[1], 'seq', n)
+redis.call('RPUSH', KEYS[2], unpack(ARGV, 4, 3 + n))
 local server = v[3] or ''
-if server ~= '' and ARGV[3] ~= '' then
-  redis.call('PUBLISH', ARGV[3] .. server .. '}', 'D|' .. seq .. '|' .. ARGV[4] .. '|' .. ARGV[1])
+if server ~= '' and ARGV[2] ~= '' then
+  for i = 1, n do
+    redis.call('PUBLISH', ARGV[2] .. server .. '}', 'D|' .. (seq + i) .. '|' .. ARGV[3] .. '|' .. ARGV[3 + i])
+  end
 end
-return {seq, server}
+return {seq + 1, n, server}
 `)
 
 func (r *Redis) Enqueue(ctx context.Context, device string, payload []byte, maxPending int) (uint64, error) {
-	res, err := r.batch.run(ctx, enqueueScript, []string{r.sessionKey(device), r.outboxKey(device)},
-		payload, maxPending, r.channelPrefix(), device).Slice()
+	seq, _, err := r.EnqueueBatch(ctx, device, [][]byte{payload}, maxPending)
+	return seq, err
+}
+
+func (r *Redis) EnqueueBatch(ctx context.Context, device string, payloads [][]byte, maxPending int) (uint64, int, error) {
+	args := make([]any, 0, 3+len(payloads))
+	args = append(args, maxPending, r.channelPrefix(), device)
+	for _, p := range payloads {
+		args = append(args, p)
+	}
+	res, err := r.batch.run(ctx, enqueueScript, []string{r.sessionKey(device), r.outboxKey(device)}, args...).Slice()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	n := res[0].(int64)
-	if n < 0 {
-		return 0, ErrOutboxFull
+	first, n := uint64(res[0].(int64)), int(res[1].(int64))
+	if server := res[2].(string); r.cluster && server != "" {
+		for i, p := range payloads[:n] {
+			r.notify(ctx, server, kindDeliver, first+uint64(i), device, p)
+		}
 	}
-	if server := res[1].(string); r.cluster && server != "" {
-		r.notify(ctx, server, kindDeliver, uint64(n), device, payload)
+	if n < len(payloads) {
+		return first, n, ErrOutboxFull
 	}
-	return uint64(n), nil
+	return first, n, nil
 }
 
 var ackScript = redis.NewScript(`

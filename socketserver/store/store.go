@@ -69,6 +69,10 @@ type Store interface {
 	Pending(ctx context.Context, device string, after uint64, limit int) ([]Message, error)
 	// Enqueue stores a downstream message and notifies the holder of the device.
 	Enqueue(ctx context.Context, device string, payload []byte, maxPending int) (uint64, error)
+	// EnqueueBatch stores messages for one device in order, as one
+	// operation: the first n get seqs first..first+n-1; when the outbox
+	// fills up first, n is short and err is ErrOutboxFull.
+	EnqueueBatch(ctx context.Context, device string, payloads [][]byte, maxPending int) (first uint64, n int, err error)
 	// Ack applies a cumulative ACK if epoch is still current.
 	Ack(ctx context.Context, device string, epoch, seq uint64) error
 	// Publish appends an upstream message unless id was already recorded;

@@ -171,6 +171,49 @@ func TestOutboxFull(t *testing.T) {
 	})
 }
 
+// A batch for one device is stored in order, cut at the outbox limit, and
+// its holder is told of each stored message.
+func TestEnqueueBatch(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		rec := newRecorder()
+		if err := st.Subscribe(ctx, "a", rec); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := st.(*store.Redis); ok {
+			rec.wait(t, func() bool { return rec.resyncs > 0 })
+		}
+		mustEnqueue(t, st, "d", 1)
+		if _, err := st.Hello(ctx, "d", "a", 0); err != nil {
+			t.Fatal(err)
+		}
+		batch := [][]byte{[]byte("b1"), []byte("b2"), []byte("b3"), []byte("b4")}
+		first, n, err := st.EnqueueBatch(ctx, "d", batch, 4)
+		if first != 2 || n != 3 || !errors.Is(err, store.ErrOutboxFull) {
+			t.Fatalf("EnqueueBatch with room for 3 = first %d, n %d, %v; want 2, 3, outbox full", first, n, err)
+		}
+		msgs, err := st.Pending(ctx, "d", 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, m := range msgs {
+			got = append(got, fmt.Sprintf("%d=%s", m.Seq, m.Payload))
+		}
+		if fmt.Sprint(got) != "[1=m1 2=b1 3=b2 4=b3]" {
+			t.Fatalf("outbox %v", got)
+		}
+		rec.wait(t, func() bool { return len(rec.delivered) == 3 })
+		if fmt.Sprint(rec.delivered) != "[d/2/b1 d/3/b2 d/4/b3]" {
+			t.Fatalf("notifications %v", rec.delivered)
+		}
+		if _, n, err := st.EnqueueBatch(ctx, "d", batch, 4); n != 0 || !errors.Is(err, store.ErrOutboxFull) {
+			t.Fatalf("full outbox: n %d, %v", n, err)
+		}
+	})
+}
+
 func TestDeviceAndState(t *testing.T) {
 	forEachStore(t, func(t *testing.T, st store.Store) {
 		if _, err := st.Device(ctx, "nobody"); !errors.Is(err, store.ErrNotFound) {
