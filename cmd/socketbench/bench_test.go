@@ -56,9 +56,22 @@ func TestWorkerAccountsForEveryMessage(t *testing.T) {
 		SourceIPs: []string{"127.0.0.2"}, DeliverRate: 200, PublishRate: 200, Payload: 32, PostConcurrency: 4,
 		ConnectTimeout: 10 * time.Second, Duration: time.Second, Settle: 10 * time.Second})
 	var ready bool
-	r, err := w.run(context.Background(), func(m message) { ready = ready || m.Ready != nil })
-	if err != nil {
-		t.Fatal(err)
+	var r *Result
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	start := make(chan struct{})
+	err = w.run(ctx, start, func(m message) {
+		switch {
+		case m.Ready != nil:
+			ready = true
+			close(start)
+		case m.Result != nil:
+			r = m.Result
+			cancel() // the coordinator closes the worker's stdin
+		}
+	})
+	if err != nil || r == nil {
+		t.Fatalf("run: %v, result %v", err, r)
 	}
 	if !ready || r.Connected != 20 || r.ConnectedAtEnd != 20 {
 		t.Fatalf("ready %t, connected %d, at end %d", ready, r.Connected, r.ConnectedAtEnd)

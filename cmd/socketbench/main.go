@@ -367,7 +367,14 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 	}
 	prefix := fmt.Sprintf("bench%d", time.Now().Unix())
 	var wg sync.WaitGroup
-	st := &status{workers: workers, progress: make([]progress, workers), results: make([]*Result, workers), ready: make(chan struct{})}
+	st := &status{workers: workers, progress: make([]progress, workers), results: make([]*Result, workers),
+		ready: make(chan struct{}), resultsIn: make(chan struct{})}
+	var stdins []io.WriteCloser // "load" starts the workers' load; closing ends them
+	defer func() {
+		for _, in := range stdins {
+			in.Close()
+		}
+	}()
 	first := 0
 	for i := 0; i < workers; i++ {
 		n := o.connections / workers
@@ -377,14 +384,14 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 		spec := WorkerSpec{ID: i, DevicePrefix: prefix, FirstDevice: first, Devices: n, Addrs: b.addrs, Admins: b.admins,
 			SourceIPs: ips, ConnectRate: o.connectRate / float64(workers), DeliverRate: o.deliverRate / float64(workers),
 			PublishRate: o.publishRate / float64(workers), Payload: o.payload, PostConcurrency: o.postConcurrency,
-			PostBatch: o.postBatch, Burst: o.burst, IdleBeforeLoad: o.idleBeforeLoad,
+			PostBatch: o.postBatch, Burst: o.burst,
 			ConnectTimeout: o.connectTimeout, Duration: o.duration, Settle: o.settle, KeyFile: o.keyFile, APIToken: b.apiToken}
 		first += n
 		specJSON, _ := json.Marshal(spec)
 		cmd := exec.CommandContext(ctx, exe, "--worker", string(specJSON))
 		cmd.Stderr = os.Stderr
 		setParentDeathSignal(cmd)
-		stdin, _ := cmd.StdinPipe() // closed when we exit: the worker stops
+		stdin, _ := cmd.StdinPipe()
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			return nil, err
@@ -393,10 +400,10 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 			return nil, fmt.Errorf("start worker: %w", err)
 		}
 		b.track(&process{name: "worker", cmd: cmd})
+		stdins = append(stdins, stdin)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer stdin.Close()
 			st.follow(i, stdout)
 		}()
 	}
@@ -421,6 +428,9 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 			HeapBefore: before[i]["go_memstats_heap_inuse_bytes"], HeapReady: ready[i]["go_memstats_heap_inuse_bytes"]})
 	}
 	sleep(ctx, time.Until(loadStart))
+	for _, in := range stdins {
+		_, _ = io.WriteString(in, "load\n")
+	}
 	cpu0 := b.cpu(ctx)
 	if o.storm == stormOff { // restarted servers would reset their counters
 		select {
@@ -442,11 +452,15 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 		}
 	}
 	select {
+	case <-st.resultsIn:
 	case <-done:
 	case <-ctx.Done():
 		fmt.Fprintln(os.Stderr, "socketbench: hard time cap reached; workers are stopped")
-		<-done
 	}
+	for _, in := range stdins { // every worker lets its devices go at once
+		in.Close()
+	}
+	<-done
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	for i, r := range st.results {
@@ -619,6 +633,9 @@ type status struct {
 	results    []*Result
 	readyCount int
 	ready      chan struct{}
+	// resultsIn is closed when every worker sent its result.
+	resultCount int
+	resultsIn   chan struct{}
 }
 
 func (s *status) follow(i int, r io.Reader) {
@@ -640,6 +657,9 @@ func (s *status) follow(i int, r io.Reader) {
 			}
 		case m.Result != nil:
 			s.results[i] = m.Result
+			if s.resultCount++; s.resultCount == s.workers {
+				close(s.resultsIn)
+			}
 		}
 		s.mu.Unlock()
 	}

@@ -40,7 +40,6 @@ type WorkerSpec struct {
 	PostConcurrency int           `json:"post_concurrency"`
 	PostBatch       int           `json:"post_batch"`
 	Burst           int           `json:"burst"`
-	IdleBeforeLoad  time.Duration `json:"idle_before_load"`
 	ConnectTimeout  time.Duration `json:"connect_timeout"`
 	Duration        time.Duration `json:"duration"`
 	Settle          time.Duration `json:"settle"`
@@ -247,16 +246,24 @@ func runWorker(specJSON string) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// The coordinator holds our stdin: when it goes away, so do we.
-	go func() { _, _ = io.Copy(io.Discard, os.Stdin); cancel() }()
+	// The coordinator says "load" on our stdin when every worker is ready,
+	// and closes it when it has every result: then we go.
+	start := make(chan struct{})
+	go func() {
+		var once sync.Once
+		for sc := bufio.NewScanner(os.Stdin); sc.Scan(); {
+			if sc.Text() == "load" {
+				once.Do(func() { close(start) })
+			}
+		}
+		cancel()
+	}()
 	w := newWorker(spec)
 	out := json.NewEncoder(os.Stdout)
-	res, err := w.run(ctx, func(m message) { _ = out.Encode(m) })
-	if err != nil {
+	if err := w.run(ctx, start, func(m message) { _ = out.Encode(m) }); err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		return 1
 	}
-	_ = out.Encode(message{Result: res})
 	return 0
 }
 
@@ -272,13 +279,17 @@ func newWorker(spec WorkerSpec) *worker {
 	return w
 }
 
-func (w *worker) run(ctx context.Context, emit func(message)) (*Result, error) {
+// run connects the devices, reports Ready, loads once loadNow is closed,
+// settles and emits its Result; then it holds the connections until ctx
+// ends, so that a worker that finishes first frees no room on the servers
+// for another's devices while that one still counts.
+func (w *worker) run(ctx context.Context, loadNow <-chan struct{}, emit func(message)) error {
 	spec := w.spec
 	var key []byte
 	if spec.KeyFile != "" {
 		var err error
 		if key, err = client.LoadKey(spec.KeyFile); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	devCtx, stopDevices := context.WithCancel(ctx)
@@ -320,8 +331,10 @@ func (w *worker) run(ctx context.Context, emit func(message)) (*Result, error) {
 	}
 	connectSeconds := time.Since(start).Seconds()
 	emit(message{Ready: ptr(report())})
-	// Idle connections settle (the coordinator measures memory meanwhile).
-	wait(ctx, spec.IdleBeforeLoad)
+	select { // the coordinator measures idle memory meanwhile
+	case <-loadNow:
+	case <-ctx.Done():
+	}
 
 	// Load phase.
 	loadCtx, stopLoad := context.WithTimeout(ctx, spec.Duration)
@@ -357,7 +370,9 @@ func (w *worker) run(ctx context.Context, emit func(message)) (*Result, error) {
 	}
 	r := w.result(connectSeconds, loadSeconds, loadDelivered, loadAcked)
 	r.LoadCPUSeconds = loadCPU
-	return r, nil
+	emit(message{Result: r})
+	<-ctx.Done()
+	return nil
 }
 
 func ptr[T any](v T) *T { return &v }
