@@ -59,6 +59,8 @@ type SocketClusterReconciler struct {
 	Recorder  events.EventRecorder
 	// DefaultImage runs the pods of SocketClusters without spec.image.
 	DefaultImage string
+
+	redis connections.Clients // one per SocketCluster, for the status refresh
 }
 
 // +kubebuilder:rbac:groups=sockets.socketcluster.io,resources=socketclusters,verbs=get;list;watch
@@ -76,9 +78,13 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	log := logf.FromContext(ctx)
 	sc := &v1alpha1.SocketCluster{}
 	if err := r.Client.Get(ctx, req.NamespacedName, sc); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.redis.Forget(req.String())
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !sc.DeletionTimestamp.IsZero() {
+		r.redis.Forget(req.String())
 		return ctrl.Result{}, nil // the garbage collector removes what it owns
 	}
 
@@ -228,8 +234,7 @@ func (r *SocketClusterReconciler) countConnections(ctx context.Context, sc *v1al
 	for i, p := range pods {
 		names[i] = p.Name
 	}
-	rdb := connections.NewClient(sc.Spec.Redis, password)
-	defer func() { _ = rdb.Close() }()
+	rdb := r.redis.Get(client.ObjectKeyFromObject(sc).String(), sc.Spec.Redis, password)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	return connections.Count(ctx, rdb, sc.Spec.Redis.KeyPrefix, names, time.Now())

@@ -1,6 +1,8 @@
 package connections_test
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -50,4 +52,33 @@ func TestNewClientFollowsMode(t *testing.T) {
 		t.Fatalf("cluster: got %T", c)
 	}
 	_ = c.Close()
+}
+
+func TestClientsReuseAndReplace(t *testing.T) {
+	var cs connections.Clients
+	spec := v1alpha1.RedisSpec{Addresses: []string{"127.0.0.1:1"}}
+	a := cs.Get("ns/a", spec, "pw")
+	if cs.Get("ns/a", spec, "pw") != a {
+		t.Fatal("same spec and password: want the same client")
+	}
+	b := cs.Get("ns/b", spec, "pw")
+	if b == a {
+		t.Fatal("another SocketCluster shares a client")
+	}
+	a2 := cs.Get("ns/a", spec, "rotated")
+	if a2 == a {
+		t.Fatal("new password: want a new client")
+	}
+	closed := func(c redis.UniversalClient) bool { return errors.Is(c.Ping(context.Background()).Err(), redis.ErrClosed) }
+	if !closed(a) {
+		t.Error("the replaced client is still open")
+	}
+	cs.Forget("ns/a")
+	if !closed(a2) {
+		t.Error("a forgotten SocketCluster's client is still open")
+	}
+	if closed(b) {
+		t.Error("forgetting one SocketCluster closed another's client")
+	}
+	cs.Forget("ns/b")
 }
