@@ -69,7 +69,9 @@ func TestClientsReuseAndReplace(t *testing.T) {
 	if a2 == a {
 		t.Fatal("new password: want a new client")
 	}
-	closed := func(c redis.UniversalClient) bool { return errors.Is(c.Ping(context.Background()).Err(), redis.ErrClosed) }
+	closed := func(c redis.UniversalClient) bool {
+		return errors.Is(c.Ping(context.Background()).Err(), redis.ErrClosed)
+	}
 	if !closed(a) {
 		t.Error("the replaced client is still open")
 	}
