@@ -419,7 +419,7 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 	}
 	// Idle memory: connections parked, after a collection.
 	loadStart := time.Now().Add(o.idleBeforeLoad)
-	sleep(ctx, o.idleBeforeLoad*2/3)
+	wait(ctx, o.idleBeforeLoad*2/3)
 	b.collectGarbage(ctx)
 	ready := b.scrapeAll(ctx)
 	for i, admin := range b.admins {
@@ -427,7 +427,7 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 			RSSBefore: before[i]["process_resident_memory_bytes"], RSSReady: ready[i]["process_resident_memory_bytes"],
 			HeapBefore: before[i]["go_memstats_heap_inuse_bytes"], HeapReady: ready[i]["go_memstats_heap_inuse_bytes"]})
 	}
-	sleep(ctx, time.Until(loadStart))
+	wait(ctx, time.Until(loadStart))
 	for _, in := range stdins {
 		_, _ = io.WriteString(in, "load\n")
 	}
@@ -577,22 +577,20 @@ func (b *bench) cpu(ctx context.Context) cpuTimes {
 // so that the memory figures count live data, not garbage.
 func (b *bench) collectGarbage(ctx context.Context) {
 	for _, a := range b.admins {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a+"/debug/pprof/heap?gc=1", nil)
-		if b.apiToken != "" {
-			req.Header.Set("Authorization", "Bearer "+b.apiToken)
-		}
-		if resp, err := http.DefaultClient.Do(req); err == nil {
+		if resp, err := b.adminCall(ctx, http.MethodGet, a, "/debug/pprof/heap?gc=1"); err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 		}
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-time.After(d):
-	case <-ctx.Done():
+// adminCall calls a server's admin API with the API token, if any.
+func (b *bench) adminCall(ctx context.Context, method, admin, path string) (*http.Response, error) {
+	req, _ := http.NewRequestWithContext(ctx, method, "http://"+admin+path, nil)
+	if b.apiToken != "" {
+		req.Header.Set("Authorization", "Bearer "+b.apiToken)
 	}
+	return http.DefaultClient.Do(req)
 }
 
 func (b *bench) scrapeAll(ctx context.Context) []map[string]float64 {
@@ -610,11 +608,7 @@ func (b *bench) scrapeAll(ctx context.Context) []map[string]float64 {
 }
 
 func (b *bench) drain(ctx context.Context, admin string) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+"/drain", nil)
-	if b.apiToken != "" {
-		req.Header.Set("Authorization", "Bearer "+b.apiToken)
-	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := b.adminCall(ctx, http.MethodPost, admin, "/drain")
 	if err != nil {
 		return err
 	}

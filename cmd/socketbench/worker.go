@@ -552,20 +552,14 @@ func (w *worker) postLoop(ctx context.Context) {
 			}
 		}()
 	}
-	pace := newPacer(w.spec.DeliverRate)
-	var d *benchDevice
-	for i := 0; wait(ctx, 2*time.Millisecond); {
-		for n := pace.due(); n > 0; n, i = n-1, i+1 {
-			if i%max(w.spec.Burst, 1) == 0 {
-				d = w.devs[rand.IntN(len(w.devs))]
-			}
-			select {
-			case jobs <- d:
-			default:
-				w.postSkipped.Add(1)
-			}
+	w.paced(ctx, w.spec.DeliverRate, false, func(d *benchDevice) bool {
+		select {
+		case jobs <- d:
+		default:
+			w.postSkipped.Add(1)
 		}
-	}
+		return true
+	})
 	close(jobs)
 	wg.Wait()
 }
@@ -657,21 +651,33 @@ func (w *worker) publishLoop(ctx context.Context) {
 	if w.spec.PublishRate <= 0 || len(w.devs) == 0 {
 		return
 	}
-	pace := newPacer(w.spec.PublishRate)
+	w.paced(ctx, w.spec.PublishRate, true, func(d *benchDevice) bool {
+		body, _ := w.payload() // onPubAck takes the latency from its stamp
+		if _, err := d.c.PublishAsync(ctx, body); err != nil {
+			return false
+		}
+		w.published.Add(1)
+		return true
+	})
+}
+
+// paced calls send at rate until ctx ends or send returns false, with a
+// random device that changes every Burst messages (a connected one, if a
+// few tries find one, when connected is set).
+func (w *worker) paced(ctx context.Context, rate float64, connected bool, send func(*benchDevice) bool) {
+	pace := newPacer(rate)
 	var d *benchDevice
 	for i := 0; wait(ctx, 2*time.Millisecond); {
 		for n := pace.due(); n > 0; n, i = n-1, i+1 {
 			if i%max(w.spec.Burst, 1) == 0 {
 				d = w.devs[rand.IntN(len(w.devs))]
-				for k := 0; k < 8 && !d.up.Load(); k++ {
+				for k := 0; connected && k < 8 && !d.up.Load(); k++ {
 					d = w.devs[rand.IntN(len(w.devs))]
 				}
 			}
-			body, _ := w.payload() // onPubAck takes the latency from its stamp
-			if _, err := d.c.PublishAsync(ctx, body); err != nil {
+			if !send(d) {
 				return
 			}
-			w.published.Add(1)
 		}
 	}
 }
