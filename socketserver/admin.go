@@ -95,40 +95,59 @@ func (s *Server) postMessage(w http.ResponseWriter, r *http.Request) {
 			"message": fmt.Sprintf("payload exceeds %d bytes (max frame bytes %d minus 9)", maxPayload, s.cfg.MaxFrameBytes)})
 		return
 	}
+	key := r.Header.Get("Idempotency-Key")
+	if _, ok := r.Header["Idempotency-Key"]; ok && !validKey(key) {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad_key", "message": badKeyMessage})
+		return
+	}
 	ctx, cancel := s.storeCtx(r)
-	res := s.enqueue(ctx, device, [][]byte{payload})[0]
+	res := s.enqueue(ctx, device, []store.Outgoing{{Payload: payload, Key: key}})[0]
 	cancel()
 	if res.Error == "unavailable" {
 		w.Header().Set("Retry-After", "1")
 	}
-	if res.Error == "" {
-		writeJSON(w, res.status, map[string]uint64{"seq": res.Seq})
-		return
-	}
 	writeJSON(w, res.status, res)
+}
+
+const badKeyMessage = "an idempotency key is 1-128 printable ASCII characters"
+
+// validKey: 1-128 printable ASCII characters.
+func validKey(k string) bool {
+	if len(k) == 0 || len(k) > 128 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x20 || k[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // enqueued is the answer for one message, alone or in a batch.
 type enqueued struct {
-	Seq     uint64 `json:"seq,omitempty"`
-	Error   string `json:"error,omitempty"`
-	Message string `json:"message,omitempty"`
-	status  int
+	Seq       uint64 `json:"seq,omitempty"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+	Error     string `json:"error,omitempty"`
+	Message   string `json:"message,omitempty"`
+	status    int
 }
 
 // enqueue stores a device's messages in order as one store operation and
 // answers each; ctx carries the request's deadline.
-func (s *Server) enqueue(ctx context.Context, device string, payloads [][]byte) []enqueued {
-	first, n, err := s.store.EnqueueBatch(ctx, device, payloads, s.cfg.MaxPending)
+func (s *Server) enqueue(ctx context.Context, device string, msgs []store.Outgoing) []enqueued {
+	stored, err := s.store.EnqueueBatch(ctx, device, msgs, store.Limits{MaxPending: s.cfg.MaxPending,
+		MaxPendingBytes: s.cfg.MaxPendingBytes, KeyTTL: s.cfg.IdempotencyWindow})
 	full := errors.Is(err, store.ErrOutboxFull)
 	if err != nil && !full {
 		s.metrics.storeErrors.WithLabelValues("enqueue").Inc()
 	}
-	res := make([]enqueued, len(payloads))
+	n := len(stored)
+	res := make([]enqueued, len(msgs))
 	for i := range res {
 		switch {
 		case i < n:
-			res[i] = enqueued{Seq: first + uint64(i), status: http.StatusAccepted}
+			res[i] = enqueued{Seq: stored[i].Seq, Duplicate: stored[i].Duplicate, status: http.StatusAccepted}
 		case full && i == n:
 			res[i] = enqueued{Error: "outbox_full", status: http.StatusTooManyRequests}
 		case full:
@@ -156,6 +175,7 @@ func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
 		Messages []struct {
 			Device  string `json:"device"`
 			Payload []byte `json:"payload"` // base64 in JSON
+			Key     string `json:"key"`
 		} `json:"messages"`
 	}
 	limit := int64(maxBatch) * int64(s.cfg.MaxFrameBytes*4/3+64)
@@ -177,6 +197,8 @@ func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case !protocol.ValidDevice(m.Device):
 			results[i] = enqueued{Error: "bad_device", Message: "device must be 1-128 characters of [A-Za-z0-9._:-]"}
+		case m.Key != "" && !validKey(m.Key):
+			results[i] = enqueued{Error: "bad_key", Message: badKeyMessage}
 		case len(m.Payload) > s.cfg.MaxFrameBytes-9:
 			s.metrics.enqueued.WithLabelValues("413").Inc()
 			results[i] = enqueued{Error: "too_large", Message: fmt.Sprintf("payload exceeds %d bytes", s.cfg.MaxFrameBytes-9)}
@@ -191,11 +213,11 @@ func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			payloads := make([][]byte, len(idx))
+			msgs := make([]store.Outgoing, len(idx))
 			for k, i := range idx {
-				payloads[k] = req.Messages[i].Payload
+				msgs[k] = store.Outgoing{Payload: req.Messages[i].Payload, Key: req.Messages[i].Key}
 			}
-			for k, res := range s.enqueue(ctx, device, payloads) {
+			for k, res := range s.enqueue(ctx, device, msgs) {
 				results[idx[k]] = res
 			}
 		}()

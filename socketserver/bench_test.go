@@ -41,7 +41,7 @@ func BenchmarkDeliverWritePath(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 1; i <= b.N; i++ {
-		if _, err := st.Enqueue(context.Background(), "d", payload, 0); err != nil {
+		if _, err := store.Enqueue(context.Background(), st, "d", store.Outgoing{Payload: payload}, store.Limits{}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -58,9 +58,15 @@ type conn struct {
 	nc  net.Conn
 	tr  transport
 
+	// id tells this connection from earlier ones of its device on this
+	// server, in the store (Holder.Conn).
+	id uint64
 	// Set by the read loop before the connection is registered; read-only after.
 	device string
 	epoch  uint64
+	// pubHigh is the highest PUBLISH id stored for this session, to restore
+	// it should the store lose the session.
+	pubHigh atomic.Uint64
 	// pubGap (read loop only) is the lowest PUBLISH id that failed to be
 	// stored here. Later ids are refused until it is stored: recording one
 	// of them would make its retransmit look like a duplicate, and be lost.
@@ -89,8 +95,10 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	return &conn{srv: s, nc: nc, closed: make(chan struct{})}
+	return &conn{srv: s, nc: nc, id: s.connIDs.Add(1), closed: make(chan struct{})}
 }
+
+func (c *conn) holder() store.Holder { return store.Holder{Server: c.srv.cfg.ServerName, Conn: c.id} }
 
 // serve runs a new connection: the read loop, which parks and resumes
 // until the connection ends.
@@ -257,12 +265,15 @@ func (c *conn) hello(body []byte) error {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
-	sess, err := s.store.Hello(ctx, h.Device, s.cfg.ServerName, h.LastSeq)
+	sess, err := s.store.Hello(ctx, h.Device, c.holder(), h.LastSeq)
 	cancel()
 	if err != nil {
 		s.metrics.hellos.WithLabelValues(string(protocol.CodeUnavailable)).Inc()
 		s.log.V(1).Info("hello failed: store unavailable", "device", h.Device, "err", err.Error())
 		c.fail(protocol.CodeUnavailable, "session store unavailable; retry later", retryAfter(), ReasonRejected)
+		// The HELLO may still have been applied (a timeout is an unknown
+		// outcome): release it, or the device would look connected here.
+		s.releaseFailed(h.Device, c.holder())
 		return nil
 	}
 	s.metrics.hellos.WithLabelValues("accepted").Inc()
@@ -270,6 +281,7 @@ func (c *conn) hello(body []byte) error {
 		s.metrics.resumes.Inc()
 	}
 	c.device, c.epoch = h.Device, sess.Epoch
+	c.pubHigh.Store(sess.LastPublishID)
 	state := sess.State
 	if len(state) == 0 {
 		state = []byte("{}")
@@ -300,6 +312,9 @@ func (c *conn) hello(body []byte) error {
 func (c *conn) ack(seq uint64) bool {
 	s := c.srv
 	err := s.store.Ack(s.ctx, c.device, c.epoch, seq) // bounded by the store, as in publish
+	if errors.Is(err, store.ErrLost) && c.reclaim() {
+		err = s.store.Ack(s.ctx, c.device, c.epoch, seq)
+	}
 	switch {
 	case errors.Is(err, store.ErrFenced):
 		c.takenOver()
@@ -327,6 +342,9 @@ func (c *conn) publish(body []byte) error {
 	// timer per message was a tenth of the server's CPU, and the store
 	// bounds its own calls (Redis: pipelines under a store-timeout deadline).
 	dup, err := s.store.Publish(s.ctx, c.device, c.epoch, id, payload)
+	if errors.Is(err, store.ErrLost) && c.reclaim() {
+		dup, err = s.store.Publish(s.ctx, c.device, c.epoch, id, payload)
+	}
 	switch {
 	case errors.Is(err, store.ErrFenced):
 		c.takenOver()
@@ -346,8 +364,33 @@ func (c *conn) publish(body []byte) error {
 	if id == c.pubGap {
 		c.pubGap = 0
 	}
+	if !dup && id > c.pubHigh.Load() {
+		c.pubHigh.Store(id)
+	}
 	c.write(func(dst []byte) []byte { return c.tr.AppendSeqFrame(dst, protocol.TypePubAck, id, nil) })
 	return nil
+}
+
+// reclaim restores this live connection's session after the store lost it,
+// then re-reads the outbox: messages stored since then went to nobody.
+// False means the connection is finished (taken over) or the store failed.
+func (c *conn) reclaim() bool {
+	s := c.srv
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
+	err := s.store.Reclaim(ctx, c.device, c.holder(), c.epoch, c.pubHigh.Load())
+	cancel()
+	switch {
+	case errors.Is(err, store.ErrFenced):
+		c.takenOver()
+		return false
+	case err != nil:
+		s.metrics.storeErrors.WithLabelValues("reclaim").Inc()
+		return false
+	}
+	s.metrics.reclaims.Inc()
+	s.log.Info("session lost by the store: restored", "device", c.device, "epoch", c.epoch)
+	c.resync()
+	return true
 }
 
 func (c *conn) takenOver() {
@@ -610,7 +653,7 @@ func (c *conn) teardown() {
 	}
 	s.unregister(c)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
-	_ = s.store.Release(ctx, c.device, s.cfg.ServerName, c.epoch)
+	_ = s.store.Release(ctx, c.device, c.holder())
 	cancel()
 	s.untrack(c)
 }

@@ -13,6 +13,9 @@ type metrics struct {
 	connections *prometheus.GaugeVec
 	hellos      *prometheus.CounterVec
 	resumes     prometheus.Counter
+	reclaims    prometheus.Counter
+	fenced      prometheus.Counter
+	warnings    prometheus.Gauge
 	deliveries  prometheus.Counter
 	acks        prometheus.Counter
 	publishes   *prometheus.CounterVec
@@ -35,6 +38,12 @@ func newMetrics() *metrics {
 			Help: "HELLOs by result: accepted, goaway, or the ERROR code."}, []string{"result"}),
 		resumes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "resumes_total",
 			Help: "Accepted HELLOs that resumed an existing session."}),
+		reclaims: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sessions_reclaimed_total",
+			Help: "Sessions of live connections restored after the store lost them."}),
+		fenced: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "takeovers_before_register_total",
+			Help: "Takeover notices that arrived before the losing connection registered, kept and applied."}),
+		warnings: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "store_durability_warnings",
+			Help: "Ways the store could lose acknowledged data (0 = none found)."}),
 		deliveries: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "deliveries_total",
 			Help: "DELIVER frames queued to devices."}),
 		acks: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "acks_total",
@@ -57,7 +66,7 @@ func newMetrics() *metrics {
 			Help: "Latency of Redis commands and pipelines.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)},
 			[]string{"command"}),
 	}
-	m.reg.MustRegister(m.connections, m.hellos, m.resumes, m.deliveries, m.acks, m.publishes, m.goaways,
+	m.reg.MustRegister(m.connections, m.hellos, m.resumes, m.reclaims, m.fenced, m.warnings, m.deliveries, m.acks, m.publishes, m.goaways,
 		m.drains, m.errors, m.closes, m.storeErrors, m.enqueued, m.redis,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	for _, t := range []string{"tcp", "ws"} {

@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +46,13 @@ type Config struct {
 	StoreTimeout time.Duration
 	// StatsInterval is how often the server publishes its stats for the operator.
 	StatsInterval time.Duration
+	// MaxPendingBytes bounds a device's unacknowledged payload bytes (0 = unbounded).
+	MaxPendingBytes int64
+	// IdempotencyWindow is how long a backend's Idempotency-Key is remembered.
+	IdempotencyWindow time.Duration
+	// AuditInterval is how often the server checks that the store still
+	// knows the sessions it holds (an evicted or lost session is restored).
+	AuditInterval time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -59,6 +68,8 @@ func (c *Config) setDefaults() {
 	def(&c.WriteTimeout, 10*time.Second)
 	def(&c.StoreTimeout, 2*time.Second)
 	def(&c.StatsInterval, 5*time.Second)
+	def(&c.IdempotencyWindow, 24*time.Hour)
+	def(&c.AuditInterval, 15*time.Second)
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = protocol.DefaultMaxFrameBytes
 	}
@@ -83,8 +94,11 @@ type Server struct {
 	drainOnce sync.Once
 	drainDone chan struct{}
 
-	seed   maphash.Seed
-	shards [64]shard
+	seed    maphash.Seed
+	shards  [64]shard
+	connIDs atomic.Uint64
+	// warnings say how the store could lose acknowledged data.
+	warnings atomic.Pointer[[]string]
 
 	mu     sync.Mutex
 	conns  map[*conn]struct{}
@@ -104,7 +118,19 @@ type Server struct {
 type shard struct {
 	mu sync.Mutex
 	m  map[string]*conn
+	// fences keep takeover notices for devices not (yet) registered here:
+	// a HELLO whose store call finished just before a newer HELLO elsewhere
+	// registers after the notice arrived, and must still lose.
+	fences map[string]fence
 }
+
+type fence struct {
+	epoch uint64
+	at    time.Time
+}
+
+// fenceTTL is how long a takeover notice waits for a connection to register.
+const fenceTTL = 30 * time.Second
 
 // New builds a server on st. Nothing listens until Start.
 func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
@@ -127,7 +153,9 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 	s.maxConns = connectionCeiling(cfg.MaxConnections)
 	for i := range s.shards {
 		s.shards[i].m = map[string]*conn{}
+		s.shards[i].fences = map[string]fence{}
 	}
+	s.connIDs.Store(rand.Uint64() >> 1)
 	return s, nil
 }
 
@@ -137,6 +165,7 @@ func (s *Server) Start() error {
 	if err := s.store.Subscribe(s.ctx, s.cfg.ServerName, s); err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
+	s.checkStore()
 	p, err := newPoller()
 	if err != nil {
 		s.log.Error(err, "no poller: idle connections keep a goroutine each")
@@ -182,9 +211,10 @@ func (s *Server) Start() error {
 		s.admin = &http.Server{Handler: s.adminHandler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = s.admin.Serve(l) }()
 	}
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.statsLoop()
 	go s.heartbeatLoop()
+	go s.auditLoop()
 	return nil
 }
 
@@ -301,13 +331,18 @@ func (s *Server) shard(device string) *shard {
 }
 
 // register makes c the session of its device on this server. Of two
-// connections of one device, the higher epoch wins and the other is told.
+// connections of one device, the higher epoch wins and the other is told;
+// so does a takeover notice that arrived before c registered.
 func (s *Server) register(c *conn) {
 	sh := s.shard(c.device)
 	sh.mu.Lock()
 	old := sh.m[c.device]
-	if old != nil && old.epoch > c.epoch {
+	f, fenced := sh.fences[c.device]
+	if old != nil && old.epoch > c.epoch || fenced && f.epoch > c.epoch {
 		sh.mu.Unlock()
+		if fenced {
+			s.metrics.fenced.Inc()
+		}
 		c.takenOver()
 		return
 	}
@@ -354,18 +389,75 @@ func (s *Server) Deliver(device string, seq uint64, payload []byte) {
 	}
 }
 
-// TakenOver implements store.Handler.
+// TakenOver implements store.Handler. The notice is also kept for a while:
+// a connection of this device may still be between its store call and
+// its registration.
 func (s *Server) TakenOver(device string, epoch uint64) {
-	if c := s.session(device); c != nil && c.epoch < epoch {
+	sh := s.shard(device)
+	sh.mu.Lock()
+	c := sh.m[device]
+	if f := sh.fences[device]; epoch > f.epoch {
+		sh.fences[device] = fence{epoch: epoch, at: time.Now()}
+	}
+	sh.mu.Unlock()
+	if c != nil && c.epoch < epoch {
 		c.takenOver()
 	}
 }
 
-// Resync implements store.Handler: after a lost link to the store, find
-// sessions taken over meanwhile and re-read every outbox.
-func (s *Server) Resync() { go s.resync() }
+// releaseFailed releases a HELLO that failed with an unknown outcome, a
+// few times over half a minute: a stalled store may apply it late, and the
+// device would then look connected here for good. Release only acts for
+// this connection, so a later HELLO of the device is safe.
+func (s *Server) releaseFailed(device string, h store.Holder) {
+	var try func(i int)
+	try = func(i int) {
+		if s.ctx.Err() != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
+		_ = s.store.Release(ctx, device, h)
+		cancel()
+		if i+1 < len(releaseRetries) {
+			time.AfterFunc(releaseRetries[i+1]-releaseRetries[i], func() { try(i + 1) })
+		}
+	}
+	time.AfterFunc(releaseRetries[0], func() { try(0) })
+}
 
-func (s *Server) resync() {
+var releaseRetries = []time.Duration{time.Second, 4 * time.Second, 12 * time.Second, 30 * time.Second}
+
+// Resync implements store.Handler: after a lost link to the store, find
+// sessions taken over meanwhile, restore those the store lost, and re-read
+// every outbox.
+func (s *Server) Resync() {
+	go func() {
+		s.checkStore()
+		s.audit(true)
+	}()
+}
+
+// auditLoop checks the sessions held here against the store: a session
+// the store lost without a lost link (an eviction) is restored, so that
+// messages stored for its device reach it; a takeover whose notice was
+// lost ends the old connection.
+func (s *Server) auditLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.AuditInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			s.audit(false)
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// audit compares each session's epoch with the store's; pump re-reads
+// every outbox, else only those of restored sessions.
+func (s *Server) audit(pump bool) {
 	conns := s.sessions()
 	const batch = 500
 	for i := 0; i < len(conns); i += batch {
@@ -378,13 +470,46 @@ func (s *Server) resync() {
 		epochs, err := s.store.Epochs(ctx, devices)
 		cancel()
 		for j, c := range part {
-			if err == nil && epochs[j] > c.epoch {
+			switch {
+			case err != nil:
+				if pump {
+					c.resync()
+				}
+			case epochs[j] > c.epoch:
 				c.takenOver()
-			} else {
+			case epochs[j] < c.epoch:
+				c.reclaim() // the store lost it; reclaim re-reads the outbox
+			case pump:
 				c.resync()
 			}
 		}
 	}
+}
+
+// checkStore asks the store how it could lose acknowledged data and logs
+// what changed; the warnings go to the operator with the stats.
+func (s *Server) checkStore() {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
+	w, err := s.store.Warnings(ctx)
+	cancel()
+	if err != nil {
+		s.log.V(1).Info("store durability check failed", "err", err.Error())
+		return
+	}
+	if old := s.warnings.Swap(&w); old == nil || !slices.Equal(*old, w) {
+		for _, m := range w {
+			s.log.Info("WARNING: acknowledged data can be lost", "store", m)
+		}
+	}
+	s.metrics.warnings.Set(float64(len(w)))
+}
+
+// Warnings returns what the last store check found.
+func (s *Server) Warnings() []string {
+	if w := s.warnings.Load(); w != nil {
+		return *w
+	}
+	return nil
 }
 
 func (s *Server) statsLoop() {
@@ -432,13 +557,30 @@ func (s *Server) heartbeatLoop() {
 		}
 		clear(dead)
 		dead = dead[:0]
+		s.pruneFences()
+	}
+}
+
+// pruneFences forgets takeover notices that no connection claimed in time.
+func (s *Server) pruneFences() {
+	old := time.Now().Add(-fenceTTL)
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		for d, f := range sh.fences {
+			if f.at.Before(old) {
+				delete(sh.fences, d)
+			}
+		}
+		sh.mu.Unlock()
 	}
 }
 
 func (s *Server) publishStats(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
 	defer cancel()
-	st := store.ServerStats{Connections: int64(s.Connections()), Draining: s.draining.Load(), UpdatedUnixMs: time.Now().UnixMilli()}
+	st := store.ServerStats{Connections: int64(s.Connections()), Draining: s.draining.Load(),
+		UpdatedUnixMs: time.Now().UnixMilli(), StoreWarnings: s.Warnings()}
 	if err := s.store.PublishStats(ctx, s.cfg.ServerName, st); err != nil && ctx.Err() == nil {
 		s.metrics.storeErrors.WithLabelValues("stats").Inc()
 	}

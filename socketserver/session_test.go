@@ -178,7 +178,7 @@ func TestTakeover(t *testing.T) {
 		w := old.welcome("d", 0)
 		// Another server accepts a HELLO; its notice goes to a server that
 		// does not listen, as if it were lost.
-		if _, err := st.Hello(context.Background(), "d", "pod-x", 0); err != nil {
+		if _, err := st.Hello(context.Background(), "d", store.Holder{Server: "pod-x"}, 0); err != nil {
 			t.Fatal(err)
 		}
 		old.publish(1, "late")

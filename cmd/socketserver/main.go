@@ -72,6 +72,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", 65536, "largest frame (type byte + body)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "connection limit (0 = as many as open files allow)")
 	fs.IntVar(&c.MaxPending, "max-pending", 10000, "unacknowledged messages per device before the backend gets 429")
+	fs.Int64Var(&c.MaxPendingBytes, "max-pending-bytes", 16<<20, "unacknowledged payload bytes per device before the backend gets 429 (0 = unbounded)")
+	fs.DurationVar(&c.IdempotencyWindow, "idempotency-window", 24*time.Hour, "how long a backend's Idempotency-Key is remembered per device")
 	fs.StringVar(&o.tlsCert, "tls-cert-file", "", "TLS certificate for the device listeners")
 	fs.StringVar(&o.tlsKey, "tls-key-file", "", "TLS key for the device listeners")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")

@@ -37,18 +37,30 @@ func StartCluster(t testing.TB) *Cluster {
 	if out, err := exec.Command(cli, args...).CombinedOutput(); err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
+	// Every node must see the cluster as ok: a node that has not yet heard
+	// of the others answers CLUSTERDOWN to the commands it is sent.
 	rdb := c.Client()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		info, err := rdb.ClusterInfo(context.Background()).Result()
-		if err == nil && strings.Contains(info, "cluster_state:ok") && rdb.Set(context.Background(), "probe", "1", 0).Err() == nil {
-			return c
+	deadline := time.Now().Add(30 * time.Second)
+	for _, n := range c.Nodes {
+		node := n.Client()
+		for {
+			info, err := node.ClusterInfo(context.Background()).Result()
+			if err == nil && strings.Contains(info, "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster node %s did not become ok: %v %s", n.Addr, err, info)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
+	}
+	for rdb.Set(context.Background(), "probe", "1", 0).Err() != nil {
 		if time.Now().After(deadline) {
-			t.Fatalf("cluster did not become ok: %v %s", err, info)
+			t.Fatal("cluster does not take writes")
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return c
 }
 
 // Client returns a go-redis ClusterClient, closed when the test ends.

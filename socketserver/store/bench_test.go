@@ -22,26 +22,26 @@ func BenchmarkStore(b *testing.B) {
 			b.Run("Hello", func(b *testing.B) {
 				b.RunParallel(func(pb *testing.PB) {
 					for i := 0; pb.Next(); i++ {
-						if _, err := st.Hello(ctx, fmt.Sprint("h", i%1000), "srv", 0); err != nil {
+						if _, err := st.Hello(ctx, fmt.Sprint("h", i%1000), store.Holder{Server: "srv"}, 0); err != nil {
 							b.Fatal(err)
 						}
 					}
 				})
 			})
 			b.Run("Enqueue+Ack", func(b *testing.B) {
-				sess, _ := st.Hello(ctx, "q", "", 0)
+				sess, _ := st.Hello(ctx, "q", store.Holder{}, 0)
 				for i := 0; i < b.N; i++ {
-					seq, err := st.Enqueue(ctx, "q", payload, 0)
+					r, err := store.Enqueue(ctx, st, "q", store.Outgoing{Payload: payload}, store.Limits{})
 					if err != nil {
 						b.Fatal(err)
 					}
-					if err := st.Ack(ctx, "q", sess.Epoch, seq); err != nil {
+					if err := st.Ack(ctx, "q", sess.Epoch, r.Seq); err != nil {
 						b.Fatal(err)
 					}
 				}
 			})
 			b.Run("Publish", func(b *testing.B) {
-				sess, _ := st.Hello(ctx, "p", "srv", 0)
+				sess, _ := st.Hello(ctx, "p", store.Holder{Server: "srv"}, 0)
 				for i := 0; i < b.N; i++ {
 					if _, err := st.Publish(ctx, "p", sess.Epoch, uint64(i+1), payload); err != nil {
 						b.Fatal(err)

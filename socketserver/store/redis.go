@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,8 +19,9 @@ import (
 // Keys of a device carry the hash tag {device} so that a session's hash and
 // its outbox list sit in one slot and change together in one script:
 //
-//	<prefix>:{dev}:s   hash: epoch hellos server acked seq pubid state
+//	<prefix>:{dev}:s   hash: epoch hellos server conn acked seq bytes pubid state
 //	<prefix>:{dev}:q   list: payloads of seqs acked+1 .. seq
+//	<prefix>:{dev}:k:<key>  string: seq answered for an idempotency key (expires)
 //	<prefix>:upstream  stream of device messages (device, id, payload)
 //
 // Servers are told about new messages and takeovers on the channel
@@ -66,30 +70,64 @@ func padID(id uint64) string {
 	return zeros[len(s):] + s
 }
 
-var helloScript = redis.NewScript(`
+// luaLib is prepended to the scripts. Lua numbers are doubles and print
+// with 14 digits: seqs and epochs start from the clock in microseconds (16
+// digits), so they are formatted with str before they go into a string.
+// redis.call arguments are formatted exactly by Redis itself.
+const luaLib = `
+local function str(n) return string.format('%.0f', n) end
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+-- outbox returns seq and acked; a new outbox starts from the clock, above
+-- any seq issued before the store lost the device's keys.
+local function outbox(s)
+  local v = redis.call('HMGET', s, 'seq', 'acked')
+  if v[1] then return tonumber(v[1]), tonumber(v[2] or '0') end
+  local b = clock()
+  redis.call('HSET', s, 'seq', b, 'acked', b)
+  return b, b
+end
+-- trim drops the first n messages of the outbox and their bytes.
+local function trim(s, q, n)
+  local p = redis.call('LPOP', q, n)
+  if not p then return end
+  local b = 0
+  for i = 1, #p do b = b + #p[i] end
+  if b > 0 then redis.call('HINCRBY', s, 'bytes', -b) end
+end
+`
+
+func script(src string) *redis.Script { return redis.NewScript(luaLib + src) }
+
+// helloScript: KEYS session, outbox; ARGV server, last_seq, channel
+// prefix, device, conn. A last_seq below the outbox's acked seq (for
+// instance one from before the store lost the device) acknowledges nothing.
+var helloScript = script(`
+local seq, acked = outbox(KEYS[1])
+if not redis.call('HGET', KEYS[1], 'epoch') then redis.call('HSET', KEYS[1], 'epoch', clock()) end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 local hellos = redis.call('HINCRBY', KEYS[1], 'hellos', 1)
-local v = redis.call('HMGET', KEYS[1], 'server', 'acked', 'seq', 'pubid', 'state')
+local v = redis.call('HMGET', KEYS[1], 'server', 'pubid', 'state')
 local prev = v[1] or ''
-local acked = tonumber(v[2] or '0')
-local seq = tonumber(v[3] or '0')
 local ls = tonumber(ARGV[2])
 if ls > seq then ls = seq end
 if ls > acked then
-  redis.call('LTRIM', KEYS[2], ls - acked, -1)
+  trim(KEYS[1], KEYS[2], ls - acked)
   acked = ls
   redis.call('HSET', KEYS[1], 'acked', acked)
 end
-redis.call('HSET', KEYS[1], 'server', ARGV[1])
+redis.call('HSET', KEYS[1], 'server', ARGV[1], 'conn', ARGV[5])
 if prev ~= '' and ARGV[3] ~= '' then
-  redis.call('PUBLISH', ARGV[3] .. prev .. '}', 'T|' .. epoch .. '|' .. ARGV[4] .. '|')
+  redis.call('PUBLISH', ARGV[3] .. prev .. '}', 'T|' .. str(epoch) .. '|' .. ARGV[4] .. '|')
 end
-return {epoch, hellos, prev, acked, v[4] or '0', v[5] or ''}
+return {epoch, hellos, prev, acked, v[2] or '0', v[3] or ''}
 `)
 
-func (r *Redis) Hello(ctx context.Context, device, server string, lastSeq uint64) (Session, error) {
+func (r *Redis) Hello(ctx context.Context, device string, h Holder, lastSeq uint64) (Session, error) {
 	res, err := r.batch.run(ctx, helloScript, []string{r.sessionKey(device), r.outboxKey(device)},
-		server, strconv.FormatUint(lastSeq, 10), r.channelPrefix(), device).Slice()
+		h.Server, strconv.FormatUint(lastSeq, 10), r.channelPrefix(), device, strconv.FormatUint(h.Conn, 10)).Slice()
 	if err != nil {
 		return Session{}, err
 	}
@@ -145,63 +183,106 @@ func (r *Redis) Pending(ctx context.Context, device string, after uint64, limit 
 	return out, nil
 }
 
-// enqueueScript stores ARGV[4..] for one device, as many as the outbox
-// limit ARGV[1] lets in, and notifies the holder (ARGV[2]: channel prefix,
-// empty on Cluster where the caller notifies; ARGV[3]: device).
-var enqueueScript = redis.NewScript(`
-local v = redis.call('HMGET', KEYS[1], 'seq', 'acked', 'server')
-local seq = tonumber(v[1] or '0')
-local n = #ARGV - 3
-local maxp = tonumber(ARGV[1])
-if maxp > 0 then n = math.min(n, maxp - (seq - tonumber(v[2] or '0'))) end
-if n <= 0 then return {seq + 1, 0, ''} end
-redis.call('HINCRBY', KEYS[1], 'seq', n)
-redis.call('RPUSH', KEYS[2], unpack(ARGV, 4, 3 + n))
-local server = v[3] or ''
-if server ~= '' and ARGV[2] ~= '' then
-  for i = 1, n do
-    redis.call('PUBLISH', ARGV[2] .. server .. '}', 'D|' .. (seq + i) .. '|' .. ARGV[3] .. '|' .. ARGV[3 + i])
+// enqueueScript stores messages for one device as far as the outbox limits
+// let them in, and notifies the holder. KEYS: session, outbox, then the
+// idempotency keys of the messages that have one. ARGV: max pending, max
+// bytes, key TTL (ms), channel prefix (empty on Cluster, where the caller
+// notifies), device, then per message its key's index in KEYS (0: none)
+// and its payload. Returns the holder, then seq and duplicate flag of each
+// message answered.
+var enqueueScript = script(`
+local seq, acked = outbox(KEYS[1])
+local v = redis.call('HMGET', KEYS[1], 'bytes', 'server')
+local bytes = math.max(tonumber(v[1] or '0'), 0)
+local server = v[2] or ''
+local maxp, maxb = tonumber(ARGV[1]), tonumber(ARGV[2])
+local notify = server ~= '' and ARGV[4] ~= ''
+local res, new, first = {server}, {}, seq
+for i = 6, #ARGV, 2 do
+  local k = tonumber(ARGV[i])
+  local dup = k > 0 and redis.call('GET', KEYS[k])
+  if dup then
+    res[#res + 1] = tonumber(dup)
+    res[#res + 1] = 1
+  else
+    local p = ARGV[i + 1]
+    if (maxp > 0 and seq - acked >= maxp) or (maxb > 0 and bytes + #p > maxb) then break end
+    seq = seq + 1
+    bytes = bytes + #p
+    new[#new + 1] = p
+    if k > 0 then redis.call('SET', KEYS[k], seq, 'PX', ARGV[3]) end
+    if notify then
+      redis.call('PUBLISH', ARGV[4] .. server .. '}', 'D|' .. str(seq) .. '|' .. ARGV[5] .. '|' .. p)
+    end
+    res[#res + 1] = seq
+    res[#res + 1] = 0
   end
 end
-return {seq + 1, n, server}
+if #new > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(new))
+  redis.call('HSET', KEYS[1], 'seq', seq, 'bytes', bytes)
+end
+return res
 `)
 
-func (r *Redis) Enqueue(ctx context.Context, device string, payload []byte, maxPending int) (uint64, error) {
-	seq, _, err := r.EnqueueBatch(ctx, device, [][]byte{payload}, maxPending)
-	return seq, err
-}
+func (r *Redis) keyKey(device, key string) string { return r.prefix + ":{" + device + "}:k:" + key }
 
-func (r *Redis) EnqueueBatch(ctx context.Context, device string, payloads [][]byte, maxPending int) (uint64, int, error) {
-	args := make([]any, 0, 3+len(payloads))
-	args = append(args, maxPending, r.channelPrefix(), device)
-	for _, p := range payloads {
-		args = append(args, p)
+func (r *Redis) EnqueueBatch(ctx context.Context, device string, msgs []Outgoing, lim Limits) ([]Stored, error) {
+	keys := []string{r.sessionKey(device), r.outboxKey(device)}
+	args := make([]any, 0, 5+2*len(msgs))
+	args = append(args, lim.MaxPending, lim.MaxPendingBytes, lim.KeyTTL.Milliseconds(), r.channelPrefix(), device)
+	for _, m := range msgs {
+		k := 0
+		if m.Key != "" && lim.KeyTTL > 0 {
+			keys = append(keys, r.keyKey(device, m.Key))
+			k = len(keys)
+		}
+		args = append(args, k, m.Payload)
 	}
-	res, err := r.batch.run(ctx, enqueueScript, []string{r.sessionKey(device), r.outboxKey(device)}, args...).Slice()
+	res, err := r.batch.run(ctx, enqueueScript, keys, args...).Slice()
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	first, n := uint64(res[0].(int64)), int(res[1].(int64))
-	if server := res[2].(string); r.cluster && server != "" {
-		for i, p := range payloads[:n] {
-			r.notify(ctx, server, kindDeliver, first+uint64(i), device, p)
+	out := make([]Stored, 0, (len(res)-1)/2)
+	for i := 1; i+1 < len(res); i += 2 {
+		out = append(out, Stored{Seq: uint64(res[i].(int64)), Duplicate: res[i+1].(int64) == 1})
+	}
+	if server := res[0].(string); r.cluster && server != "" {
+		for i, st := range out {
+			if !st.Duplicate {
+				r.notify(ctx, server, kindDeliver, st.Seq, device, msgs[i].Payload)
+			}
 		}
 	}
-	if n < len(payloads) {
-		return first, n, ErrOutboxFull
+	if len(out) < len(msgs) {
+		return out, ErrOutboxFull
 	}
-	return first, n, nil
+	return out, nil
 }
 
-var ackScript = redis.NewScript(`
+// Scripts that need a current epoch return -1 when a newer HELLO holds the
+// session and -2 when the store lost it: no epoch, or an older one than the
+// caller's (a failover lost the write of its HELLO).
+func epochErr(n int64) error {
+	switch n {
+	case -1:
+		return ErrFenced
+	case -2:
+		return ErrLost
+	}
+	return nil
+}
+
+var ackScript = script(`
 local v = redis.call('HMGET', KEYS[1], 'epoch', 'acked', 'seq')
+if not v[1] or tonumber(v[1]) < tonumber(ARGV[1]) then return -2 end
 if v[1] ~= ARGV[1] then return -1 end
 local acked = tonumber(v[2] or '0')
 local a = tonumber(ARGV[2])
 local seq = tonumber(v[3] or '0')
 if a > seq then a = seq end
 if a > acked then
-  redis.call('LTRIM', KEYS[2], a - acked, -1)
+  trim(KEYS[1], KEYS[2], a - acked)
   redis.call('HSET', KEYS[1], 'acked', a)
 end
 return 0
@@ -213,16 +294,14 @@ func (r *Redis) Ack(ctx context.Context, device string, epoch, seq uint64) error
 	if err != nil {
 		return err
 	}
-	if n < 0 {
-		return ErrFenced
-	}
-	return nil
+	return epochErr(n)
 }
 
 // publishScript checks the epoch and the last id; with an upstream key it
 // also appends and records (single node), without it only checks (Cluster).
 var publishScript = redis.NewScript(`
 local v = redis.call('HMGET', KEYS[1], 'epoch', 'pubid')
+if not v[1] or tonumber(v[1]) < tonumber(ARGV[1]) then return -2 end
 if v[1] ~= ARGV[1] then return -1 end
 if v[2] and v[2] >= ARGV[2] then return 0 end
 if KEYS[2] then
@@ -235,6 +314,7 @@ return 1
 // recordScript raises pubid after the append (Cluster path).
 var recordScript = redis.NewScript(`
 local v = redis.call('HMGET', KEYS[1], 'epoch', 'pubid')
+if not v[1] or tonumber(v[1]) < tonumber(ARGV[1]) then return -2 end
 if v[1] ~= ARGV[1] then return -1 end
 if not v[2] or v[2] < ARGV[2] then redis.call('HSET', KEYS[1], 'pubid', ARGV[2]) end
 return 1
@@ -252,7 +332,7 @@ func (r *Redis) Publish(ctx context.Context, device string, epoch, id uint64, pa
 	}
 	switch {
 	case n < 0:
-		return false, ErrFenced
+		return false, epochErr(n)
 	case n == 0:
 		return true, nil
 	case !r.cluster:
@@ -267,20 +347,44 @@ func (r *Redis) Publish(ctx context.Context, device string, epoch, id uint64, pa
 	if err != nil {
 		return false, err
 	}
-	if n < 0 {
-		return false, ErrFenced
+	return false, epochErr(min(n, 0))
+}
+
+// reclaimScript: KEYS session; ARGV epoch, server, conn, padded pubid ("" if none).
+var reclaimScript = script(`
+local v = redis.call('HMGET', KEYS[1], 'epoch', 'hellos', 'pubid')
+if v[1] and tonumber(v[1]) > tonumber(ARGV[1]) then return -1 end
+if v[1] ~= ARGV[1] then
+  outbox(KEYS[1])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
+  if not v[2] then redis.call('HSET', KEYS[1], 'hellos', 1) end
+  if not v[3] and ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'pubid', ARGV[4]) end
+end
+redis.call('HSET', KEYS[1], 'server', ARGV[2], 'conn', ARGV[3])
+return 0
+`)
+
+func (r *Redis) Reclaim(ctx context.Context, device string, h Holder, epoch, pubID uint64) error {
+	pid := ""
+	if pubID > 0 {
+		pid = padID(pubID)
 	}
-	return false, nil
+	n, err := r.batch.run(ctx, reclaimScript, []string{r.sessionKey(device)},
+		strconv.FormatUint(epoch, 10), h.Server, strconv.FormatUint(h.Conn, 10), pid).Int64()
+	if err != nil {
+		return err
+	}
+	return epochErr(n)
 }
 
 var releaseScript = redis.NewScript(`
-local v = redis.call('HMGET', KEYS[1], 'epoch', 'server')
+local v = redis.call('HMGET', KEYS[1], 'server', 'conn')
 if v[1] == ARGV[1] and v[2] == ARGV[2] then redis.call('HSET', KEYS[1], 'server', '') end
 return 0
 `)
 
-func (r *Redis) Release(ctx context.Context, device, server string, epoch uint64) error {
-	return r.batch.run(ctx, releaseScript, []string{r.sessionKey(device)}, strconv.FormatUint(epoch, 10), server).Err()
+func (r *Redis) Release(ctx context.Context, device string, h Holder) error {
+	return r.batch.run(ctx, releaseScript, []string{r.sessionKey(device)}, h.Server, strconv.FormatUint(h.Conn, 10)).Err()
 }
 
 func (r *Redis) Epochs(ctx context.Context, devices []string) ([]uint64, error) {
@@ -380,6 +484,53 @@ func dispatch(msg string, h Handler) {
 func (r *Redis) PublishStats(ctx context.Context, server string, st ServerStats) error {
 	b, _ := json.Marshal(st)
 	return r.rdb.HSet(ctx, ServersKey(r.prefix), server, b).Err()
+}
+
+// Warnings implements Store from the configuration of every Redis master.
+func (r *Redis) Warnings(ctx context.Context) ([]string, error) {
+	var (
+		mu  sync.Mutex
+		out []string
+	)
+	check := func(ctx context.Context, c *redis.Client) error {
+		w, err := configWarnings(ctx, c)
+		mu.Lock()
+		out = append(out, w...)
+		mu.Unlock()
+		return err
+	}
+	var err error
+	switch c := r.rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, check)
+	case *redis.Client:
+		err = check(ctx, c)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), err
+}
+
+func configWarnings(ctx context.Context, c *redis.Client) ([]string, error) {
+	cfg, err := c.ConfigGet(ctx, "*").Result()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		// Managed Redis often renames CONFIG: say so rather than guess.
+		return []string{fmt.Sprintf("cannot read the Redis configuration (%v): durability unknown", err)}, nil
+	}
+	var out []string
+	if cfg["appendonly"] == "no" {
+		if strings.TrimSpace(cfg["save"]) == "" {
+			out = append(out, "Redis persistence is off (appendonly no, no save points): a Redis restart loses every session and unacknowledged message")
+		} else {
+			out = append(out, "Redis appendonly is off: a Redis restart loses the messages stored since the last snapshot")
+		}
+	}
+	if p := cfg["maxmemory-policy"]; strings.HasPrefix(p, "allkeys-") {
+		out = append(out, fmt.Sprintf("Redis maxmemory-policy is %s: under memory pressure Redis may evict sessions and outboxes (use noeviction)", p))
+	}
+	return out, nil
 }
 
 func (r *Redis) Close() error {

@@ -13,6 +13,8 @@ type ServerStats struct {
 	Connections   int64 `json:"connections"`
 	Draining      bool  `json:"draining"`
 	UpdatedUnixMs int64 `json:"updated_unix_ms"`
+	// StoreWarnings say how the store could lose acknowledged data.
+	StoreWarnings []string `json:"store_warnings,omitempty"`
 }
 
 // ServersKey is the Redis hash (field = server name, value = ServerStats JSON)

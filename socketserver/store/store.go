@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"time"
 )
 
 var (
@@ -16,7 +17,18 @@ var (
 	ErrOutboxFull = errors.New("outbox full")
 	// ErrNotFound: the device has no accepted HELLO, message or state.
 	ErrNotFound = errors.New("device not found")
+	// ErrLost: the store no longer has the session of a live connection
+	// (it restarted empty, failed over, or evicted it).
+	ErrLost = errors.New("session lost by the store")
 )
+
+// Holder names the connection that holds a device: the server and a
+// connection id unique on that server. Release and Reclaim act only for the
+// holder they name, so a late call cannot undo a newer connection.
+type Holder struct {
+	Server string
+	Conn   uint64
+}
 
 // Session is what an accepted HELLO returns.
 type Session struct {
@@ -34,6 +46,29 @@ type Session struct {
 type Message struct {
 	Seq     uint64
 	Payload []byte
+}
+
+// Outgoing is one downstream message offered to the store.
+type Outgoing struct {
+	Payload []byte
+	// Key makes the send idempotent: a repeat of the key for the same
+	// device within Limits.KeyTTL stores nothing and answers the first seq.
+	Key string
+}
+
+// Limits bound a device's outbox and the memory of idempotency keys.
+type Limits struct {
+	MaxPending      int           // unacknowledged messages; 0 = unbounded
+	MaxPendingBytes int64         // unacknowledged payload bytes; 0 = unbounded
+	KeyTTL          time.Duration // how long a Key is remembered
+}
+
+// Stored answers one Outgoing.
+type Stored struct {
+	Seq uint64
+	// Duplicate: the key was seen before; nothing was stored and Seq is the
+	// seq the first send got.
+	Duplicate bool
 }
 
 // DeviceInfo answers GET /v1/devices/{device}.
@@ -55,32 +90,44 @@ type Handler interface {
 	Deliver(device string, seq uint64, payload []byte)
 	// TakenOver: a HELLO with epoch was accepted for device elsewhere.
 	TakenOver(device string, epoch uint64)
-	// Resync: notifications may have been lost (link to the store came back);
-	// every local session should re-check its outbox and its epoch.
+	// Resync: notifications may have been lost, or the store may have lost
+	// data (link to the store came back); every local session should
+	// re-check its epoch and its outbox.
 	Resync()
 }
 
 // Store is the session store shared by the servers of a cluster.
+//
+// Seqs and epochs of a device never go backwards, also when the store lost
+// the device's keys: a new session or outbox starts from the clock in
+// microseconds, above anything issued before (unless one device was sent
+// more than a million messages a second).
 type Store interface {
-	// Hello accepts a HELLO on server: bumps the epoch, takes ownership,
+	// Hello accepts a HELLO for h: bumps the epoch, takes ownership,
 	// applies lastSeq as an ACK and tells the previous holder it lost.
-	Hello(ctx context.Context, device, server string, lastSeq uint64) (Session, error)
+	Hello(ctx context.Context, device string, h Holder, lastSeq uint64) (Session, error)
 	// Pending returns up to limit stored messages with seq > after, in order.
 	Pending(ctx context.Context, device string, after uint64, limit int) ([]Message, error)
-	// Enqueue stores a downstream message and notifies the holder of the device.
-	Enqueue(ctx context.Context, device string, payload []byte, maxPending int) (uint64, error)
 	// EnqueueBatch stores messages for one device in order, as one
-	// operation: the first n get seqs first..first+n-1; when the outbox
-	// fills up first, n is short and err is ErrOutboxFull.
-	EnqueueBatch(ctx context.Context, device string, payloads [][]byte, maxPending int) (first uint64, n int, err error)
-	// Ack applies a cumulative ACK if epoch is still current.
+	// operation, and notifies the holder. It answers the first n in order
+	// (stored, or duplicates of an earlier key); when the outbox fills up
+	// first, n is short and err is ErrOutboxFull.
+	EnqueueBatch(ctx context.Context, device string, msgs []Outgoing, lim Limits) ([]Stored, error)
+	// Ack applies a cumulative ACK if epoch is still current. ErrLost: the
+	// store no longer knows the session (Reclaim it).
 	Ack(ctx context.Context, device string, epoch, seq uint64) error
 	// Publish appends an upstream message unless id was already recorded;
-	// dup reports a retransmit. The epoch must still be current.
+	// dup reports a retransmit. The epoch must still be current; ErrLost
+	// as for Ack.
 	Publish(ctx context.Context, device string, epoch, id uint64, payload []byte) (dup bool, err error)
-	// Release gives up ownership when the connection of epoch ends.
-	Release(ctx context.Context, device, server string, epoch uint64) error
-	// Epochs returns the current epoch of each device (0 if unknown).
+	// Reclaim restores the session of a connection that is still open after
+	// the store lost it (epoch, holder, last publish id); ErrFenced when a
+	// newer HELLO holds the session.
+	Reclaim(ctx context.Context, device string, h Holder, epoch, pubID uint64) error
+	// Release gives up ownership if h still holds the device.
+	Release(ctx context.Context, device string, h Holder) error
+	// Epochs returns the current epoch of each device (0: the store does
+	// not know the session).
 	Epochs(ctx context.Context, devices []string) ([]uint64, error)
 	SetState(ctx context.Context, device string, state json.RawMessage) error
 	Device(ctx context.Context, device string) (DeviceInfo, error)
@@ -88,5 +135,21 @@ type Store interface {
 	Subscribe(ctx context.Context, server string, h Handler) error
 	// PublishStats records this server's stats for the operator.
 	PublishStats(ctx context.Context, server string, st ServerStats) error
+	// Warnings says how the store could lose acknowledged data (e.g.
+	// Redis without persistence, or with an eviction policy that may evict
+	// sessions); empty when it found none.
+	Warnings(ctx context.Context) ([]string, error)
 	Close() error
+}
+
+// Enqueue stores one message: EnqueueBatch for a batch of one.
+func Enqueue(ctx context.Context, s Store, device string, m Outgoing, lim Limits) (Stored, error) {
+	res, err := s.EnqueueBatch(ctx, device, []Outgoing{m}, lim)
+	if len(res) == 1 {
+		return res[0], nil
+	}
+	if err == nil {
+		err = ErrOutboxFull
+	}
+	return Stored{}, err
 }
