@@ -26,10 +26,10 @@ func TestRedisDownAndBack(t *testing.T) {
 	srv := startServer(t, redisStore(t, r), "pod-a", func(c *socketserver.Config) { c.StoreTimeout = 500 * time.Millisecond })
 	c := dial(t, srv.Addrs().TCP)
 	c.welcome("d", 0)
-	send(t, srv, "d", "before")
+	first := send(t, srv, "d", "before")
 	c.deliver()
-	c.ack(1)
-	eventually(t, "ack stored", func() bool { return deviceInfo(t, srv, "d").AckedSeq == 1 })
+	c.ack(first)
+	eventually(t, "ack stored", func() bool { return deviceInfo(t, srv, "d").AckedSeq == first })
 
 	r.Kill()
 	c.send(protocol.TypePing, []byte("alive"))
@@ -56,8 +56,8 @@ func TestRedisDownAndBack(t *testing.T) {
 		return err == nil && f.typ == protocol.TypePubAck
 	})
 	send(t, srv, "d", "after")
-	if seq, p := c.deliver(); seq != 2 || p != "after" {
-		t.Fatalf("after restart: %d %q", seq, p)
+	if seq, p := c.deliver(); seq != first+1 || p != "after" {
+		t.Fatalf("after restart: %d %q, want %d", seq, p, first+1)
 	}
 	dial(t, srv.Addrs().TCP).welcome("newcomer", 0)
 	if got := r.Client().XLen(context.Background(), "t:upstream").Val(); got != 1 {

@@ -337,12 +337,8 @@ func (s *Server) register(c *conn) {
 	sh := s.shard(c.device)
 	sh.mu.Lock()
 	old := sh.m[c.device]
-	f, fenced := sh.fences[c.device]
-	if old != nil && old.epoch > c.epoch || fenced && f.epoch > c.epoch {
+	if f, ok := sh.fences[c.device]; old != nil && old.epoch > c.epoch || ok && f.epoch > c.epoch {
 		sh.mu.Unlock()
-		if fenced {
-			s.metrics.fenced.Inc()
-		}
 		c.takenOver()
 		return
 	}
@@ -400,7 +396,9 @@ func (s *Server) TakenOver(device string, epoch uint64) {
 		sh.fences[device] = fence{epoch: epoch, at: time.Now()}
 	}
 	sh.mu.Unlock()
-	if c != nil && c.epoch < epoch {
+	if c == nil {
+		s.metrics.fenced.Inc()
+	} else if c.epoch < epoch {
 		c.takenOver()
 	}
 }

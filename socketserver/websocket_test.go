@@ -67,7 +67,7 @@ func wsExpectError(t *testing.T, c *websocket.Conn, code protocol.Code) {
 
 func TestWebSocketSession(t *testing.T) {
 	srv := startServer(t, store.NewMemory(), "pod-a", nil)
-	send(t, srv, "w", "first")
+	first := send(t, srv, "w", "first")
 	c := wsDial(t, srv, "scp.v1")
 	if c.Subprotocol() != "scp.v1" {
 		t.Fatalf("subprotocol %q", c.Subprotocol())
@@ -77,7 +77,7 @@ func TestWebSocketSession(t *testing.T) {
 		t.Fatalf("got %s", protocol.TypeName(typ))
 	}
 	typ, body := wsRead(t, c)
-	if seq, p, _ := protocol.ParseSeq(body); typ != protocol.TypeDeliver || seq != 1 || string(p) != "first" {
+	if seq, p, _ := protocol.ParseSeq(body); typ != protocol.TypeDeliver || seq != first || string(p) != "first" {
 		t.Fatalf("DELIVER %d %q", seq, p)
 	}
 	big := strings.Repeat("b", 70000) // a 16-bit-length frame beyond 64 KiB on the wire: 64-bit length
@@ -89,7 +89,7 @@ func TestWebSocketSession(t *testing.T) {
 	if _, body := wsRead(t, cb); len(body) != 8+len(big) {
 		t.Fatalf("large DELIVER body %d bytes", len(body))
 	}
-	wsSend(t, c, protocol.TypeAck, binary.BigEndian.AppendUint64(nil, 1))
+	wsSend(t, c, protocol.TypeAck, binary.BigEndian.AppendUint64(nil, first))
 	wsSend(t, c, protocol.TypePublish, append(binary.BigEndian.AppendUint64(nil, 9), "up"...))
 	if typ, body := wsRead(t, c); typ != protocol.TypePubAck || binary.BigEndian.Uint64(body) != 9 {
 		t.Fatalf("PUBACK: %s %v", protocol.TypeName(typ), body)
@@ -98,7 +98,7 @@ func TestWebSocketSession(t *testing.T) {
 	if typ, body := wsRead(t, c); typ != protocol.TypePong || string(body) != "hb" {
 		t.Fatalf("PONG: %s %q", protocol.TypeName(typ), body)
 	}
-	if d := deviceInfo(t, srv, "w"); d.AckedSeq != 1 || !d.Connected {
+	if d := deviceInfo(t, srv, "w"); d.AckedSeq != first || !d.Connected {
 		t.Fatalf("device %+v", d)
 	}
 }

@@ -116,6 +116,13 @@ func (s *Server) Kill() {
 	s.cmd = nil
 }
 
+// Stop freezes the process (SIGSTOP): connections stay open and commands
+// wait, like a Redis stalled by a long fork or a paused VM.
+func (s *Server) Stop() { _ = s.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Continue resumes a stopped process (SIGCONT).
+func (s *Server) Continue() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }
+
 // Client returns a go-redis client for the server, closed when the test ends.
 func (s *Server) Client() *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, DialTimeout: time.Second, ReadTimeout: 2 * time.Second,
