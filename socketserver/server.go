@@ -44,6 +44,8 @@ type Config struct {
 	StoreTimeout time.Duration
 	// StatsInterval is how often the server publishes its stats for the operator.
 	StatsInterval time.Duration
+	// AllowTokensWithoutExp accepts device tokens that carry no exp claim.
+	AllowTokensWithoutExp bool
 }
 
 func (c *Config) setDefaults() {
@@ -118,7 +120,7 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 	if cfg.MaxFrameBytes < 16 {
 		return nil, fmt.Errorf("max frame bytes %d is below 16", cfg.MaxFrameBytes)
 	}
-	auth, err := newAuthenticator(cfg.AuthKey, cfg.InsecureNoAuth)
+	auth, err := newAuthenticator(cfg.AuthKey, cfg.InsecureNoAuth, cfg.AllowTokensWithoutExp)
 	if err != nil {
 		return nil, err
 	}

@@ -62,6 +62,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&c.ServerName, "pod-name", firstNonEmpty(os.Getenv("POD_NAME"), host), "this server's name in the cluster (env POD_NAME)")
 	fs.StringVar(&o.authKeyFile, "auth-key-file", "", "file holding the HS256 device key")
 	fs.BoolVar(&c.InsecureNoAuth, "insecure-no-auth", false, "accept any token (development only)")
+	fs.BoolVar(&c.AllowTokensWithoutExp, "allow-tokens-without-exp", false, "accept device tokens without an exp claim")
 	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "file holding the bearer token of the backend API (unset: API open)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 15*time.Second, "how often devices must PING")
 	fs.DurationVar(&c.HeartbeatTimeout, "heartbeat-timeout", 0, "silence after which a device is dropped (default 3 x interval)")
