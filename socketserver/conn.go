@@ -270,6 +270,7 @@ func (c *conn) hello(body []byte) error {
 		s.metrics.resumes.Inc()
 	}
 	c.device, c.epoch = h.Device, sess.Epoch
+	c.tr.SetMaxFrame(s.cfg.MaxFrameBytes)
 	state := sess.State
 	if len(state) == 0 {
 		state = []byte("{}")

@@ -1,10 +1,17 @@
 package socketserver_test
 
 import (
+	"bufio"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +22,202 @@ import (
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
+
+// rawWS is a WebSocket client written byte by byte: the upgrade request by
+// hand, frames built and parsed here, so that the server can be sent what
+// no real client library would send.
+type rawWS struct {
+	t  testing.TB
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func upgradeRequest(host string) string {
+	return "GET /ws HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" +
+		"Sec-WebSocket-Protocol: " + protocol.Subprotocol + "\r\n\r\n"
+}
+
+// wsRequest sends the upgrade request on a new connection and returns the
+// server's HTTP answer.
+func wsRequest(t testing.TB, addr string) (*rawWS, *http.Response) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	c := &rawWS{t: t, nc: nc, br: bufio.NewReader(nc)}
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(nc, upgradeRequest(addr)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		t.Fatalf("upgrade: %v", err)
+	}
+	return c, resp
+}
+
+func rawWSDial(t testing.TB, addr string) *rawWS {
+	t.Helper()
+	c, resp := wsRequest(t, addr)
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
+		t.Fatalf("upgrade answered %s %v", resp.Status, resp.Header)
+	}
+	return c
+}
+
+func (c *rawWS) write(b []byte) {
+	c.t.Helper()
+	if _, err := c.nc.Write(b); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *rawWS) send(typ byte, body []byte) { c.write(protocol.AppendWSFrame(nil, typ, body, true)) }
+
+// next reads one frame of the server (which must not mask).
+func (c *rawWS) next() (op byte, payload []byte, err error) {
+	_ = c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var h [2]byte
+	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+		return 0, nil, err
+	}
+	if h[0]&0x80 == 0 || h[0]&0x70 != 0 || h[1]&0x80 != 0 {
+		return 0, nil, fmt.Errorf("server frame header %08b %08b: want FIN, no RSV, unmasked", h[0], h[1])
+	}
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var l [2]byte
+		_, err = io.ReadFull(c.br, l[:])
+		n = uint64(binary.BigEndian.Uint16(l[:]))
+	case 127:
+		var l [8]byte
+		_, err = io.ReadFull(c.br, l[:])
+		n = binary.BigEndian.Uint64(l[:])
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	payload = make([]byte, n)
+	_, err = io.ReadFull(c.br, payload)
+	return h[0] & 0x0f, payload, err
+}
+
+func (c *rawWS) expect(typ byte) []byte {
+	c.t.Helper()
+	op, p, err := c.next()
+	if err != nil || op != 0x2 || len(p) == 0 || p[0] != typ {
+		c.t.Fatalf("got opcode %d %q (%v), want %s", op, p, err, protocol.TypeName(typ))
+	}
+	return p[1:]
+}
+
+func (c *rawWS) welcome(device string) {
+	c.t.Helper()
+	c.send(protocol.TypeHello, protocol.MustJSON(protocol.Hello{Protocol: 1, Device: device, Token: token(device, time.Hour)}))
+	c.expect(protocol.TypeWelcome)
+}
+
+// Before WELCOME a frame may not exceed 8 KiB, whatever --max-frame-bytes
+// says; after WELCOME the configured limit holds.
+func TestFrameLimitBeforeWelcome(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", nil) // max frame 64 KiB
+	publish := func(n int) []byte { return append(binary.BigEndian.AppendUint64(nil, 1), make([]byte, n)...) }
+	atLimit := publish(protocol.MaxFrameBeforeWelcome - 1 - 8) // type byte + body = 8192
+	t.Run("tcp", func(t *testing.T) {
+		c := dial(t, srv.Addrs().TCP)
+		c.sendRaw(binary.BigEndian.AppendUint32(nil, protocol.MaxFrameBeforeWelcome+1)) // the header alone
+		c.expectError(protocol.CodeFrameTooLarge)
+		c = dial(t, srv.Addrs().TCP)
+		c.send(protocol.TypePublish, atLimit)
+		c.expectError(protocol.CodeHelloRequired) // passed the framing check
+		c = dial(t, srv.Addrs().TCP)
+		c.welcome("limit-tcp", 0)
+		c.send(protocol.TypePublish, publish(20000))
+		c.expect(protocol.TypePubAck)
+	})
+	t.Run("websocket", func(t *testing.T) {
+		c := wsDial(t, srv, protocol.Subprotocol)
+		wsSend(t, c, protocol.TypePublish, publish(protocol.MaxFrameBeforeWelcome-8))
+		wsExpectError(t, c, protocol.CodeFrameTooLarge)
+		c = wsDial(t, srv, protocol.Subprotocol)
+		wsSend(t, c, protocol.TypePublish, atLimit)
+		wsExpectError(t, c, protocol.CodeHelloRequired)
+		c = wsDial(t, srv, protocol.Subprotocol)
+		wsSend(t, c, protocol.TypeHello, protocol.MustJSON(protocol.Hello{Protocol: 1, Device: "limit-ws", Token: token("limit-ws", time.Hour)}))
+		if typ, body := wsRead(t, c); typ != protocol.TypeWelcome {
+			t.Fatalf("got %s %s, want WELCOME", protocol.TypeName(typ), body)
+		}
+		wsSend(t, c, protocol.TypePublish, publish(20000))
+		if typ, _ := wsRead(t, c); typ != protocol.TypePubAck {
+			t.Fatalf("got %s, want PUBACK", protocol.TypeName(typ))
+		}
+	})
+}
+
+// readLoopsInBody counts connection read loops that have read a frame's
+// header and now wait for its body.
+func readLoopsInBody(ws bool) int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if !strings.Contains(g, "(*conn).readLoop") {
+			continue
+		}
+		if ws && strings.Contains(g, "(*WSReader).ReadFrame") && !strings.Contains(g, "readHeader") ||
+			!ws && strings.Contains(g, "(*Reader).ReadFrame") && !strings.Contains(g, "(*window).fill") {
+			count++
+		}
+	}
+	return count
+}
+
+// A welcomed device that announces a 4 MiB frame and sends 10 bytes of it
+// makes the server hold about those bytes, not 4 MiB.
+func TestAnnouncedFrameHoldsLittleMemory(t *testing.T) {
+	const n, announced = 50, 4 << 20
+	for _, transport := range []string{"tcp", "websocket"} {
+		t.Run(transport, func(t *testing.T) {
+			srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.MaxFrameBytes = announced })
+			runtime.GC()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			for i := 0; i < n; i++ {
+				device := fmt.Sprintf("big-%s-%d", transport, i)
+				if transport == "tcp" {
+					c := dial(t, srv.Addrs().TCP)
+					c.welcome(device, 0)
+					c.sendRaw(append(binary.BigEndian.AppendUint32(nil, announced), protocol.TypePublish, 0, 0, 0, 0, 0, 0, 0, 1, 'x'))
+				} else {
+					c := rawWSDial(t, srv.Addrs().WS)
+					c.welcome(device)
+					hdr, _ := protocol.AppendWSHeader(nil, 0x2, announced, true)
+					c.write(append(hdr, protocol.TypePublish, 0, 0, 0, 0, 0, 0, 0, 1, 'x'))
+				}
+			}
+			eventually(t, "every read loop to wait for its frame's body", func() bool { return readLoopsInBody(transport != "tcp") >= n })
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			grew := int64(after.HeapInuse) - int64(before.HeapInuse)
+			t.Logf("heap in use grew by %d KiB for %d connections", grew>>10, n)
+			if grew > n*announced/8 {
+				t.Fatalf("heap in use grew by %d MiB for %d connections that each sent 10 bytes of a %d MiB frame",
+					grew>>20, n, announced>>20)
+			}
+		})
+	}
+}
 
 // Device tokens must expire unless the server allows otherwise.
 func TestTokensWithoutExp(t *testing.T) {

@@ -236,10 +236,12 @@ func (s *Server) serveConn(c *conn, isWS, full bool) {
 			return
 		}
 	}
+	// Until WELCOME a frame may not exceed MaxFrameBeforeWelcome; hello raises it.
+	limit := min(protocol.MaxFrameBeforeWelcome, s.cfg.MaxFrameBytes)
 	if isWS {
-		c.serve(newWSTransport(c.nc, s.cfg.MaxFrameBytes, c.control), full)
+		c.serve(newWSTransport(c.nc, limit, c.control), full)
 	} else {
-		c.serve(newTCPTransport(c.nc, s.cfg.MaxFrameBytes), full)
+		c.serve(newTCPTransport(c.nc, limit), full)
 	}
 }
 

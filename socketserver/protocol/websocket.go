@@ -16,6 +16,7 @@ type WSReader struct {
 	in        window
 	max       int
 	buf       []byte
+	big       body
 	keep      int
 	mask      bool
 	onControl func(op ws.OpCode, payload []byte)
@@ -36,7 +37,11 @@ func (r *WSReader) Buffered() bool { return r.in.buffered() }
 func (r *WSReader) Release() {
 	r.in.release()
 	r.buf = nil
+	r.big.release()
 }
+
+// SetMaxFrame implements Codec.
+func (r *WSReader) SetMaxFrame(n int) { r.max = n }
 
 // AppendFrame appends a frame as one binary message.
 func (r *WSReader) AppendFrame(dst []byte, typ byte, body []byte) []byte {
@@ -50,6 +55,7 @@ func (r *WSReader) AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte
 
 // ReadFrame returns the next frame; body is valid until the next call.
 func (r *WSReader) ReadFrame() (byte, []byte, error) {
+	r.big.release()
 	msg := r.buf[:0]
 	started := false
 	for {
@@ -85,9 +91,8 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 			return 0, nil, Errorf(CodeFrameTooLarge, "message of at least %d bytes exceeds the limit of %d", int64(len(msg))+h.Length, r.max)
 		}
 		n := len(msg)
-		msg = grow(msg, int(h.Length))
-		if _, err := io.ReadFull(&r.in, msg[n:]); err != nil {
-			return 0, nil, unexpected(err)
+		if msg, err = r.readPayload(msg, int(h.Length)); err != nil {
+			return 0, nil, err
 		}
 		if h.Masked {
 			ws.Cipher(msg[n:], h.Mask, 0)
@@ -96,10 +101,12 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 			break
 		}
 	}
-	if cap(msg) <= r.keep {
-		r.buf = msg[:0]
-	} else {
-		r.buf = nil
+	if r.big.p == nil {
+		if cap(msg) <= r.keep {
+			r.buf = msg[:0]
+		} else {
+			r.buf = nil
+		}
 	}
 	if len(msg) == 0 {
 		return 0, nil, Errorf(CodeBadFrame, "frame length is 0")
@@ -108,6 +115,30 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 		return 0, nil, Errorf(CodeBadFrame, "unknown frame type %s", TypeName(msg[0]))
 	}
 	return msg[0], msg[1:], nil
+}
+
+// readPayload appends n payload bytes to msg. A message that fits keep
+// bytes is read into the reader's own small buffer; a larger one into a
+// pooled buffer that grows as its bytes arrive, so that a header
+// announcing a large message pins no more than what followed it.
+func (r *WSReader) readPayload(msg []byte, n int) ([]byte, error) {
+	end := len(msg) + n
+	for len(msg) < end {
+		if len(msg) == cap(msg) {
+			if end <= r.keep && r.big.p == nil {
+				nb := grow(msg, end-len(msg))
+				msg = nb[:len(msg)]
+			} else {
+				msg = r.big.grow(msg, end)
+			}
+		}
+		m, err := io.ReadFull(&r.in, msg[len(msg):min(cap(msg), end)])
+		msg = msg[:len(msg)+m]
+		if err != nil {
+			return msg, unexpected(err)
+		}
+	}
+	return msg, nil
 }
 
 // readHeader parses a frame header in place in the window (the reader's
