@@ -3,6 +3,7 @@ package socketserver_test
 import (
 	"bufio"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -121,6 +122,32 @@ func (c *rawWS) welcome(device string) {
 	c.expect(protocol.TypeWelcome)
 }
 
+// expectClose reads what the server sends until its close frame: at most
+// an ERROR with code, then a close with status.
+func (c *rawWS) expectClose(code protocol.Code, status uint16) {
+	c.t.Helper()
+	for {
+		op, p, err := c.next()
+		if err != nil {
+			c.t.Fatalf("waiting for a close frame: %v", err)
+		}
+		switch {
+		case op == 0x8:
+			if len(p) < 2 || binary.BigEndian.Uint16(p) != status {
+				c.t.Fatalf("close frame %v, want status %d", p, status)
+			}
+			return
+		case op == 0x2 && len(p) > 0 && p[0] == protocol.TypeError:
+			var e protocol.ErrorBody
+			if err := json.Unmarshal(p[1:], &e); err != nil || e.Code != code {
+				c.t.Fatalf("ERROR %s, want %s", p[1:], code)
+			}
+		default:
+			c.t.Fatalf("got opcode %d %q before the close, want at most ERROR %s", op, p, code)
+		}
+	}
+}
+
 // Before WELCOME a frame may not exceed 8 KiB, whatever --max-frame-bytes
 // says; after WELCOME the configured limit holds.
 func TestFrameLimitBeforeWelcome(t *testing.T) {
@@ -217,6 +244,59 @@ func TestAnnouncedFrameHoldsLittleMemory(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Client frames that break RFC 6455 close the connection with 1002, an
+// ERROR bad_frame first at most, and are never processed: each carries a
+// PING that would be answered with PONG.
+func TestWebSocketProtocolErrors(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", nil)
+	ping := protocol.AppendWSFrame(nil, protocol.TypePing, []byte("p"), true)
+	with := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), ping...)) }
+	bigPing, start := protocol.AppendWSHeader(nil, 0x9, 126, true)
+	bigPing = protocol.MaskFrom(append(bigPing, make([]byte, 126)...), start)
+	cases := map[string][]byte{
+		"unmasked":          protocol.AppendWSFrame(nil, protocol.TypePing, []byte("p"), false),
+		"rsv1":              with(func(b []byte) []byte { b[0] |= 0x40; return b }),
+		"rsv2":              with(func(b []byte) []byte { b[0] |= 0x20; return b }),
+		"rsv3":              with(func(b []byte) []byte { b[0] |= 0x10; return b }),
+		"fragmented ping":   with(func(b []byte) []byte { b[0] = 0x09; return b }),
+		"fragmented pong":   with(func(b []byte) []byte { b[0] = 0x0A; return b }),
+		"fragmented close":  with(func(b []byte) []byte { b[0] = 0x08; return b }),
+		"ping of 126 bytes": bigPing,
+	}
+	for _, op := range []byte{0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF} {
+		cases[fmt.Sprintf("reserved opcode 0x%X", op)] = with(func(b []byte) []byte { b[0] = 0x80 | op; return b })
+	}
+	for name, frame := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := rawWSDial(t, srv.Addrs().WS)
+			c.send(protocol.TypePing, []byte("ok")) // a valid frame first: the connection works
+			if p := c.expect(protocol.TypePong); string(p) != "ok" {
+				t.Fatalf("PONG %q", p)
+			}
+			c.write(frame)
+			c.expectClose(protocol.CodeBadFrame, 1002)
+		})
+	}
+	t.Run("unmasked PUBLISH after WELCOME", func(t *testing.T) {
+		c := rawWSDial(t, srv.Addrs().WS)
+		c.welcome("rfc")
+		c.write(protocol.AppendWSFrame(nil, protocol.TypePublish, append(binary.BigEndian.AppendUint64(nil, 1), "up"...), false))
+		c.expectClose(protocol.CodeBadFrame, 1002) // and no PUBACK
+	})
+	t.Run("conforming control frames still work", func(t *testing.T) {
+		c := rawWSDial(t, srv.Addrs().WS)
+		ping, start := protocol.AppendWSHeader(nil, 0x9, 2, true)
+		c.write(protocol.MaskFrom(append(ping, "hi"...), start))
+		if op, p, err := c.next(); err != nil || op != 0xA || string(p) != "hi" {
+			t.Fatalf("got opcode %d %q %v, want pong hi", op, p, err)
+		}
+		c.send(protocol.TypePing, []byte("hb"))
+		if p := c.expect(protocol.TypePong); string(p) != "hb" {
+			t.Fatalf("PONG %q", p)
+		}
+	})
 }
 
 // Device tokens must expire unless the server allows otherwise.

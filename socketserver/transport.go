@@ -35,13 +35,18 @@ func (t transport) name() string {
 	return "tcp"
 }
 
-// appendClose appends a WebSocket close frame (1000); TCP just closes.
+// appendClose appends a WebSocket close frame: 1002 after a frame that
+// breaks RFC 6455, else 1000. TCP just closes.
 func (t transport) appendClose(dst []byte) []byte {
 	if !t.ws {
 		return dst
 	}
+	status := ws.StatusNormalClosure
+	if r, ok := t.Codec.(*protocol.WSReader); ok && r.ProtocolViolation() {
+		status = ws.StatusProtocolError
+	}
 	dst, _ = protocol.AppendWSHeader(dst, ws.OpClose, 2, false)
-	return append(dst, 0x03, 0xE8)
+	return append(dst, byte(status>>8), byte(status))
 }
 
 // upgradeWS performs the handshake on /ws, selecting scp.v1. A client that

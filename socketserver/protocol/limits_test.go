@@ -162,6 +162,62 @@ func TestSetMaxFrame(t *testing.T) {
 	}
 }
 
+// Client frames that break RFC 6455 are refused from their header, before
+// their payload is read, and mark the connection for a 1002 close.
+func TestWSProtocolViolations(t *testing.T) {
+	mask := []byte{1, 2, 3, 4}
+	masked := func(b0 byte, payload int) []byte {
+		h := []byte{b0, 0x80 | byte(payload)}
+		return append(h, mask...)
+	}
+	cases := map[string][]byte{
+		"unmasked":               {0x82, 0x01},
+		"rsv1":                   masked(0xC2, 1),
+		"rsv2":                   masked(0xA2, 1),
+		"rsv3":                   masked(0x92, 1),
+		"fragmented ping":        masked(0x09, 1),
+		"fragmented pong":        masked(0x0A, 1),
+		"fragmented close":       masked(0x08, 2),
+		"control of 126 bytes":   append([]byte{0x89, 0x80 | 126, 0, 126}, mask...),
+		"unmasked ping":          {0x89, 0x01},
+		"rsv on a continuation":  masked(0x40, 1),
+		"reserved and unmasked":  {0x83, 0x01},
+		"unmasked close, no fin": {0x08, 0x00},
+	}
+	for _, op := range []byte{0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF} {
+		cases[fmt.Sprintf("reserved opcode 0x%X", op)] = masked(0x80|op, 1)
+	}
+	for name, hdr := range cases {
+		t.Run(name, func(t *testing.T) {
+			src := &countingReader{r: io.MultiReader(bytes.NewReader(hdr), neverEnding{}), limit: len(hdr), t: t}
+			r := NewWSReader(iotest.OneByteReader(src), 1024, 512, false, func(ws.OpCode, []byte) { t.Fatal("control frame handled") })
+			_, _, err := r.ReadFrame()
+			if CodeOf(err) != CodeBadFrame || !r.ProtocolViolation() {
+				t.Fatalf("got %v (violation %v), want bad_frame and a protocol violation", err, r.ProtocolViolation())
+			}
+		})
+	}
+	t.Run("masked frame from the server", func(t *testing.T) {
+		r := NewWSReader(bytes.NewReader(AppendWSFrame(nil, TypePing, nil, true)), 1024, 512, true, nil)
+		if _, _, err := r.ReadFrame(); CodeOf(err) != CodeBadFrame || !r.ProtocolViolation() {
+			t.Fatalf("client side got %v, want a protocol violation", err)
+		}
+	})
+	t.Run("valid frames are no violation", func(t *testing.T) {
+		var pings int
+		stream, _ := AppendWSHeader(nil, ws.OpPing, 2, true)
+		stream = MaskFrom(append(stream, "hi"...), len(stream))
+		stream = AppendWSFrame(stream, TypePing, []byte("x"), true)
+		r := NewWSReader(bytes.NewReader(stream), 1024, 512, false, func(op ws.OpCode, p []byte) { pings++ })
+		if typ, body, err := r.ReadFrame(); err != nil || typ != TypePing || string(body) != "x" || pings != 1 || r.ProtocolViolation() {
+			t.Fatalf("got %d %q %v, %d pings, violation %v", typ, body, err, pings, r.ProtocolViolation())
+		}
+		if _, _, err := r.ReadFrame(); err != io.EOF || r.ProtocolViolation() {
+			t.Fatalf("end of stream: %v, violation %v", err, r.ProtocolViolation())
+		}
+	})
+}
+
 // Large frames in steady traffic reuse pooled buffers.
 func BenchmarkReadLargeFrame(b *testing.B) {
 	one := AppendSeqFrame(nil, TypePublish, 42, bytes.Repeat([]byte("p"), 20000))

@@ -3,6 +3,7 @@ package protocol
 import (
 	"encoding/binary"
 	"io"
+	"sync/atomic"
 
 	"github.com/gobwas/ws"
 )
@@ -11,7 +12,9 @@ import (
 // (type byte + body, no length prefix). It serves both ends: it unmasks what
 // is masked, joins fragments, hands control frames to onControl and refuses
 // a message above the limit before reading it; it masks what it writes when
-// it is the client's.
+// it is the client's. Frames that break RFC 6455 (masking from the wrong
+// side, RSV bits, reserved opcodes, fragmented or long control frames) are
+// refused before their payload is read; ProtocolViolation then reports true.
 type WSReader struct {
 	in        window
 	max       int
@@ -20,6 +23,7 @@ type WSReader struct {
 	keep      int
 	mask      bool
 	onControl func(op ws.OpCode, payload []byte)
+	violation atomic.Bool
 }
 
 // NewWSReader reads from rd through a window of keep bytes; onControl gets pings and pongs (payload valid
@@ -43,6 +47,15 @@ func (r *WSReader) Release() {
 // SetMaxFrame implements Codec.
 func (r *WSReader) SetMaxFrame(n int) { r.max = n }
 
+// ProtocolViolation reports whether reading ended on a frame that breaks
+// RFC 6455: the connection is to be closed with status 1002.
+func (r *WSReader) ProtocolViolation() bool { return r.violation.Load() }
+
+func (r *WSReader) violated(format string, args ...any) error {
+	r.violation.Store(true)
+	return Errorf(CodeBadFrame, "WebSocket protocol error: "+format, args...)
+}
+
 // AppendFrame appends a frame as one binary message.
 func (r *WSReader) AppendFrame(dst []byte, typ byte, body []byte) []byte {
 	return AppendWSFrame(dst, typ, body, r.mask)
@@ -63,10 +76,10 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 		if err != nil {
 			return 0, nil, err
 		}
+		if err := r.check(h); err != nil {
+			return 0, nil, err
+		}
 		if h.OpCode.IsControl() {
-			if h.Length > 125 {
-				return 0, nil, io.ErrUnexpectedEOF
-			}
 			var p [125]byte
 			if _, err := io.ReadFull(&r.in, p[:h.Length]); err != nil {
 				return 0, nil, unexpected(err)
@@ -115,6 +128,25 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 		return 0, nil, Errorf(CodeBadFrame, "unknown frame type %s", TypeName(msg[0]))
 	}
 	return msg[0], msg[1:], nil
+}
+
+// check refuses a frame header that RFC 6455 does not allow.
+func (r *WSReader) check(h ws.Header) error {
+	switch {
+	case h.Rsv != 0:
+		return r.violated("RSV bits %03b set without a negotiated extension", h.Rsv)
+	case h.OpCode > ws.OpBinary && h.OpCode < ws.OpClose || h.OpCode > ws.OpPong:
+		return r.violated("reserved opcode 0x%x", byte(h.OpCode))
+	case h.Masked == r.mask && r.mask:
+		return r.violated("masked frame from the server")
+	case h.Masked == r.mask:
+		return r.violated("unmasked frame from the client")
+	case h.OpCode.IsControl() && !h.Fin:
+		return r.violated("fragmented control frame")
+	case h.OpCode.IsControl() && h.Length > 125:
+		return r.violated("control frame payload of %d bytes exceeds 125", h.Length)
+	}
+	return nil
 }
 
 // readPayload appends n payload bytes to msg. A message that fits keep
