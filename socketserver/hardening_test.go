@@ -2,21 +2,32 @@ package socketserver_test
 
 import (
 	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/go-logr/logr"
 
 	"github.com/socketcluster/socketcluster/socketserver"
@@ -296,6 +307,194 @@ func TestWebSocketProtocolErrors(t *testing.T) {
 		if p := c.expect(protocol.TypePong); string(p) != "hb" {
 			t.Fatalf("PONG %q", p)
 		}
+	})
+}
+
+// selfSigned returns a server certificate for 127.0.0.1 and a pool trusting it.
+func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "socketserver"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
+}
+
+// holdIdle opens n connections that send nothing: handshakes that never
+// start. They count against the connection limit.
+func holdIdle(t *testing.T, addr string, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		nc, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		conns[i] = nc
+	}
+	return conns
+}
+
+// Over --max-connections, a plain WebSocket client gets HTTP 503 with
+// Retry-After and no upgrade; a TLS client (TCP or WebSocket) is closed
+// before its handshake completes. Connections in a handshake count.
+func TestServerFullBeforeHandshake(t *testing.T) {
+	t.Run("websocket", func(t *testing.T) {
+		srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.MaxConnections = 2 })
+		idle := holdIdle(t, srv.Addrs().WS, 2)
+		eventually(t, "idle handshakes to be counted", func() bool { return srv.Connections() == 2 })
+
+		_, resp := wsRequest(t, srv.Addrs().WS)
+		body, _ := io.ReadAll(resp.Body)
+		var e protocol.ErrorBody
+		if resp.StatusCode != http.StatusServiceUnavailable || json.Unmarshal(body, &e) != nil || e.Code != protocol.CodeServerFull || e.RetryAfterMs <= 0 {
+			t.Fatalf("over the limit: %s %s, want 503 with a server_full body", resp.Status, body)
+		}
+		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil || s < 1 {
+			t.Fatalf("Retry-After %q", resp.Header.Get("Retry-After"))
+		}
+		_, resp, err := websocket.Dial(context.Background(), "ws://"+srv.Addrs().WS+"/ws", &websocket.DialOptions{Subprotocols: []string{protocol.Subprotocol}})
+		if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("independent client over the limit: %v %v, want HTTP 503", resp, err)
+		}
+
+		idle[0].Close()
+		eventually(t, "a slot to free up", func() bool { return srv.Connections() < 2 })
+		rawWSDial(t, srv.Addrs().WS).welcome("ws-after-full")
+	})
+	t.Run("tls", func(t *testing.T) {
+		cert, pool := selfSigned(t)
+		srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
+			c.MaxConnections = 2
+			c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		})
+		idle := holdIdle(t, srv.Addrs().TCP, 2)
+		eventually(t, "idle handshakes to be counted", func() bool { return srv.Connections() == 2 })
+		for name, addr := range map[string]string{"tls": srv.Addrs().TCP, "wss": srv.Addrs().WS} {
+			tc, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, &tls.Config{RootCAs: pool})
+			if err == nil {
+				tc.Close()
+				t.Fatalf("%s over the limit: the handshake completed", name)
+			}
+		}
+
+		idle[0].Close()
+		eventually(t, "a slot to free up", func() bool { return srv.Connections() < 2 })
+		tc, err := tls.Dial("tcp", srv.Addrs().TCP, &tls.Config{RootCAs: pool})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tc.Close()
+		c := &rawConn{t: t, nc: tc, r: protocol.NewReader(tc, 1<<20, 4096)}
+		c.welcome("tls-after-full", 0)
+	})
+}
+
+// At most MaxHandshakes handshakes run at a time; more wait, unaccepted,
+// until one ends. A handshake has HandshakeTimeout, not the hello timeout.
+func TestHandshakeBounds(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
+		c.MaxHandshakes = 2
+		c.HelloTimeout = time.Minute
+		c.HandshakeTimeout = 30 * time.Second
+	})
+	idle := holdIdle(t, srv.Addrs().WS, 2)
+	eventually(t, "idle handshakes to be counted", func() bool { return srv.Connections() == 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if c, _, err := websocket.Dial(ctx, "ws://"+srv.Addrs().WS+"/ws", nil); err == nil {
+		c.CloseNow()
+		t.Fatal("a third handshake ran while two were in progress")
+	}
+	idle[0].Close()
+	wsDial(t, srv, protocol.Subprotocol)
+
+	fast := startServer(t, store.NewMemory(), "pod-b", func(c *socketserver.Config) {
+		c.HelloTimeout = time.Minute
+		c.HandshakeTimeout = 100 * time.Millisecond
+	})
+	nc := holdIdle(t, fast.Addrs().WS, 1)[0]
+	_ = nc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := nc.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("an idle handshake after the handshake timeout: %v, want it closed", err)
+	}
+}
+
+// With the process at its open-file ceiling, idle handshakes cannot starve
+// the admin listener: over the ceiling connections are refused before any
+// handshake, and a reserve of descriptors stays free.
+func TestAdminAnswersAtTheDescriptorCeiling(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the server binary")
+	}
+	dir := t.TempDir()
+	keyFile, tokenFile := filepath.Join(dir, "key"), filepath.Join(dir, "token")
+	_ = os.WriteFile(keyFile, testKey, 0o600)
+	_ = os.WriteFile(tokenFile, []byte("admin-token-for-tests"), 0o600)
+	const nofile = 300 // a ceiling of 300 − 128 reserved = 172 connections
+	cmd := exec.Command("sh", "-c", `ulimit -n `+strconv.Itoa(nofile)+` && exec "$0" "$@"`, serverBinary(t),
+		"--tcp-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--pod-name", "fd",
+		"--auth-key-file", keyFile, "--api-token-file", tokenFile, "--hello-timeout", "60s", "--handshake-timeout", "60s")
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addrs := map[string]string{}
+	re := regexp.MustCompile(`listening (tcp|ws|admin)=(\S+?)"?$`)
+	sc := bufio.NewScanner(stderr)
+	for len(addrs) < 3 && sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			addrs[m[1]] = m[2]
+		}
+	}
+	if len(addrs) < 3 {
+		t.Fatalf("server did not start: %v", addrs)
+	}
+	go func() { _, _ = io.Copy(io.Discard, stderr) }()
+
+	idle := holdIdle(t, addrs["ws"], 2*nofile)
+	client := &http.Client{Timeout: 5 * time.Second}
+	for i := 0; i < 20; i++ {
+		resp, err := client.Get("http://" + addrs["admin"] + "/healthz")
+		if err != nil {
+			t.Fatalf("/healthz with %d idle handshakes held: %v", len(idle), err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("/healthz: %s", resp.Status)
+		}
+	}
+	// The last idle connections were over the ceiling: closed, not held.
+	last := idle[len(idle)-1]
+	_ = last.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := last.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a connection over the ceiling: %v, want it closed", err)
+	}
+	// Plain TCP over the ceiling is answered with server_full (once the
+	// refusals under way leave room for an answer).
+	eventually(t, "ERROR server_full on plain TCP", func() bool {
+		c := dial(t, addrs["tcp"])
+		f, err := c.read()
+		var e protocol.ErrorBody
+		c.nc.Close()
+		return err == nil && f.typ == protocol.TypeError && json.Unmarshal(f.body, &e) == nil &&
+			e.Code == protocol.CodeServerFull && e.RetryAfterMs > 0
 	})
 }
 

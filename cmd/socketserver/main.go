@@ -72,6 +72,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&c.DrainJitter, "drain-jitter", 10*time.Second, "upper bound of the reconnect delay hinted in GOAWAY")
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", 65536, "largest frame (type byte + body)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "connection limit (0 = as many as open files allow)")
+	fs.IntVar(&c.MaxHandshakes, "max-handshakes", 256, "TLS and WebSocket handshakes in progress at a time; more wait in the listen backlog")
+	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", 5*time.Second, "time from accept to a completed TLS or WebSocket handshake (at most --hello-timeout)")
 	fs.IntVar(&c.MaxPending, "max-pending", 10000, "unacknowledged messages per device before the backend gets 429")
 	fs.StringVar(&o.tlsCert, "tls-cert-file", "", "TLS certificate for the device listeners")
 	fs.StringVar(&o.tlsKey, "tls-key-file", "", "TLS key for the device listeners")
