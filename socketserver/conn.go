@@ -282,6 +282,7 @@ func (c *conn) hello(body []byte) error {
 	}
 	c.device, c.epoch = h.Device, sess.Epoch
 	c.pubHigh.Store(sess.LastPublishID)
+	c.tr.SetMaxFrame(s.cfg.MaxFrameBytes)
 	state := sess.State
 	if len(state) == 0 {
 		state = []byte("{}")

@@ -23,7 +23,7 @@ import (
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
 
-var testKey = []byte("device-key-for-tests")
+var testKey = []byte("device-key-for-tests-0123456789abcdef")
 
 func token(device string, exp time.Duration) string {
 	claims := jwt.MapClaims{"sub": device}

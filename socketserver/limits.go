@@ -7,6 +7,12 @@ import "syscall"
 // instead of the server failing to reach its store.
 const fdReserve = 128
 
+// refusalReserve is how many connections over the limit may be refused at
+// a time (an ERROR or an HTTP 503 still to be written); beyond it they are
+// closed at once, so that refusals cannot eat the descriptors kept in
+// reserve. Connections in a handshake count against the limit.
+const refusalReserve = fdReserve / 4
+
 // connectionCeiling caps the configured connection limit (0 = unlimited)
 // below the open-file limit. Go raises the soft limit to the hard one at
 // start, so Cur is what the process really has.

@@ -60,10 +60,10 @@ func TestProtocolErrors(t *testing.T) {
 			c.expectError(tc.code)
 		})
 	}
-	t.Run("token without exp is accepted", func(t *testing.T) {
+	t.Run("token without exp is refused", func(t *testing.T) {
 		c := dial(t, srv.Addrs().TCP)
 		c.send(protocol.TypeHello, hello("d", token("d", 0), 1))
-		c.expect(protocol.TypeWelcome)
+		c.expectError(protocol.CodeUnauthorized)
 	})
 	t.Run("after hello", func(t *testing.T) {
 		for name, f := range map[string][]byte{

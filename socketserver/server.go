@@ -53,6 +53,14 @@ type Config struct {
 	// AuditInterval is how often the server checks that the store still
 	// knows the sessions it holds (an evicted or lost session is restored).
 	AuditInterval time.Duration
+	// AllowTokensWithoutExp accepts device tokens that carry no exp claim.
+	AllowTokensWithoutExp bool
+	// MaxHandshakes bounds the TLS and WebSocket handshakes in progress
+	// (default 256); further connections wait in the listen backlog.
+	MaxHandshakes int
+	// HandshakeTimeout bounds a TLS or WebSocket handshake (default 5s,
+	// at most the hello timeout).
+	HandshakeTimeout time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -70,6 +78,11 @@ func (c *Config) setDefaults() {
 	def(&c.StatsInterval, 5*time.Second)
 	def(&c.IdempotencyWindow, 24*time.Hour)
 	def(&c.AuditInterval, 15*time.Second)
+	def(&c.HandshakeTimeout, 5*time.Second)
+	c.HandshakeTimeout = min(c.HandshakeTimeout, c.HelloTimeout)
+	if c.MaxHandshakes == 0 {
+		c.MaxHandshakes = 256
+	}
 	if c.MaxFrameBytes == 0 {
 		c.MaxFrameBytes = protocol.DefaultMaxFrameBytes
 	}
@@ -105,6 +118,9 @@ type Server struct {
 	closed bool
 
 	poller *poller // nil: every connection keeps its read goroutine
+
+	// handshakes holds a slot per TLS or WebSocket handshake in progress.
+	handshakes chan struct{}
 
 	listeners []net.Listener
 	admin     *http.Server
@@ -144,12 +160,16 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 	if cfg.MaxFrameBytes < 16 {
 		return nil, fmt.Errorf("max frame bytes %d is below 16", cfg.MaxFrameBytes)
 	}
-	auth, err := newAuthenticator(cfg.AuthKey, cfg.InsecureNoAuth)
+	auth, err := newAuthenticator(cfg.AuthKey, cfg.InsecureNoAuth, cfg.AllowTokensWithoutExp)
 	if err != nil {
 		return nil, err
 	}
+	if cfg.MaxHandshakes < 1 {
+		return nil, fmt.Errorf("max handshakes %d is below 1", cfg.MaxHandshakes)
+	}
 	s := &Server{cfg: cfg, store: st, log: log, auth: auth, metrics: newMetrics(),
-		drainDone: make(chan struct{}), seed: maphash.MakeSeed(), conns: map[*conn]struct{}{}}
+		drainDone: make(chan struct{}), seed: maphash.MakeSeed(), conns: map[*conn]struct{}{},
+		handshakes: make(chan struct{}, cfg.MaxHandshakes)}
 	s.maxConns = connectionCeiling(cfg.MaxConnections)
 	for i := range s.shards {
 		s.shards[i].m = map[string]*conn{}
@@ -223,10 +243,24 @@ func (s *Server) Addrs() Addrs { return s.addrs }
 
 func (s *Server) acceptLoop(l net.Listener, isWS bool) {
 	defer s.wg.Done()
+	// Every connection of this listener starts with a handshake. Its slot
+	// is taken before the accept, so connections beyond MaxHandshakes wait
+	// in the listen backlog, where they hold no descriptor.
+	needsHandshake := isWS || s.cfg.TLS != nil
 	var delay time.Duration
 	for {
+		if needsHandshake {
+			select {
+			case s.handshakes <- struct{}{}:
+			case <-s.ctx.Done():
+				return
+			}
+		}
 		nc, err := l.Accept()
 		if err != nil {
+			if needsHandshake {
+				<-s.handshakes
+			}
 			if s.ctx.Err() != nil {
 				return
 			}
@@ -246,17 +280,41 @@ func (s *Server) acceptLoop(l net.Listener, isWS bool) {
 		full, ok := s.track(c)
 		if !ok {
 			_ = nc.Close()
+			if needsHandshake {
+				<-s.handshakes
+			}
+			continue
+		}
+		if full && needsHandshake {
+			// No framed ERROR can go out before the handshake: refuse first.
+			<-s.handshakes
+			go s.refuse(c, isWS)
 			continue
 		}
 		go s.serveConn(c, isWS, full)
 	}
 }
 
+// refuse turns away a connection over the limit before any handshake. A
+// plain WebSocket client gets HTTP 503 with Retry-After and the ERROR body
+// as JSON, without an upgrade; a TLS connection is closed at once.
+func (s *Server) refuse(c *conn, isWS bool) {
+	defer s.wg.Done()
+	defer s.untrack(c)
+	s.metrics.closes.WithLabelValues(string(ReasonRejected)).Inc()
+	if _, isTLS := c.nc.(*tls.Conn); isWS && !isTLS {
+		refuseWS(c.nc, retryAfter())
+	}
+	_ = c.nc.Close()
+}
+
 // serveConn runs a connection; the wait group counts it until teardown.
 func (s *Server) serveConn(c *conn, isWS, full bool) {
 	_, isTLS := c.nc.(*tls.Conn)
 	if isWS || isTLS {
-		if err := onFreshStack(func() error { return s.handshake(c, isWS) }); err != nil {
+		err := onFreshStack(func() error { return s.handshake(c, isWS) })
+		<-s.handshakes
+		if err != nil {
 			s.log.V(1).Info("handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err.Error())
 			_ = c.nc.Close()
 			s.untrack(c)
@@ -264,16 +322,18 @@ func (s *Server) serveConn(c *conn, isWS, full bool) {
 			return
 		}
 	}
+	// Until WELCOME a frame may not exceed MaxFrameBeforeWelcome; hello raises it.
+	limit := min(protocol.MaxFrameBeforeWelcome, s.cfg.MaxFrameBytes)
 	if isWS {
-		c.serve(newWSTransport(c.nc, s.cfg.MaxFrameBytes, c.control), full)
+		c.serve(newWSTransport(c.nc, limit, c.control), full)
 	} else {
-		c.serve(newTCPTransport(c.nc, s.cfg.MaxFrameBytes), full)
+		c.serve(newTCPTransport(c.nc, limit), full)
 	}
 }
 
-// handshake completes TLS and the WebSocket upgrade within the hello timeout.
+// handshake completes TLS and the WebSocket upgrade within the handshake timeout.
 func (s *Server) handshake(c *conn, isWS bool) error {
-	_ = c.nc.SetDeadline(time.Now().Add(s.cfg.HelloTimeout))
+	_ = c.nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := tc.Handshake(); err != nil {
 			return err
@@ -299,8 +359,10 @@ func onFreshStack(f func() error) error {
 	return <-done
 }
 
-// track counts a new connection. full reports that it is over the limit
-// and must be refused with server_full; ok is false after Shutdown.
+// track counts a new connection, in handshake or not. full reports that it
+// is over the limit and must be refused with server_full; ok is false
+// after Shutdown, or when so many refusals are under way that the
+// connection is to be closed at once: refusals hold descriptors too.
 func (s *Server) track(c *conn) (full, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -308,6 +370,10 @@ func (s *Server) track(c *conn) (full, ok bool) {
 		return false, false
 	}
 	full = s.maxConns > 0 && len(s.conns) >= s.maxConns
+	if full && len(s.conns) >= s.maxConns+refusalReserve {
+		s.metrics.closes.WithLabelValues(string(ReasonRejected)).Inc()
+		return true, false
+	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	return full, true

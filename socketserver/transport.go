@@ -1,8 +1,13 @@
 package socketserver
 
 import (
+	"bufio"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strings"
+	"time"
 
 	"github.com/gobwas/ws"
 
@@ -35,13 +40,37 @@ func (t transport) name() string {
 	return "tcp"
 }
 
-// appendClose appends a WebSocket close frame (1000); TCP just closes.
+// appendClose appends a WebSocket close frame: 1002 after a frame that
+// breaks RFC 6455, else 1000. TCP just closes.
 func (t transport) appendClose(dst []byte) []byte {
 	if !t.ws {
 		return dst
 	}
+	status := ws.StatusNormalClosure
+	if r, ok := t.Codec.(*protocol.WSReader); ok && r.ProtocolViolation() {
+		status = ws.StatusProtocolError
+	}
 	dst, _ = protocol.AppendWSHeader(dst, ws.OpClose, 2, false)
-	return append(dst, 0x03, 0xE8)
+	return append(dst, byte(status>>8), byte(status))
+}
+
+// refuseTimeout bounds reading the request of a WebSocket client that is
+// refused, and writing the answer.
+const refuseTimeout = time.Second
+
+// refuseWS answers a WebSocket client over the connection limit with HTTP
+// 503, Retry-After and the ERROR body (server_full) as JSON, without an
+// upgrade. The request is read first: closing with unread input would
+// reset the connection and could lose the answer.
+func refuseWS(nc net.Conn, retryAfterMs int64) {
+	_ = nc.SetDeadline(time.Now().Add(refuseTimeout))
+	if _, err := http.ReadRequest(bufio.NewReader(io.LimitReader(nc, 8<<10))); err != nil {
+		return
+	}
+	body := protocol.MustJSON(protocol.ErrorBody{Code: protocol.CodeServerFull,
+		Message: "server is at its connection limit; try another", RetryAfterMs: retryAfterMs})
+	_, _ = fmt.Fprintf(nc, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: %d\r\nContent-Type: application/json\r\n"+
+		"Content-Length: %d\r\nConnection: close\r\n\r\n%s", (retryAfterMs+999)/1000, len(body), body)
 }
 
 // upgradeWS performs the handshake on /ws, selecting scp.v1. A client that

@@ -39,11 +39,11 @@ func (s *syncBuffer) String() string {
 
 func TestDeviceReceivesAndPublishes(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(keyFile, []byte("k3y\n"), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, []byte("k3y-0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		ServerName: "server-a", AuthKey: []byte("k3y")}, store.NewMemory(), logr.Discard())
+		ServerName: "server-a", AuthKey: []byte("k3y-0123456789abcdef0123456789abcdef")}, store.NewMemory(), logr.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestDeviceReceivesAndPublishes(t *testing.T) {
 
 func TestTokenFor(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(keyFile, []byte("k3y  \n"), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, []byte("k3y-0123456789abcdef0123456789abcdef  \n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var stdout, stderr syncBuffer
@@ -96,7 +96,7 @@ func TestTokenFor(t *testing.T) {
 		t.Fatalf("exit code %d: %s", c, stderr.String())
 	}
 	tok, err := jwt.NewParser(jwt.WithSubject("kiosk-9"), jwt.WithExpirationRequired()).
-		Parse(strings.TrimSpace(stdout.String()), func(*jwt.Token) (any, error) { return []byte("k3y"), nil })
+		Parse(strings.TrimSpace(stdout.String()), func(*jwt.Token) (any, error) { return []byte("k3y-0123456789abcdef0123456789abcdef"), nil })
 	if err != nil || !tok.Valid {
 		t.Fatalf("printed token does not verify with the trimmed key: %v", err)
 	}

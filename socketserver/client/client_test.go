@@ -253,7 +253,7 @@ func TestServerSilenceIsDetected(t *testing.T) {
 
 func TestAuthentication(t *testing.T) {
 	keyFile := filepath.Join(t.TempDir(), "device.key")
-	if err := os.WriteFile(keyFile, []byte("s3cret-device-key\n"), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, []byte("s3cret-device-key-0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	key, err := client.LoadKey(keyFile)
@@ -262,7 +262,7 @@ func TestAuthentication(t *testing.T) {
 	}
 	s := startServer(t, "server-a", store.NewMemory(), func(c *socketserver.Config) {
 		c.InsecureNoAuth = false
-		c.AuthKey = []byte("s3cret-device-key")
+		c.AuthKey = []byte("s3cret-device-key-0123456789abcdef")
 	})
 
 	t.Run("signed token round trip", func(t *testing.T) {
@@ -271,7 +271,7 @@ func TestAuthentication(t *testing.T) {
 			t.Fatal(err)
 		}
 		parsed, err := jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithSubject("pos-13"), jwt.WithExpirationRequired()).
-			Parse(tok, func(*jwt.Token) (any, error) { return []byte("s3cret-device-key"), nil })
+			Parse(tok, func(*jwt.Token) (any, error) { return []byte("s3cret-device-key-0123456789abcdef"), nil })
 		if err != nil || !parsed.Valid {
 			t.Fatalf("token does not verify: %v", err)
 		}

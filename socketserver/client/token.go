@@ -24,14 +24,19 @@ func LoadKey(path string) ([]byte, error) {
 	return b, nil
 }
 
+// DefaultTokenTTL is the lifetime of a token signed with ttl 0: servers
+// refuse tokens without exp unless told otherwise.
+const DefaultTokenTTL = time.Hour
+
 // SignToken returns an HS256 JWT for device (sub) signed with key, valid
-// for ttl (0: no expiry; negative: already expired, for tests).
+// for ttl (0: DefaultTokenTTL; negative: already expired, for tests).
 func SignToken(key []byte, device string, ttl time.Duration) (string, error) {
 	now := time.Now()
-	claims := jwt.RegisteredClaims{Subject: device, IssuedAt: jwt.NewNumericDate(now)}
-	if ttl != 0 {
-		claims.ExpiresAt = jwt.NewNumericDate(now.Add(ttl))
+	if ttl == 0 {
+		ttl = DefaultTokenTTL
 	}
+	claims := jwt.RegisteredClaims{Subject: device, IssuedAt: jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(ttl))}
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(key)
 }
 

@@ -19,6 +19,10 @@ const Subprotocol = "scp.v1"
 // DefaultMaxFrameBytes is the default cap on length (type byte + body).
 const DefaultMaxFrameBytes = 65536
 
+// MaxFrameBeforeWelcome caps a frame (type byte + body) before WELCOME,
+// whatever the configured limit: a connection not yet welcomed costs little.
+const MaxFrameBeforeWelcome = 8192
+
 // Frame types.
 const (
 	TypeHello   byte = 0x01

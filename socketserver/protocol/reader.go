@@ -3,7 +3,6 @@ package protocol
 import (
 	"encoding/binary"
 	"io"
-	"sync"
 )
 
 // Codec reads and writes the frames of one connection; the two framings,
@@ -17,18 +16,23 @@ type Codec interface {
 	// Release gives the read buffers back while nothing is buffered: an
 	// idle connection then holds none. The next ReadFrame takes them again.
 	Release()
+	// SetMaxFrame changes the largest frame (type byte + body) accepted
+	// from the next ReadFrame on: a server starts low and raises it once
+	// the device is welcomed.
+	SetMaxFrame(n int)
 	AppendFrame(dst []byte, typ byte, body []byte) []byte
 	AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte
 }
 
 // Reader is the TCP Codec: it decodes length-prefixed frames from a stream. It keeps a small window buffer
 // (idle connections are the common case, so per-connection memory matters)
-// and borrows a pooled buffer only for frames that do not fit in it. The
-// announced length is checked before any body byte is read or allocated.
+// and borrows pooled buffers only for frames that do not fit in it. The
+// announced length is checked before any body byte is read or allocated,
+// and a larger body's buffer grows as its bytes arrive.
 type Reader struct {
 	window
 	max int
-	big *[]byte
+	big body
 }
 
 // NewReader returns a Reader that refuses frames longer than maxFrame
@@ -40,23 +44,17 @@ func NewReader(rd io.Reader, maxFrame, bufSize int) *Reader {
 	return &Reader{window: window{rd: rd, size: bufSize}, max: maxFrame}
 }
 
-var bigPool = sync.Pool{New: func() any { b := make([]byte, 0, DefaultMaxFrameBytes); return &b }}
-
 // Buffered reports whether bytes are read from the stream but not yet returned.
 func (r *Reader) Buffered() bool { return r.buffered() }
 
 // Release implements Codec.
 func (r *Reader) Release() {
-	r.putBig()
+	r.big.release()
 	r.release()
 }
 
-func (r *Reader) putBig() {
-	if r.big != nil {
-		bigPool.Put(r.big)
-		r.big = nil
-	}
-}
+// SetMaxFrame implements Codec.
+func (r *Reader) SetMaxFrame(n int) { r.max = n }
 
 // AppendFrame appends a length-prefixed frame.
 func (r *Reader) AppendFrame(dst []byte, typ byte, body []byte) []byte {
@@ -71,7 +69,7 @@ func (r *Reader) AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) 
 // ReadFrame returns the next frame. body is valid until the next call.
 // Errors are *Error (answer with ERROR and close) or the stream's own error.
 func (r *Reader) ReadFrame() (typ byte, body []byte, err error) {
-	r.putBig()
+	r.big.release()
 	if err := r.fill(HeaderSize); err != nil {
 		return 0, nil, err
 	}
@@ -98,20 +96,20 @@ func (r *Reader) ReadFrame() (typ byte, body []byte, err error) {
 		r.r += total
 		return typ, body, nil
 	}
-	// Large frame: copy what is buffered into a pooled buffer, read the rest.
-	r.big = bigPool.Get().(*[]byte)
-	b := (*r.big)[:0]
-	if cap(b) < n-1 {
-		b = make([]byte, 0, n-1)
-	}
-	b = append(b, r.buf[r.r+HeaderSize+1:r.w]...)
+	// Large frame: move what is buffered into a pooled buffer and read the
+	// rest into it, growing it only as the bytes arrive.
+	b := r.big.grow(r.buf[r.r+HeaderSize+1:r.w], n-1)
 	r.r, r.w = 0, 0
-	have := len(b)
-	b = b[:n-1]
-	if _, err := io.ReadFull(r.rd, b[have:]); err != nil {
-		return 0, nil, unexpected(err)
+	for len(b) < n-1 {
+		if len(b) == cap(b) {
+			b = r.big.grow(b, n-1)
+		}
+		m, err := r.rd.Read(b[len(b):min(cap(b), n-1)])
+		b = b[:len(b)+m]
+		if err != nil && len(b) < n-1 {
+			return 0, nil, unexpected(err)
+		}
 	}
-	*r.big = b
 	return typ, b, nil
 }
 

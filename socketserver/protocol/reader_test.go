@@ -267,6 +267,10 @@ func FuzzWSReader(f *testing.F) {
 	f.Add([]byte{0x81, 0x01, 'x'})                  // text
 	f.Add([]byte{0x02, 0x01, TypePing, 0x80, 0x00}) // fragmented
 	f.Add([]byte{0x82, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte{0xC2, 0x81, 1, 2, 3, 4, TypePing})             // RSV1
+	f.Add([]byte{0x83, 0x81, 1, 2, 3, 4, TypePing})             // reserved opcode
+	f.Add([]byte{0x09, 0x80, 1, 2, 3, 4})                       // fragmented ping
+	f.Add([]byte{0x82, 0xfe, 0x10, 0x00, 1, 2, 3, 4, TypePing}) // announces 4 KiB, sends 1 byte
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := NewWSReader(bufio.NewReaderSize(bytes.NewReader(data), 16), 1024, 512, false, func(ws.OpCode, []byte) {})
 		for {
@@ -287,7 +291,7 @@ func TestWSRoundTrip(t *testing.T) {
 		for _, n := range []int{0, 100, 125, 126, 65535, 65536, 70000} {
 			stream = AppendWSSeqFrame(stream, TypeDeliver, uint64(n), bytes.Repeat([]byte{'a'}, n), mask)
 		}
-		r := NewWSReader(bufio.NewReader(bytes.NewReader(stream)), 1<<20, 512, false, nil)
+		r := NewWSReader(bufio.NewReader(bytes.NewReader(stream)), 1<<20, 512, !mask, nil) // masked: the server reads
 		for _, n := range []int{0, 100, 125, 126, 65535, 65536, 70000} {
 			typ, body, err := r.ReadFrame()
 			seq, p, _ := ParseSeq(body)

@@ -3,6 +3,7 @@ package protocol
 import (
 	"encoding/binary"
 	"io"
+	"sync/atomic"
 
 	"github.com/gobwas/ws"
 )
@@ -11,14 +12,18 @@ import (
 // (type byte + body, no length prefix). It serves both ends: it unmasks what
 // is masked, joins fragments, hands control frames to onControl and refuses
 // a message above the limit before reading it; it masks what it writes when
-// it is the client's.
+// it is the client's. Frames that break RFC 6455 (masking from the wrong
+// side, RSV bits, reserved opcodes, fragmented or long control frames) are
+// refused before their payload is read; ProtocolViolation then reports true.
 type WSReader struct {
 	in        window
 	max       int
 	buf       []byte
+	big       body
 	keep      int
 	mask      bool
 	onControl func(op ws.OpCode, payload []byte)
+	violation atomic.Bool
 }
 
 // NewWSReader reads from rd through a window of keep bytes; onControl gets pings and pongs (payload valid
@@ -36,6 +41,19 @@ func (r *WSReader) Buffered() bool { return r.in.buffered() }
 func (r *WSReader) Release() {
 	r.in.release()
 	r.buf = nil
+	r.big.release()
+}
+
+// SetMaxFrame implements Codec.
+func (r *WSReader) SetMaxFrame(n int) { r.max = n }
+
+// ProtocolViolation reports whether reading ended on a frame that breaks
+// RFC 6455: the connection is to be closed with status 1002.
+func (r *WSReader) ProtocolViolation() bool { return r.violation.Load() }
+
+func (r *WSReader) violated(format string, args ...any) error {
+	r.violation.Store(true)
+	return Errorf(CodeBadFrame, "WebSocket protocol error: "+format, args...)
 }
 
 // AppendFrame appends a frame as one binary message.
@@ -50,6 +68,7 @@ func (r *WSReader) AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte
 
 // ReadFrame returns the next frame; body is valid until the next call.
 func (r *WSReader) ReadFrame() (byte, []byte, error) {
+	r.big.release()
 	msg := r.buf[:0]
 	started := false
 	for {
@@ -57,10 +76,10 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 		if err != nil {
 			return 0, nil, err
 		}
+		if err := r.check(h); err != nil {
+			return 0, nil, err
+		}
 		if h.OpCode.IsControl() {
-			if h.Length > 125 {
-				return 0, nil, io.ErrUnexpectedEOF
-			}
 			var p [125]byte
 			if _, err := io.ReadFull(&r.in, p[:h.Length]); err != nil {
 				return 0, nil, unexpected(err)
@@ -85,9 +104,8 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 			return 0, nil, Errorf(CodeFrameTooLarge, "message of at least %d bytes exceeds the limit of %d", int64(len(msg))+h.Length, r.max)
 		}
 		n := len(msg)
-		msg = grow(msg, int(h.Length))
-		if _, err := io.ReadFull(&r.in, msg[n:]); err != nil {
-			return 0, nil, unexpected(err)
+		if msg, err = r.readPayload(msg, int(h.Length)); err != nil {
+			return 0, nil, err
 		}
 		if h.Masked {
 			ws.Cipher(msg[n:], h.Mask, 0)
@@ -96,10 +114,12 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 			break
 		}
 	}
-	if cap(msg) <= r.keep {
-		r.buf = msg[:0]
-	} else {
-		r.buf = nil
+	if r.big.p == nil {
+		if cap(msg) <= r.keep {
+			r.buf = msg[:0]
+		} else {
+			r.buf = nil
+		}
 	}
 	if len(msg) == 0 {
 		return 0, nil, Errorf(CodeBadFrame, "frame length is 0")
@@ -108,6 +128,49 @@ func (r *WSReader) ReadFrame() (byte, []byte, error) {
 		return 0, nil, Errorf(CodeBadFrame, "unknown frame type %s", TypeName(msg[0]))
 	}
 	return msg[0], msg[1:], nil
+}
+
+// check refuses a frame header that RFC 6455 does not allow.
+func (r *WSReader) check(h ws.Header) error {
+	switch {
+	case h.Rsv != 0:
+		return r.violated("RSV bits %03b set without a negotiated extension", h.Rsv)
+	case h.OpCode > ws.OpBinary && h.OpCode < ws.OpClose || h.OpCode > ws.OpPong:
+		return r.violated("reserved opcode 0x%x", byte(h.OpCode))
+	case h.Masked == r.mask && r.mask:
+		return r.violated("masked frame from the server")
+	case h.Masked == r.mask:
+		return r.violated("unmasked frame from the client")
+	case h.OpCode.IsControl() && !h.Fin:
+		return r.violated("fragmented control frame")
+	case h.OpCode.IsControl() && h.Length > 125:
+		return r.violated("control frame payload of %d bytes exceeds 125", h.Length)
+	}
+	return nil
+}
+
+// readPayload appends n payload bytes to msg. A message that fits keep
+// bytes is read into the reader's own small buffer; a larger one into a
+// pooled buffer that grows as its bytes arrive, so that a header
+// announcing a large message pins no more than what followed it.
+func (r *WSReader) readPayload(msg []byte, n int) ([]byte, error) {
+	end := len(msg) + n
+	for len(msg) < end {
+		if len(msg) == cap(msg) {
+			if end <= r.keep && r.big.p == nil {
+				nb := grow(msg, end-len(msg))
+				msg = nb[:len(msg)]
+			} else {
+				msg = r.big.grow(msg, end)
+			}
+		}
+		m, err := io.ReadFull(&r.in, msg[len(msg):min(cap(msg), end)])
+		msg = msg[:len(msg)+m]
+		if err != nil {
+			return msg, unexpected(err)
+		}
+	}
+	return msg, nil
 }
 
 // readHeader parses a frame header in place in the window (the reader's
