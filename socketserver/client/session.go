@@ -16,7 +16,8 @@ type Reason string
 
 const (
 	ReasonDialFailed Reason = "dial_failed"
-	// ReasonHandshake: the connection ended or timed out before WELCOME.
+	// ReasonHandshake: the connection ended or timed out before WELCOME;
+	// Err is an *HTTPResponseError when the server answered with HTTP.
 	ReasonHandshake Reason = "handshake_failed"
 	ReasonGoAway    Reason = "goaway"
 	// ReasonServerError: an ERROR frame; Event.Code says which.
@@ -49,6 +50,7 @@ type session struct {
 	c          *Client
 	nc         net.Conn
 	tr         protocol.Codec
+	first      *firstBytes // TCP only: the server's first bytes
 	gen        uint64
 	kick       chan struct{}
 	stop       chan struct{}
@@ -83,19 +85,22 @@ func (c *Client) connect(ctx context.Context) sessionEnd {
 	c.gen++
 	s := &session{c: c, gen: c.gen, kick: make(chan struct{}, 1), stop: make(chan struct{}), writerDone: make(chan struct{})}
 	c.mu.Unlock()
-	nc, tr, err := c.dial(ctx, s.queueWSPong)
+	nc, tr, first, err := c.dial(ctx, s.queueWSPong)
 	if err != nil {
 		c.mu.Lock()
 		c.stats.DialFailures++
 		c.mu.Unlock()
 		return sessionEnd{reason: ReasonDialFailed, err: err}
 	}
-	s.nc, s.tr = nc, tr
+	s.nc, s.tr, s.first = nc, tr, first
 
 	c.mu.Lock()
 	s.ackSent = c.lastSeq
 	hello := protocol.Hello{Protocol: protocol.Version, Device: c.cfg.Device, Token: tok, LastSeq: c.lastSeq}
 	s.extra = tr.AppendFrame(s.extra, protocol.TypeHello, protocol.MustJSON(hello))
+	if first != nil {
+		s.extra = tr.AppendFrame(s.extra, protocol.TypePing, httpProbe)
+	}
 	c.mu.Unlock()
 	_ = nc.SetReadDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
 	go s.writeLoop()
@@ -125,9 +130,14 @@ func (s *session) read(ctx context.Context) sessionEnd {
 	c := s.c
 	silence := time.Duration(0)
 	pendingAcks := 0
-	for {
+	for frames := 0; ; frames++ {
 		typ, body, err := s.tr.ReadFrame()
 		if err != nil {
+			if frames == 0 && ctx.Err() == nil {
+				if herr := c.httpAnswer(s.first); herr != nil {
+					return sessionEnd{reason: ReasonHandshake, err: herr}
+				}
+			}
 			return s.readFailed(ctx, err, silence != 0)
 		}
 		if silence != 0 {
