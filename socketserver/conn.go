@@ -273,7 +273,9 @@ func (c *conn) hello(body []byte) error {
 		c.fail(protocol.CodeUnavailable, "session store unavailable; retry later", retryAfter(), ReasonRejected)
 		// The HELLO may still have been applied (a timeout is an unknown
 		// outcome): release it, or the device would look connected here.
-		s.releaseFailed(h.Device, c.holder())
+		if !store.NotApplied(err) {
+			s.releaseFailed(h.Device, c.holder())
+		}
 		return nil
 	}
 	s.metrics.hellos.WithLabelValues("accepted").Inc()

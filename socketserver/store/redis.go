@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -258,6 +259,15 @@ func (r *Redis) EnqueueBatch(ctx context.Context, device string, msgs []Outgoing
 		return out, ErrOutboxFull
 	}
 	return out, nil
+}
+
+// NotApplied reports whether a failed operation certainly did not reach the
+// store: no connection could be had. Any other error (a timeout above all)
+// leaves the outcome unknown.
+func NotApplied(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial" ||
+		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout)
 }
 
 // Scripts that need a current epoch return -1 when a newer HELLO holds the

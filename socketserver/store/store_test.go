@@ -634,3 +634,23 @@ func TestPipelinedScriptsAfterRestart(t *testing.T) {
 		t.Fatalf("after restart: %+v %v", info, err)
 	}
 }
+
+// A HELLO against a Redis that is gone certainly did not happen; one
+// against a stalled Redis may still be applied.
+func TestNotApplied(t *testing.T) {
+	srv := redistest.Start(t)
+	st := store.NewRedis(srv.Client(), "t")
+	srv.Stop()
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err := st.Hello(short, "d", store.Holder{Server: "a"}, 0)
+	cancel()
+	if err == nil || store.NotApplied(err) {
+		t.Fatalf("HELLO timed out against a stalled Redis: %v, NotApplied %v", err, store.NotApplied(err))
+	}
+	srv.Continue()
+	srv.Kill()
+	_, err = st.Hello(ctx, "d", store.Holder{Server: "a"}, 0)
+	if err == nil || !store.NotApplied(err) {
+		t.Fatalf("HELLO against a Redis that is gone: %v, NotApplied %v", err, store.NotApplied(err))
+	}
+}
