@@ -89,18 +89,8 @@ spec:
 	}
 
 	// The first reconcile may have read Redis before the stats were
-	// published; touching the spec triggers another at once.
-	touch := func() {
-		t.Helper()
-		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
-			t.Fatal(err)
-		}
-		sc.Annotations = map[string]string{"touched": time.Now().String()}
-		if err := c.Update(ctx, sc); err != nil {
-			t.Fatal(err)
-		}
-	}
-	touch()
+	// published; touching the SocketCluster triggers another at once.
+	touch(t, c, ns, "edge")
 	var observedAt metav1.Time
 	eventually(t, "connections", func() error {
 		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
@@ -115,7 +105,7 @@ spec:
 
 	// Redis gone: the last count stays, and the status says why it is old.
 	stopRedis()
-	touch()
+	touch(t, c, ns, "edge")
 	eventually(t, "redis unreachable", func() error {
 		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
 			return err

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -191,8 +192,16 @@ func TestScaleSubresource(t *testing.T) {
 		}
 		return nil
 	})
-	scale.Spec.Replicas = 5
-	if err := c.SubResource("scale").Update(ctx, sc, client.WithSubResourceBody(scale)); err != nil {
+	// The Scale carries the SocketCluster's resourceVersion, which the
+	// controller's status writes move on: retry with a fresh one.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := c.SubResource("scale").Get(ctx, sc, scale); err != nil {
+			return err
+		}
+		scale.Spec.Replicas = 5
+		return c.SubResource("scale").Update(ctx, sc, client.WithSubResourceBody(scale))
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	deployment(t, c, ns, func(d *appsv1.Deployment) error {
@@ -390,13 +399,20 @@ func TestStatusFollowsTheDeployment(t *testing.T) {
 	sc := socketCluster(t, c, ns, minimal)
 	d := deployment(t, c, ns, anyDeployment)
 
-	// envtest runs no Deployment controller: play its part.
+	// envtest runs no Deployment controller: play its part. The operator
+	// applies the Deployment meanwhile: retry on a conflict, from a fresh copy.
 	setStatus := func(ready int32) {
 		t.Helper()
-		d.Status = appsv1.DeploymentStatus{
-			ObservedGeneration: d.Generation, Replicas: 3, UpdatedReplicas: 3, ReadyReplicas: ready, AvailableReplicas: ready,
-		}
-		if err := c.Status().Update(ctx, d); err != nil {
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := c.Get(ctx, client.ObjectKeyFromObject(d), d); err != nil {
+				return err
+			}
+			d.Status = appsv1.DeploymentStatus{
+				ObservedGeneration: d.Generation, Replicas: 3, UpdatedReplicas: 3, ReadyReplicas: ready, AvailableReplicas: ready,
+			}
+			return c.Status().Update(ctx, d)
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 	}

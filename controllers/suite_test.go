@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -189,6 +190,18 @@ func namespace(t *testing.T, c client.Client) string {
 
 func unstructuredObj(u map[string]any) *unstructured.Unstructured {
 	return &unstructured.Unstructured{Object: u}
+}
+
+// touch changes an annotation of a SocketCluster, which triggers a
+// reconcile at once. A merge patch carries no resourceVersion, so it never
+// conflicts with the controller's status writes.
+func touch(t *testing.T, c client.Client, ns, name string) {
+	t.Helper()
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{"test.socketcluster.io/touched":%q}}}`, time.Now().Format(time.RFC3339Nano))
+	sc := &v1alpha1.SocketCluster{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if err := c.Patch(context.Background(), sc, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // eventually retries check until it returns nil, and fails the test with
