@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,6 +16,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -262,6 +264,18 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
   maxFrameBytes: 8`, "spec.maxFrameBytes in body should be greater than or equal to 16"},
+		{"admin peer without selector", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  admin: {allowedFrom: [{}]}`, "each admin.allowedFrom entry needs namespaceSelector, podSelector or ipBlock"},
+		{"admin peer with ipBlock and selector", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  admin: {allowedFrom: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}`, "takes either ipBlock or namespaceSelector/podSelector, not both"},
+		{"allowedFrom without the NetworkPolicy", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  admin: {networkPolicy: false, allowedFrom: [{podSelector: {}}]}`, "admin.allowedFrom is enforced by the NetworkPolicy"},
 		{"configurable websocket path", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
@@ -489,6 +503,33 @@ func TestConfigDefaultDeploysTheOperator(t *testing.T) {
 	}
 	if d.Spec.Template.Spec.ServiceAccountName != "socketcluster-controller-manager" {
 		t.Errorf("service account %s", d.Spec.Template.Spec.ServiceAccountName)
+	}
+	// Metrics over HTTPS behind authentication and authorization.
+	if !slices.Contains(ctr.Args, "--metrics-bind-address=:8443") || slices.Contains(ctr.Args, "--metrics-secure=false") {
+		t.Errorf("args %v: want secure metrics on :8443", ctr.Args)
+	}
+	// The operator knows where it runs, for the SocketClusters' NetworkPolicies.
+	var nsEnv *corev1.EnvVar
+	for i := range ctr.Env {
+		if ctr.Env[i].Name == "OPERATOR_NAMESPACE" {
+			nsEnv = &ctr.Env[i]
+		}
+	}
+	if nsEnv == nil || nsEnv.ValueFrom == nil || nsEnv.ValueFrom.FieldRef == nil || nsEnv.ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
+		t.Errorf("OPERATOR_NAMESPACE %+v, want the downward API's metadata.namespace", nsEnv)
+	}
+	var podLabels string
+	for _, a := range ctr.Args {
+		if v, ok := strings.CutPrefix(a, "--operator-pod-labels="); ok {
+			podLabels = v
+		}
+	}
+	sel, err := labels.Parse(podLabels)
+	if podLabels == "" || err != nil || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("--operator-pod-labels=%q (%v) does not select the operator's pods %v", podLabels, err, d.Spec.Template.Labels)
+	}
+	if want := labels.SelectorFromSet(testOperator.PodLabels).String(); podLabels != want {
+		t.Errorf("--operator-pod-labels=%q, the tests' operator runs with %q", podLabels, want)
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers"
+	"github.com/socketcluster/socketcluster/controllers/resources"
 )
 
 const defaultImage = "socketcluster/socketcluster:test"
@@ -120,6 +121,7 @@ func start() error {
 		APIReader:    mgr.GetAPIReader(),
 		Recorder:     mgr.GetEventRecorder(controllers.ControllerName),
 		DefaultImage: defaultImage,
+		Operator:     testOperator,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return err
@@ -133,6 +135,12 @@ func start() error {
 		}
 	}()
 	return nil
+}
+
+// testOperator is where the operator of config/default runs.
+var testOperator = resources.Operator{
+	Namespace: "socketcluster-system",
+	PodLabels: map[string]string{"app.kubernetes.io/name": "socketcluster-operator"},
 }
 
 // operatorAccount is the ServiceAccount config/default runs the operator as.
@@ -202,6 +210,17 @@ func touch(t *testing.T, c client.Client, ns, name string) {
 	if err := c.Patch(context.Background(), sc, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// patchSpec merge-patches a SocketCluster's spec (JSON) and returns it as
+// stored, with its new generation.
+func patchSpec(t *testing.T, c client.Client, ns, name, spec string) *v1alpha1.SocketCluster {
+	t.Helper()
+	sc := &v1alpha1.SocketCluster{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if err := c.Patch(context.Background(), sc, client.RawPatch(types.MergePatchType, []byte(`{"spec":`+spec+`}`))); err != nil {
+		t.Fatal(err)
+	}
+	return sc
 }
 
 // eventually retries check until it returns nil, and fails the test with
