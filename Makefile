@@ -69,7 +69,7 @@ verify-generated: ## Fail when the committed generated files differ from what ma
 
 .PHONY: run
 run: ## Run the operator against the current kubeconfig's cluster (install the CRD first).
-	SOCKETSERVER_IMAGE=$${SOCKETSERVER_IMAGE:-$(IMG)} $(GO) run ./cmd/manager --metrics-bind-address=:8082 --health-probe-bind-address=:8083
+	SOCKETSERVER_IMAGE=$${SOCKETSERVER_IMAGE:-$(IMG)} $(GO) run ./cmd/manager --metrics-bind-address=127.0.0.1:8082 --metrics-secure=false --health-probe-bind-address=:8083
 
 .PHONY: install uninstall
 install: ## Install the CRD into the current kubeconfig's cluster.

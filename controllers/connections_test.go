@@ -6,11 +6,13 @@ import (
 	"net"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
@@ -89,18 +91,8 @@ spec:
 	}
 
 	// The first reconcile may have read Redis before the stats were
-	// published; touching the spec triggers another at once.
-	touch := func() {
-		t.Helper()
-		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
-			t.Fatal(err)
-		}
-		sc.Annotations = map[string]string{"touched": time.Now().String()}
-		if err := c.Update(ctx, sc); err != nil {
-			t.Fatal(err)
-		}
-	}
-	touch()
+	// published; touching the SocketCluster triggers another at once.
+	touch(t, c, ns, "edge")
 	var observedAt metav1.Time
 	eventually(t, "connections", func() error {
 		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
@@ -115,7 +107,7 @@ spec:
 
 	// Redis gone: the last count stays, and the status says why it is old.
 	stopRedis()
-	touch()
+	touch(t, c, ns, "edge")
 	eventually(t, "redis unreachable", func() error {
 		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
 			return err
@@ -126,4 +118,76 @@ spec:
 		t.Errorf("connections %d at %v after Redis went away, want the last value 120 at %v",
 			sc.Status.Connections, sc.Status.ConnectionsObservedAt, observedAt)
 	}
+}
+
+func TestStoreWarningsFromRedis(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	addr, _ := redisServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer func() { _ = rdb.Close() }()
+
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	sc := socketCluster(t, c, ns, `
+metadata: {name: edge}
+spec:
+  redis: {addresses: ["`+addr+`"], keyPrefix: t2}
+  auth: {deviceKeySecretRef: {name: device-key, key: key}}
+`)
+	for _, name := range []string{"edge-a", "edge-b"} {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: resources.SelectorLabels(sc)},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
+		}
+		if err := c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	storeDurable := func(status metav1.ConditionStatus, reason string, msg ...string) func() error {
+		return func() error {
+			if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+				return err
+			}
+			if err := conditionIs(sc, v1alpha1.ConditionStoreDurable, status, reason); err != nil {
+				return err
+			}
+			got := meta.FindStatusCondition(sc.Status.Conditions, v1alpha1.ConditionStoreDurable).Message
+			for _, m := range msg {
+				if !strings.Contains(got, m) {
+					return fmt.Errorf("message %q lacks %q", got, m)
+				}
+			}
+			return nil
+		}
+	}
+	// Nothing published yet.
+	eventually(t, "no stats", storeDurable(metav1.ConditionUnknown, v1alpha1.ReasonNoServerStats))
+
+	aof := "appendonly is off: a Redis restart loses every unacknowledged message"
+	lru := "maxmemory-policy allkeys-lru can evict sessions"
+	publish := func(pod string, warnings ...string) {
+		t.Helper()
+		v, _ := json.Marshal(store.ServerStats{Connections: 1, UpdatedUnixMs: time.Now().UnixMilli(), StoreWarnings: warnings})
+		if err := rdb.HSet(ctx, store.ServersKey("t2"), pod, v).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("edge-a", aof, lru)
+	publish("edge-b", aof)
+	// The raw JSON the servers write, as the operator reads it.
+	raw, err := rdb.HGet(ctx, store.ServersKey("t2"), "edge-b").Result()
+	if err != nil || !strings.Contains(raw, `"store_warnings":["appendonly is off`) {
+		t.Fatalf("stats JSON %s (%v), want a store_warnings field", raw, err)
+	}
+	touch(t, c, ns, "edge")
+	eventually(t, "store may lose data", storeDurable(metav1.ConditionFalse, v1alpha1.ReasonStoreMayLoseData, aof, lru))
+	if sc.Status.Connections != 2 {
+		t.Errorf("connections %d, want 2", sc.Status.Connections)
+	}
+
+	// Redis made durable: the servers stop warning.
+	publish("edge-a")
+	publish("edge-b")
+	touch(t, c, ns, "edge")
+	eventually(t, "store durable", storeDurable(metav1.ConditionTrue, v1alpha1.ReasonStoreDurable))
 }

@@ -9,6 +9,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -59,6 +60,9 @@ type SocketClusterReconciler struct {
 	Recorder  events.EventRecorder
 	// DefaultImage runs the pods of SocketClusters without spec.image.
 	DefaultImage string
+	// Operator is where the operator runs: its NetworkPolicies admit it to
+	// the admin port.
+	Operator resources.Operator
 
 	redis connections.Clients // one per SocketCluster, for the status refresh
 }
@@ -69,12 +73,13 @@ type SocketClusterReconciler struct {
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups="",resources=pods,verbs=list
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile applies the owned objects and refreshes the status.
-func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
 	log := logf.FromContext(ctx)
 	sc := &v1alpha1.SocketCluster{}
 	if err := r.Client.Get(ctx, req.NamespacedName, sc); err != nil {
@@ -88,68 +93,172 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		return ctrl.Result{}, nil // the garbage collector removes what it owns
 	}
 
+	// Every exit from here on writes the status, so that an error shows as
+	// Degraded with its reason instead of a status that looks fine. (Not
+	// when the operator stops: its context is gone, and so is the error.)
+	var obs observation
+	defer func() {
+		if ctx.Err() != nil {
+			return
+		}
+		serr := r.updateStatus(ctx, sc, &obs, err)
+		if serr != nil && !apierrors.IsNotFound(serr) { // NotFound: deleted meanwhile
+			res, err = ctrl.Result{}, errors.Join(err, fmt.Errorf("update status: %w", serr))
+		}
+	}()
+
+	tokenConflict, err := r.ensureAPIToken(ctx, sc)
+	if err != nil {
+		return ctrl.Result{}, fmt.Errorf("API token Secret: %w", err)
+	}
 	secrets, missing, err := r.readSecrets(ctx, sc)
 	if err != nil {
-		return ctrl.Result{}, err
+		return ctrl.Result{}, fmt.Errorf("read Secrets: %w", err)
 	}
-	deploy, notOwned, err := r.applyOwned(ctx, sc, secrets, len(missing) == 0)
-	if err != nil {
-		return ctrl.Result{}, err
+	// Without its Secrets the pods could not start, so the Deployment is
+	// kept as it is until they exist.
+	deploy, notOwned, applyErr := r.applyOwned(ctx, sc, secrets, len(missing) == 0 && tokenConflict == "")
+	if tokenConflict == "" {
+		obs.apiTokenSecret = resources.APITokenRef(sc).Name
+	} else {
+		notOwned = append([]string{tokenConflict}, notOwned...)
 	}
-	problems := conditions.Problems{MissingSecrets: missing, NotOwned: notOwned}
+	obs.deploy = deploy
+	obs.problems = conditions.Problems{MissingSecrets: missing, NotOwned: notOwned, ApplyFailed: applyErr}
 
 	pods := &corev1.PodList{}
 	if err := r.APIReader.List(ctx, pods, client.InNamespace(sc.Namespace), client.MatchingLabels(resources.SelectorLabels(sc))); err != nil {
-		return ctrl.Result{}, err
+		return ctrl.Result{}, fmt.Errorf("list pods: %w", err)
 	}
-	count, err := r.countConnections(ctx, sc, secrets, pods.Items)
+	report, err := r.readStats(ctx, sc, secrets, pods.Items)
 	if err != nil {
-		log.Info("cannot read connection counts from Redis", "error", err.Error())
-		problems.Redis = err
+		log.Info("cannot read server stats from Redis", "error", err.Error())
+		obs.problems.Redis = err
+	} else {
+		obs.report = &report
 	}
-	if err := r.updateStatus(ctx, sc, deploy, problems, count); err != nil {
-		return ctrl.Result{}, err
+	obs.complete = true
+	if applyErr != nil {
+		return ctrl.Result{}, applyErr // retried with backoff; the status says what failed
 	}
 	return ctrl.Result{RequeueAfter: StatusInterval}, nil
 }
 
+// observation is what a reconcile saw, for the status.
+type observation struct {
+	// complete is set when the reconcile looked at everything; otherwise
+	// only Degraded is updated, with the error that stopped it.
+	complete bool
+	deploy   *appsv1.Deployment
+	problems conditions.Problems
+	// report is nil when Redis could not be read.
+	report *connections.Report
+	// apiTokenSecret is the Secret the pods read the API token from, empty
+	// until known to be usable.
+	apiTokenSecret string
+}
+
+// ensureAPIToken creates the API token Secret of a SocketCluster that names
+// none, once: an existing one is never rewritten, since backends use its
+// token. It returns "Secret <name>" when a Secret of that name belongs to
+// someone else (its token is then not used).
+func (r *SocketClusterReconciler) ensureAPIToken(ctx context.Context, sc *v1alpha1.SocketCluster) (conflict string, err error) {
+	if !resources.GeneratesAPIToken(sc) {
+		return "", nil
+	}
+	name := resources.GeneratedAPITokenSecretName(sc)
+	existing := &metav1.PartialObjectMetadata{}
+	existing.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+	err = r.APIReader.Get(ctx, types.NamespacedName{Namespace: sc.Namespace, Name: name}, existing)
+	switch {
+	case err == nil && metav1.IsControlledBy(existing, sc):
+		return "", nil
+	case err == nil:
+		return "Secret " + name, nil
+	case !apierrors.IsNotFound(err):
+		return "", err
+	}
+	token, err := resources.NewAPIToken()
+	if err != nil {
+		return "", err
+	}
+	secret := resources.APITokenSecret(sc, token)
+	if err := r.Client.Create(ctx, secret, client.FieldOwner(resources.ManagerName)); err != nil {
+		return "", err // AlreadyExists included: the next reconcile looks at it
+	}
+	logf.FromContext(ctx).Info("created", "kind", "Secret", "name", name)
+	r.Recorder.Eventf(sc, secret, corev1.EventTypeNormal, "Created", "Create", "generated the admin API token in Secret %s (key %s)", name, resources.APITokenKey)
+	return "", nil
+}
+
 // applyOwned applies every owned object and returns the Deployment as it
-// is now, or nil, and the objects ("Kind name") left alone because someone
-// else owns them. Without its Secrets (secretsOK false) the pods could not
-// start, so the Deployment is kept as it is until they exist.
+// is now, or nil, the objects ("Kind name") left alone because someone
+// else owns them, and the errors of the objects that could not be applied
+// (the others are applied all the same). Without its Secrets (secretsOK
+// false) the Deployment is not applied.
 func (r *SocketClusterReconciler) applyOwned(ctx context.Context, sc *v1alpha1.SocketCluster, secrets map[string]*corev1.Secret, secretsOK bool) (*appsv1.Deployment, []string, error) {
 	owned := []client.Object{
 		resources.Service(sc), resources.AdminService(sc), resources.HeadlessService(sc), resources.PodDisruptionBudget(sc),
+	}
+	if resources.NetworkPolicyEnabled(sc) {
+		owned = append(owned, resources.NetworkPolicy(sc, r.Operator))
 	}
 	if secretsOK {
 		owned = append(owned, resources.Deployment(sc, r.DefaultImage, resources.SecretHash(resources.SecretRefs(sc), secrets)))
 	}
 	var deploy *appsv1.Deployment
 	var notOwned []string
+	var errs []error
 	for _, obj := range owned {
+		kind := obj.GetObjectKind().GroupVersionKind().Kind
 		err := r.apply(ctx, sc, obj)
-		if errors.Is(err, errNotOwned) {
-			notOwned = append(notOwned, obj.GetObjectKind().GroupVersionKind().Kind+" "+obj.GetName())
-			continue
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("apply %T %s: %w", obj, obj.GetName(), err)
-		}
-		if d, ok := obj.(*appsv1.Deployment); ok {
-			deploy = d
+		switch {
+		case errors.Is(err, errNotOwned):
+			notOwned = append(notOwned, kind+" "+obj.GetName())
+		case err != nil:
+			errs = append(errs, fmt.Errorf("apply %s %s: %w", kind, obj.GetName(), err))
+		default:
+			if d, ok := obj.(*appsv1.Deployment); ok {
+				deploy = d
+			}
 		}
 	}
-	if !secretsOK {
+	if !resources.NetworkPolicyEnabled(sc) {
+		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: sc.Namespace, Name: sc.Name}}
+		if err := r.deleteOwned(ctx, sc, np, "NetworkPolicy"); err != nil {
+			errs = append(errs, fmt.Errorf("delete NetworkPolicy %s: %w", np.Name, err))
+		}
+	}
+	if deploy == nil {
+		// Not applied: report the one that runs, if this SocketCluster's.
 		deploy = &appsv1.Deployment{}
 		err := r.Client.Get(ctx, types.NamespacedName{Namespace: sc.Namespace, Name: sc.Name}, deploy)
 		if err != nil && !apierrors.IsNotFound(err) {
-			return nil, nil, err
+			errs = append(errs, fmt.Errorf("get Deployment %s: %w", sc.Name, err))
 		}
 		if err != nil || !metav1.IsControlledBy(deploy, sc) {
 			deploy = nil
 		}
 	}
-	return deploy, notOwned, nil
+	return deploy, notOwned, errors.Join(errs...)
+}
+
+// deleteOwned deletes obj (named, of the given kind) if it exists and this
+// SocketCluster controls it.
+func (r *SocketClusterReconciler) deleteOwned(ctx context.Context, sc *v1alpha1.SocketCluster, obj client.Object, kind string) error {
+	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if !metav1.IsControlledBy(obj, sc) {
+		return nil
+	}
+	uid := obj.GetUID()
+	if err := r.Client.Delete(ctx, obj, client.Preconditions{UID: &uid}); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	logf.FromContext(ctx).Info("deleted", "kind", kind, "name", obj.GetName())
+	r.Recorder.Eventf(sc, obj, corev1.EventTypeNormal, "Deleted", "Delete", "deleted %s %s", kind, obj.GetName())
+	return nil
 }
 
 // readSecrets gets the referenced Secrets by name, and lists the
@@ -220,13 +329,13 @@ func (r *SocketClusterReconciler) apply(ctx context.Context, sc *v1alpha1.Socket
 	return nil
 }
 
-// countConnections sums what the given pods published to Redis.
-func (r *SocketClusterReconciler) countConnections(ctx context.Context, sc *v1alpha1.SocketCluster, secrets map[string]*corev1.Secret, pods []corev1.Pod) (int64, error) {
+// readStats summarizes what the given pods published to Redis.
+func (r *SocketClusterReconciler) readStats(ctx context.Context, sc *v1alpha1.SocketCluster, secrets map[string]*corev1.Secret, pods []corev1.Pod) (connections.Report, error) {
 	var password string
 	if ref := sc.Spec.Redis.PasswordSecretRef; ref != nil {
 		s := secrets[ref.Name]
 		if s == nil {
-			return 0, fmt.Errorf("redis password Secret %s not found", ref.Name)
+			return connections.Report{}, fmt.Errorf("redis password Secret %s not found", ref.Name)
 		}
 		password = string(s.Data[ref.Key])
 	}
@@ -237,30 +346,45 @@ func (r *SocketClusterReconciler) countConnections(ctx context.Context, sc *v1al
 	rdb := r.redis.Get(client.ObjectKeyFromObject(sc).String(), sc.Spec.Redis, password)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return connections.Count(ctx, rdb, sc.Spec.Redis.KeyPrefix, names, time.Now())
+	return connections.Read(ctx, rdb, sc.Spec.Redis.KeyPrefix, names, time.Now())
 }
 
-// updateStatus writes the observed state, keeping the last connection count
-// when Redis could not be read.
-func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1.SocketCluster, d *appsv1.Deployment, p conditions.Problems, count int64) error {
+// updateStatus writes what the reconcile observed, keeping the last
+// connection count when Redis could not be read. After a reconcile that
+// stopped on reconcileErr, only Degraded changes (to say why), and what was
+// not looked at keeps its last value.
+func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1.SocketCluster, obs *observation, reconcileErr error) error {
 	before := sc.DeepCopy()
 	st := &sc.Status
 	st.ObservedGeneration = sc.Generation
 	st.Selector = labels.SelectorFromSet(resources.SelectorLabels(sc)).String()
-	if d != nil {
-		st.Replicas, st.ReadyReplicas, st.UpdatedReplicas = d.Status.Replicas, d.Status.ReadyReplicas, d.Status.UpdatedReplicas
-		for _, c := range d.Spec.Template.Spec.Containers {
-			if c.Name == resources.ContainerName {
-				st.CurrentImage = c.Image
+	if obs.apiTokenSecret != "" {
+		st.APITokenSecretName = obs.apiTokenSecret
+	}
+	p := obs.problems
+	var conds []metav1.Condition
+	if obs.complete {
+		if d := obs.deploy; d != nil {
+			st.Replicas, st.ReadyReplicas, st.UpdatedReplicas = d.Status.Replicas, d.Status.ReadyReplicas, d.Status.UpdatedReplicas
+			for _, c := range d.Spec.Template.Spec.Containers {
+				if c.Name == resources.ContainerName {
+					st.CurrentImage = c.Image
+				}
 			}
 		}
+		var store *conditions.StoreReport
+		if rep := obs.report; rep != nil {
+			st.Connections = rep.Connections
+			st.ConnectionsObservedAt = &metav1.Time{Time: time.Now()}
+			store = &conditions.StoreReport{Servers: rep.Servers, Warnings: rep.StoreWarnings}
+		}
+		conds = append(conds, conditions.Available(sc, obs.deploy), conditions.Progressing(sc, obs.deploy), conditions.StoreDurable(sc, store))
+	} else {
+		p.Error = reconcileErr
 	}
-	if p.Redis == nil {
-		st.Connections = count
-		st.ConnectionsObservedAt = &metav1.Time{Time: time.Now()}
-	}
+	conds = append(conds, conditions.Degraded(sc, obs.deploy, p))
 	prevDegraded := meta.FindStatusCondition(before.Status.Conditions, v1alpha1.ConditionDegraded)
-	for _, c := range []metav1.Condition{conditions.Available(sc, d), conditions.Progressing(sc, d), conditions.Degraded(sc, d, p)} {
+	for _, c := range conds {
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
 	// Tell people when a problem starts or ends, not on every refresh.
@@ -296,6 +420,7 @@ func (r *SocketClusterReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
+		Owns(&networkingv1.NetworkPolicy{}).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.clustersForSecret)).
 		Named("socketcluster").
 		Complete(r)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -15,7 +16,9 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -191,8 +194,16 @@ func TestScaleSubresource(t *testing.T) {
 		}
 		return nil
 	})
-	scale.Spec.Replicas = 5
-	if err := c.SubResource("scale").Update(ctx, sc, client.WithSubResourceBody(scale)); err != nil {
+	// The Scale carries the SocketCluster's resourceVersion, which the
+	// controller's status writes move on: retry with a fresh one.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := c.SubResource("scale").Get(ctx, sc, scale); err != nil {
+			return err
+		}
+		scale.Spec.Replicas = 5
+		return c.SubResource("scale").Update(ctx, sc, client.WithSubResourceBody(scale))
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	deployment(t, c, ns, func(d *appsv1.Deployment) error {
@@ -253,6 +264,18 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
   maxFrameBytes: 8`, "spec.maxFrameBytes in body should be greater than or equal to 16"},
+		{"admin peer without selector", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  admin: {allowedFrom: [{}]}`, "each admin.allowedFrom entry needs namespaceSelector, podSelector or ipBlock"},
+		{"admin peer with ipBlock and selector", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  admin: {allowedFrom: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}`, "takes either ipBlock or namespaceSelector/podSelector, not both"},
+		{"allowedFrom without the NetworkPolicy", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  admin: {networkPolicy: false, allowedFrom: [{podSelector: {}}]}`, "admin.allowedFrom is enforced by the NetworkPolicy"},
 		{"configurable websocket path", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
@@ -390,13 +413,20 @@ func TestStatusFollowsTheDeployment(t *testing.T) {
 	sc := socketCluster(t, c, ns, minimal)
 	d := deployment(t, c, ns, anyDeployment)
 
-	// envtest runs no Deployment controller: play its part.
+	// envtest runs no Deployment controller: play its part. The operator
+	// applies the Deployment meanwhile: retry on a conflict, from a fresh copy.
 	setStatus := func(ready int32) {
 		t.Helper()
-		d.Status = appsv1.DeploymentStatus{
-			ObservedGeneration: d.Generation, Replicas: 3, UpdatedReplicas: 3, ReadyReplicas: ready, AvailableReplicas: ready,
-		}
-		if err := c.Status().Update(ctx, d); err != nil {
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := c.Get(ctx, client.ObjectKeyFromObject(d), d); err != nil {
+				return err
+			}
+			d.Status = appsv1.DeploymentStatus{
+				ObservedGeneration: d.Generation, Replicas: 3, UpdatedReplicas: 3, ReadyReplicas: ready, AvailableReplicas: ready,
+			}
+			return c.Status().Update(ctx, d)
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -473,6 +503,33 @@ func TestConfigDefaultDeploysTheOperator(t *testing.T) {
 	}
 	if d.Spec.Template.Spec.ServiceAccountName != "socketcluster-controller-manager" {
 		t.Errorf("service account %s", d.Spec.Template.Spec.ServiceAccountName)
+	}
+	// Metrics over HTTPS behind authentication and authorization.
+	if !slices.Contains(ctr.Args, "--metrics-bind-address=:8443") || slices.Contains(ctr.Args, "--metrics-secure=false") {
+		t.Errorf("args %v: want secure metrics on :8443", ctr.Args)
+	}
+	// The operator knows where it runs, for the SocketClusters' NetworkPolicies.
+	var nsEnv *corev1.EnvVar
+	for i := range ctr.Env {
+		if ctr.Env[i].Name == "OPERATOR_NAMESPACE" {
+			nsEnv = &ctr.Env[i]
+		}
+	}
+	if nsEnv == nil || nsEnv.ValueFrom == nil || nsEnv.ValueFrom.FieldRef == nil || nsEnv.ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
+		t.Errorf("OPERATOR_NAMESPACE %+v, want the downward API's metadata.namespace", nsEnv)
+	}
+	var podLabels string
+	for _, a := range ctr.Args {
+		if v, ok := strings.CutPrefix(a, "--operator-pod-labels="); ok {
+			podLabels = v
+		}
+	}
+	sel, err := labels.Parse(podLabels)
+	if podLabels == "" || err != nil || !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("--operator-pod-labels=%q (%v) does not select the operator's pods %v", podLabels, err, d.Spec.Template.Labels)
+	}
+	if want := labels.SelectorFromSet(testOperator.PodLabels).String(); podLabels != want {
+		t.Errorf("--operator-pod-labels=%q, the tests' operator runs with %q", podLabels, want)
 	}
 }
 

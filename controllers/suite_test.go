@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers"
+	"github.com/socketcluster/socketcluster/controllers/resources"
 )
 
 const defaultImage = "socketcluster/socketcluster:test"
@@ -119,6 +121,7 @@ func start() error {
 		APIReader:    mgr.GetAPIReader(),
 		Recorder:     mgr.GetEventRecorder(controllers.ControllerName),
 		DefaultImage: defaultImage,
+		Operator:     testOperator,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return err
@@ -132,6 +135,12 @@ func start() error {
 		}
 	}()
 	return nil
+}
+
+// testOperator is where the operator of config/default runs.
+var testOperator = resources.Operator{
+	Namespace: "socketcluster-system",
+	PodLabels: map[string]string{"app.kubernetes.io/name": "socketcluster-operator"},
 }
 
 // operatorAccount is the ServiceAccount config/default runs the operator as.
@@ -189,6 +198,29 @@ func namespace(t *testing.T, c client.Client) string {
 
 func unstructuredObj(u map[string]any) *unstructured.Unstructured {
 	return &unstructured.Unstructured{Object: u}
+}
+
+// touch changes an annotation of a SocketCluster, which triggers a
+// reconcile at once. A merge patch carries no resourceVersion, so it never
+// conflicts with the controller's status writes.
+func touch(t *testing.T, c client.Client, ns, name string) {
+	t.Helper()
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{"test.socketcluster.io/touched":%q}}}`, time.Now().Format(time.RFC3339Nano))
+	sc := &v1alpha1.SocketCluster{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if err := c.Patch(context.Background(), sc, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// patchSpec merge-patches a SocketCluster's spec (JSON) and returns it as
+// stored, with its new generation.
+func patchSpec(t *testing.T, c client.Client, ns, name, spec string) *v1alpha1.SocketCluster {
+	t.Helper()
+	sc := &v1alpha1.SocketCluster{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	if err := c.Patch(context.Background(), sc, client.RawPatch(types.MergePatchType, []byte(`{"spec":`+spec+`}`))); err != nil {
+		t.Fatal(err)
+	}
+	return sc
 }
 
 // eventually retries check until it returns nil, and fails the test with

@@ -10,6 +10,10 @@ const (
 	// ConditionDegraded is True when something needs a person: a missing
 	// Secret, pods that cannot be created, Redis unreachable for the stats.
 	ConditionDegraded = "Degraded"
+	// ConditionStoreDurable is False when the servers report that their
+	// store can lose data (e.g. Redis without persistence, or a
+	// maxmemory-policy that evicts keys), Unknown without fresh reports.
+	ConditionStoreDurable = "StoreDurable"
 )
 
 // Reasons of the Available condition.
@@ -34,4 +38,17 @@ const (
 	ReasonNameConflict     = "NameConflict"
 	ReasonReplicaFailure   = "ReplicaFailure"
 	ReasonRedisUnreachable = "RedisUnreachable"
+	// ReasonApplyFailed: the API server refused an owned object.
+	ReasonApplyFailed = "ApplyFailed"
+	// ReasonReconcileError: the reconcile stopped on an error before it
+	// could look at everything (reading Secrets or pods, creating the API
+	// token Secret).
+	ReasonReconcileError = "ReconcileError"
+)
+
+// Reasons of the StoreDurable condition.
+const (
+	ReasonStoreDurable     = "StoreDurable"
+	ReasonStoreMayLoseData = "StoreMayLoseData"
+	ReasonNoServerStats    = "NoServerStats"
 )

@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -63,6 +64,9 @@ type SocketClusterSpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	Auth AuthSpec `json:"auth,omitzero"`
+	// +kubebuilder:default={}
+	// +optional
+	Admin AdminSpec `json:"admin,omitzero"`
 	// +kubebuilder:default={}
 	// +optional
 	Heartbeat HeartbeatSpec `json:"heartbeat,omitzero"`
@@ -196,12 +200,56 @@ type AuthSpec struct {
 	// +optional
 	DeviceKeySecretRef *SecretKeyRef `json:"deviceKeySecretRef,omitempty"`
 	// APITokenSecretRef holds the bearer token of the backend API and /drain.
-	// Without it the admin listener is open to anything in the cluster network.
+	// Without it the operator generates a random token once, in the Secret
+	// <name>-api-token (key "token", owned by the SocketCluster; see
+	// status.apiTokenSecretName). The admin API never runs without a token.
 	// +optional
 	APITokenSecretRef *SecretKeyRef `json:"apiTokenSecretRef,omitempty"`
 	// InsecureNoAuth accepts any device token. Development only.
 	// +optional
 	InsecureNoAuth bool `json:"insecureNoAuth,omitempty"`
+}
+
+// AdminSpec restricts who reaches the admin port (backend API, /drain,
+// probes and metrics). Its bearer token is auth.apiTokenSecretRef, or the one
+// the operator generates.
+// +kubebuilder:validation:XValidation:rule="!has(self.networkPolicy) || self.networkPolicy || !has(self.allowedFrom) || size(self.allowedFrom) == 0",message="admin.allowedFrom is enforced by the NetworkPolicy: it cannot be set with admin.networkPolicy: false",fieldPath=.allowedFrom
+type AdminSpec struct {
+	// NetworkPolicy creates a NetworkPolicy that selects the pods, leaves
+	// the device ports open to everyone and admits the admin port only from
+	// allowedFrom and from the operator. false creates none (and deletes the
+	// one created before).
+	// +kubebuilder:default=true
+	// +optional
+	NetworkPolicy *bool `json:"networkPolicy,omitempty"`
+	// AllowedFrom are the peers (backends, Prometheus) that may reach the
+	// admin port, as in a NetworkPolicy rule. Empty means only the operator
+	// (and the kubelet's probes, which most CNIs let through).
+	// +kubebuilder:validation:MaxItems=32
+	// +listType=atomic
+	// +optional
+	AllowedFrom []AdminPeer `json:"allowedFrom,omitempty"`
+}
+
+// AdminPeer admits one set of clients to the admin port, like a
+// NetworkPolicyPeer: pods selected by podSelector in the namespaces selected
+// by namespaceSelector (a missing podSelector means every pod of those
+// namespaces; a missing namespaceSelector means the SocketCluster's
+// namespace), or addresses in ipBlock.
+// +kubebuilder:validation:XValidation:rule="has(self.namespaceSelector) || has(self.podSelector) || has(self.ipBlock)",message="each admin.allowedFrom entry needs namespaceSelector, podSelector or ipBlock"
+// +kubebuilder:validation:XValidation:rule="!has(self.ipBlock) || !(has(self.namespaceSelector) || has(self.podSelector))",message="an admin.allowedFrom entry takes either ipBlock or namespaceSelector/podSelector, not both"
+type AdminPeer struct {
+	// NamespaceSelector selects namespaces by their labels, e.g.
+	// kubernetes.io/metadata.name: backends. {} selects every namespace.
+	// +optional
+	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
+	// PodSelector selects pods by their labels. {} selects every pod.
+	// +optional
+	PodSelector *metav1.LabelSelector `json:"podSelector,omitempty"`
+	// IPBlock admits addresses, e.g. the node CIDR for CNIs that apply
+	// NetworkPolicies to the kubelet's probes.
+	// +optional
+	IPBlock *networkingv1.IPBlock `json:"ipBlock,omitempty"`
 }
 
 // HeartbeatSpec sets how often devices ping and when a silent one is dropped.
@@ -326,6 +374,11 @@ type SocketClusterStatus struct {
 	// ConnectionsObservedAt is when Connections was last read from Redis.
 	// +optional
 	ConnectionsObservedAt *metav1.Time `json:"connectionsObservedAt,omitempty"`
+	// APITokenSecretName is the Secret holding the admin API's bearer token:
+	// auth.apiTokenSecretRef's, or the one the operator generated (key
+	// "token") when the spec names none.
+	// +optional
+	APITokenSecretName string `json:"apiTokenSecretName,omitempty"`
 	// +listType=map
 	// +listMapKey=type
 	// +optional

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -101,6 +102,7 @@ func TestDegraded(t *testing.T) {
 	stalled := deployment(4, 1, 3, 3, appsv1.DeploymentCondition{Type: appsv1.DeploymentProgressing, Status: corev1.ConditionFalse, Reason: "ProgressDeadlineExceeded"})
 	missing := conditions.Problems{MissingSecrets: []string{"device-key/key"}}
 	redisDown := conditions.Problems{Redis: errors.New("dial tcp 10.0.0.1:6379: connect: connection refused")}
+	applyErr := errors.New(`apply NetworkPolicy edge: NetworkPolicy.networking.k8s.io "edge" is invalid: spec.ingress[1].from[0].ipBlock.cidr: Invalid value: "10.0.0.0/33"`)
 	sc := cluster(3, intstr.FromInt32(0))
 	for _, tc := range []struct {
 		name   string
@@ -118,11 +120,53 @@ func TestDegraded(t *testing.T) {
 		{"replica failure", failing, redisDown, T, v1alpha1.ReasonReplicaFailure, "exceeded quota"},
 		{"stalled", stalled, conditions.Problems{}, T, v1alpha1.ReasonProgressDeadlineExceeded, ""},
 		{"redis down", deployment(3, 3, 3, 3), redisDown, T, v1alpha1.ReasonRedisUnreachable, "connection refused"},
+		{"apply refused", failing, conditions.Problems{MissingSecrets: missing.MissingSecrets, ApplyFailed: applyErr}, T, v1alpha1.ReasonApplyFailed, "spec.ingress[1].from[0].ipBlock.cidr"},
+		{"reconcile error", nil, conditions.Problems{ApplyFailed: applyErr, Error: errors.New("list pods: connection reset")}, T, v1alpha1.ReasonReconcileError, "list pods: connection reset"},
 	} {
 		got := conditions.Degraded(sc, tc.d, tc.p)
 		check(t, tc.name, got, tc.status, tc.reason)
 		if !strings.Contains(got.Message, tc.msg) {
 			t.Errorf("%s: message %q lacks %q", tc.name, got.Message, tc.msg)
+		}
+	}
+}
+
+func TestDegradedMessageIsBounded(t *testing.T) {
+	long := errors.New(strings.Repeat("é", 5000))
+	got := conditions.Degraded(cluster(3, intstr.FromInt32(0)), nil, conditions.Problems{ApplyFailed: long})
+	if len(got.Message) > 4096 || !utf8.ValidString(got.Message) {
+		t.Errorf("message of %d bytes (valid UTF-8: %v), want a bounded, valid message", len(got.Message), utf8.ValidString(got.Message))
+	}
+}
+
+func TestStoreDurable(t *testing.T) {
+	T, F, U := metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown
+	aof := "appendonly is off: a Redis restart loses every unacknowledged message"
+	lru := "maxmemory-policy allkeys-lru can evict sessions"
+	sc := cluster(3, intstr.FromInt32(0))
+	for _, tc := range []struct {
+		name   string
+		report *conditions.StoreReport
+		status metav1.ConditionStatus
+		reason string
+		msg    []string
+	}{
+		{"redis unreadable", nil, U, v1alpha1.ReasonNoServerStats, []string{"could not be read"}},
+		{"no fresh stats", &conditions.StoreReport{}, U, v1alpha1.ReasonNoServerStats, []string{"30s"}},
+		{"durable", &conditions.StoreReport{Servers: 3}, T, v1alpha1.ReasonStoreDurable, []string{"3 servers"}},
+		{"one warning", &conditions.StoreReport{Servers: 3, Warnings: []string{aof}}, F, v1alpha1.ReasonStoreMayLoseData, []string{aof}},
+		{"two warnings", &conditions.StoreReport{Servers: 1, Warnings: []string{aof, lru}}, F, v1alpha1.ReasonStoreMayLoseData, []string{aof + "; " + lru}},
+		{"many warnings", &conditions.StoreReport{Servers: 1, Warnings: []string{"w1", "w2", "w3", "w4", "w5"}}, F, v1alpha1.ReasonStoreMayLoseData, []string{"w1; w2; w3 (and 2 more)"}},
+	} {
+		got := conditions.StoreDurable(sc, tc.report)
+		if got.Type != v1alpha1.ConditionStoreDurable {
+			t.Errorf("%s: type %s", tc.name, got.Type)
+		}
+		check(t, tc.name, got, tc.status, tc.reason)
+		for _, m := range tc.msg {
+			if !strings.Contains(got.Message, m) {
+				t.Errorf("%s: message %q lacks %q", tc.name, got.Message, m)
+			}
 		}
 	}
 }

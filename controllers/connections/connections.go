@@ -5,6 +5,7 @@ package connections
 import (
 	"context"
 	"crypto/tls"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -45,24 +46,50 @@ func NewClient(spec v1alpha1.RedisSpec, password string) redis.UniversalClient {
 	}
 }
 
-// Count sums the connections of the given pods as published under prefix.
-func Count(ctx context.Context, rdb redis.UniversalClient, prefix string, pods []string, now time.Time) (int64, error) {
-	stats, err := store.ReadServerStats(ctx, rdb, prefix)
-	if err != nil {
-		return 0, err
-	}
-	return Sum(stats, pods, now), nil
+// Report is what the fresh stats of a SocketCluster's pods say.
+type Report struct {
+	// Connections is the sum of the pods' open connections.
+	Connections int64
+	// Servers is how many of the pods published fresh stats.
+	Servers int
+	// StoreWarnings are the distinct warnings those pods reported about
+	// their store, sorted.
+	StoreWarnings []string
 }
 
-// Sum adds up the fresh stats of the given pods. Entries of other pods
-// (deleted ones, or another cluster sharing the prefix) do not count.
-func Sum(stats map[string]store.ServerStats, pods []string, now time.Time) int64 {
-	var total int64
+// Read reads the stats published under prefix and summarizes those of the
+// given pods.
+func Read(ctx context.Context, rdb redis.UniversalClient, prefix string, pods []string, now time.Time) (Report, error) {
+	stats, err := store.ReadServerStats(ctx, rdb, prefix)
+	if err != nil {
+		return Report{}, err
+	}
+	return Summarize(stats, pods, now), nil
+}
+
+// Summarize adds up the fresh stats of the given pods. Entries of other
+// pods (deleted ones, or another cluster sharing the prefix) and entries
+// older than MaxAge do not count.
+func Summarize(stats map[string]store.ServerStats, pods []string, now time.Time) Report {
+	var r Report
 	for _, p := range pods {
 		s, ok := stats[p]
-		if ok && now.Sub(time.UnixMilli(s.UpdatedUnixMs)) <= MaxAge {
-			total += s.Connections
+		if !ok || now.Sub(time.UnixMilli(s.UpdatedUnixMs)) > MaxAge {
+			continue
+		}
+		r.Servers++
+		r.Connections += s.Connections
+		for _, w := range s.StoreWarnings {
+			if !slices.Contains(r.StoreWarnings, w) {
+				r.StoreWarnings = append(r.StoreWarnings, w)
+			}
 		}
 	}
-	return total
+	slices.Sort(r.StoreWarnings)
+	return r
+}
+
+// Sum adds up the connections of the fresh stats of the given pods.
+func Sum(stats map[string]store.ServerStats, pods []string, now time.Time) int64 {
+	return Summarize(stats, pods, now).Connections
 }

@@ -2,7 +2,9 @@ package connections_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -27,6 +29,41 @@ func TestSum(t *testing.T) {
 	}
 	if got := connections.Sum(stats, nil, now); got != 0 {
 		t.Errorf("no pods: %d", got)
+	}
+}
+
+func TestSummarizeStoreWarnings(t *testing.T) {
+	now := time.UnixMilli(1_700_000_000_000)
+	fresh := now.Add(-time.Second).UnixMilli()
+	aof := "appendonly is off: a Redis restart loses every unacknowledged message"
+	lru := "maxmemory-policy allkeys-lru can evict sessions"
+	stats := map[string]store.ServerStats{
+		"a":     {Connections: 1, UpdatedUnixMs: fresh, StoreWarnings: []string{lru, aof}},
+		"b":     {Connections: 2, UpdatedUnixMs: fresh, StoreWarnings: []string{aof}},
+		"c":     {Connections: 3, UpdatedUnixMs: fresh},
+		"stale": {UpdatedUnixMs: now.Add(-time.Minute).UnixMilli(), StoreWarnings: []string{"old news"}},
+		"gone":  {UpdatedUnixMs: fresh, StoreWarnings: []string{"another cluster"}},
+	}
+	got := connections.Summarize(stats, []string{"a", "b", "c", "stale", "new"}, now)
+	want := connections.Report{Connections: 6, Servers: 3, StoreWarnings: []string{aof, lru}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("report %+v, want %+v: distinct warnings of fresh current pods, sorted", got, want)
+	}
+	if got := connections.Summarize(stats, []string{"c"}, now); got.Servers != 1 || got.StoreWarnings != nil {
+		t.Errorf("pod without warnings: %+v", got)
+	}
+	if got := connections.Summarize(stats, []string{"stale"}, now); got.Servers != 0 {
+		t.Errorf("only stale stats: %+v, want no server", got)
+	}
+}
+
+func TestServerStatsJSON(t *testing.T) {
+	var s store.ServerStats
+	if err := json.Unmarshal([]byte(`{"connections":4,"updated_unix_ms":5,"store_warnings":["appendonly is off"]}`), &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Connections != 4 || !reflect.DeepEqual(s.StoreWarnings, []string{"appendonly is off"}) {
+		t.Errorf("decoded %+v", s)
 	}
 }
 

@@ -83,6 +83,10 @@ func Deployment(sc *v1alpha1.SocketCluster, image, secretHash string) *appsv1.De
 					Affinity:                  spec.Affinity,
 					PriorityClassName:         spec.PriorityClassName,
 					TopologySpreadConstraints: topologySpread(sc),
+
+					// The server never calls the Kubernetes API: no token
+					// for anyone who gets into the container to use.
+					AutomountServiceAccountToken: ptr.To(false),
 				},
 			},
 		},
@@ -99,10 +103,7 @@ func TerminationGracePeriodSeconds(d v1alpha1.DrainSpec) int64 {
 func container(sc *v1alpha1.SocketCluster, image string) corev1.Container {
 	spec := &sc.Spec
 	admin := fmt.Sprint(spec.Listeners.AdminPort)
-	preStop := []string{"/socketserver", "drain", "--admin-addr=127.0.0.1:" + admin}
-	if r := spec.Auth.APITokenSecretRef; r != nil {
-		preStop = append(preStop, "--api-token-file="+path.Join(apiTokenDir, r.Key))
-	}
+	preStop := []string{"/socketserver", "drain", "--admin-addr=127.0.0.1:" + admin, "--api-token-file=" + apiTokenFile(sc)}
 	env := []corev1.EnvVar{{
 		Name:      "POD_NAME",
 		ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}},
@@ -123,11 +124,8 @@ func container(sc *v1alpha1.SocketCluster, image string) corev1.Container {
 		Command:         []string{"/socketserver"},
 		Args:            Args(sc),
 		Env:             env,
-		Ports: []corev1.ContainerPort{
-			{Name: "tcp", ContainerPort: spec.Listeners.TCP.Port, Protocol: corev1.ProtocolTCP},
-			{Name: "ws", ContainerPort: spec.Listeners.WebSocket.Port, Protocol: corev1.ProtocolTCP},
-			{Name: "admin", ContainerPort: spec.Listeners.AdminPort, Protocol: corev1.ProtocolTCP},
-		},
+		Ports: append(DevicePorts(sc),
+			corev1.ContainerPort{Name: "admin", ContainerPort: spec.Listeners.AdminPort, Protocol: corev1.ProtocolTCP}),
 		Resources:      spec.Resources,
 		VolumeMounts:   volumeMounts(sc),
 		ReadinessProbe: httpProbe("/readyz", 5, 2),
@@ -180,15 +178,30 @@ func Args(sc *v1alpha1.SocketCluster) []string {
 	if k := spec.Auth.DeviceKeySecretRef; k != nil {
 		args = append(args, "--auth-key-file="+path.Join(deviceKeyDir, k.Key))
 	}
-	if k := spec.Auth.APITokenSecretRef; k != nil {
-		args = append(args, "--api-token-file="+path.Join(apiTokenDir, k.Key))
-	}
+	args = append(args, "--api-token-file="+apiTokenFile(sc))
 	if spec.Listeners.TLS != nil {
 		args = append(args,
 			"--tls-cert-file="+path.Join(tlsDir, corev1.TLSCertKey),
 			"--tls-key-file="+path.Join(tlsDir, corev1.TLSPrivateKeyKey))
 	}
 	return args
+}
+
+// DevicePorts are the listeners devices connect to, open to everyone (the
+// NetworkPolicy admits them from anywhere). Every listener but the admin
+// port belongs here.
+func DevicePorts(sc *v1alpha1.SocketCluster) []corev1.ContainerPort {
+	l := &sc.Spec.Listeners
+	return []corev1.ContainerPort{
+		{Name: "tcp", ContainerPort: l.TCP.Port, Protocol: corev1.ProtocolTCP},
+		{Name: "ws", ContainerPort: l.WebSocket.Port, Protocol: corev1.ProtocolTCP},
+	}
+}
+
+// apiTokenFile is where the pods read the admin API token; the server
+// refuses to start without one.
+func apiTokenFile(sc *v1alpha1.SocketCluster) string {
+	return path.Join(apiTokenDir, APITokenRef(sc).Key)
 }
 
 func httpProbe(p string, period, failures int32) *corev1.Probe {
@@ -213,9 +226,8 @@ func secretVolumes(sc *v1alpha1.SocketCluster) []secretVolume {
 	if k := sc.Spec.Auth.DeviceKeySecretRef; k != nil {
 		out = append(out, secretVolume{"device-key", k.Name, deviceKeyDir, []string{k.Key}})
 	}
-	if k := sc.Spec.Auth.APITokenSecretRef; k != nil {
-		out = append(out, secretVolume{"api-token", k.Name, apiTokenDir, []string{k.Key}})
-	}
+	k := APITokenRef(sc)
+	out = append(out, secretVolume{"api-token", k.Name, apiTokenDir, []string{k.Key}})
 	if t := sc.Spec.Listeners.TLS; t != nil {
 		out = append(out, secretVolume{"tls", t.SecretName, tlsDir, []string{corev1.TLSCertKey, corev1.TLSPrivateKeyKey}})
 	}

@@ -2,6 +2,7 @@ package resources_test
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,6 +71,7 @@ func TestDeploymentDefaults(t *testing.T) {
 		"--drain-timeout=1m0s", "--drain-rate=0", "--drain-jitter=10s",
 		"--max-frame-bytes=65536", "--max-connections=0", "--max-pending=10000",
 		"--auth-key-file=/etc/socketserver/device-key/key",
+		"--api-token-file=/etc/socketserver/api-token/token",
 	}
 	if !reflect.DeepEqual(c.Args, want) {
 		t.Errorf("args\n got %q\nwant %q", c.Args, want)
@@ -84,8 +86,35 @@ func TestDeploymentDefaults(t *testing.T) {
 	if len(c.Env) != 1 || c.Env[0].Name != "POD_NAME" || c.Env[0].ValueFrom.FieldRef.FieldPath != "metadata.name" {
 		t.Errorf("env %+v, want only POD_NAME from the downward API", c.Env)
 	}
-	if !reflect.DeepEqual(c.Lifecycle.PreStop.Exec.Command, []string{"/socketserver", "drain", "--admin-addr=127.0.0.1:9090"}) {
-		t.Errorf("preStop %v", c.Lifecycle.PreStop.Exec.Command)
+	if !reflect.DeepEqual(c.Lifecycle.PreStop.Exec.Command, []string{"/socketserver", "drain", "--admin-addr=127.0.0.1:9090", "--api-token-file=/etc/socketserver/api-token/token"}) {
+		t.Errorf("preStop %v, want the drain authenticated with the generated token", c.Lifecycle.PreStop.Exec.Command)
+	}
+	// Without apiTokenSecretRef the pods mount the Secret the operator generates.
+	var tokenVolume *corev1.SecretVolumeSource
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == "api-token" {
+			tokenVolume = v.Secret
+		}
+	}
+	if tokenVolume == nil || tokenVolume.SecretName != "edge-api-token" ||
+		!reflect.DeepEqual(tokenVolume.Items, []corev1.KeyToPath{{Key: "token", Path: "token"}}) {
+		t.Errorf("api token volume %+v, want the generated Secret edge-api-token", tokenVolume)
+	}
+	mounted := false
+	for _, m := range c.VolumeMounts {
+		mounted = mounted || (m.Name == "api-token" && m.MountPath == "/etc/socketserver/api-token" && m.ReadOnly)
+	}
+	if !mounted {
+		t.Errorf("mounts %+v lack the api token", c.VolumeMounts)
+	}
+}
+
+func TestPodsHaveNoServiceAccountToken(t *testing.T) {
+	for _, manifest := range []string{minimal, minimal + "  serviceAccountName: edge\n"} {
+		pod := resources.Deployment(defaulted(t, manifest), "img", "").Spec.Template.Spec
+		if pod.AutomountServiceAccountToken == nil || *pod.AutomountServiceAccountToken {
+			t.Errorf("serviceAccountName %q: automountServiceAccountToken %v, want false", pod.ServiceAccountName, pod.AutomountServiceAccountToken)
+		}
 	}
 }
 
@@ -210,8 +239,12 @@ spec:
   auth: {insecureNoAuth: true}
 `)
 	args := container(t, resources.Deployment(sc, "img", "")).Args
-	if args[len(args)-1] != "--insecure-no-auth" {
+	if !slices.Contains(args, "--insecure-no-auth") {
 		t.Errorf("args %v", args)
+	}
+	// Devices without auth do not open the admin API.
+	if !slices.Contains(args, "--api-token-file=/etc/socketserver/api-token/token") || slices.Contains(args, "--insecure-no-api-auth") {
+		t.Errorf("args %v: the admin API must keep its token", args)
 	}
 	for _, a := range args {
 		if strings.HasPrefix(a, "--auth-key-file") {

@@ -9,10 +9,12 @@ import (
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 )
 
-// SecretRefs lists every Secret key the pods read, in a fixed order.
+// SecretRefs lists every Secret key the pods read, in a fixed order. The
+// API token is always one of them (see APITokenRef).
 func SecretRefs(sc *v1alpha1.SocketCluster) []v1alpha1.SecretKeyRef {
 	var refs []v1alpha1.SecretKeyRef
-	for _, r := range []*v1alpha1.SecretKeyRef{sc.Spec.Auth.DeviceKeySecretRef, sc.Spec.Auth.APITokenSecretRef, sc.Spec.Redis.PasswordSecretRef} {
+	apiToken := APITokenRef(sc)
+	for _, r := range []*v1alpha1.SecretKeyRef{sc.Spec.Auth.DeviceKeySecretRef, &apiToken, sc.Spec.Redis.PasswordSecretRef} {
 		if r != nil {
 			refs = append(refs, *r)
 		}

@@ -16,11 +16,15 @@ func TestSecretRefs(t *testing.T) {
 `)
 	sc.Spec.Redis.PasswordSecretRef = &v1alpha1.SecretKeyRef{Name: "redis", Key: "password"}
 	want := []v1alpha1.SecretKeyRef{
-		{Name: "device-key", Key: "key"}, {Name: "redis", Key: "password"},
+		{Name: "device-key", Key: "key"}, {Name: "edge-api-token", Key: "token"}, {Name: "redis", Key: "password"},
 		{Name: "edge-tls", Key: "tls.crt"}, {Name: "edge-tls", Key: "tls.key"},
 	}
 	if got := resources.SecretRefs(sc); !reflect.DeepEqual(got, want) {
 		t.Errorf("refs %v", got)
+	}
+	sc.Spec.Auth.APITokenSecretRef = &v1alpha1.SecretKeyRef{Name: "api", Key: "bearer"}
+	if got := resources.SecretRefs(sc)[1]; got != *sc.Spec.Auth.APITokenSecretRef {
+		t.Errorf("api token ref %v, want the spec's", got)
 	}
 }
 

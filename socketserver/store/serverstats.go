@@ -13,7 +13,11 @@ type ServerStats struct {
 	Connections   int64 `json:"connections"`
 	Draining      bool  `json:"draining"`
 	UpdatedUnixMs int64 `json:"updated_unix_ms"`
-	// StoreWarnings say how the store could lose acknowledged data.
+	// StoreWarnings say how the store can lose data the server relies on,
+	// one sentence each, e.g. "appendonly is off: a Redis restart loses
+	// every unacknowledged message" or "maxmemory-policy allkeys-lru can
+	// evict sessions". Empty when the server knows of none. The operator
+	// shows them in the SocketCluster's StoreDurable condition.
 	StoreWarnings []string `json:"store_warnings,omitempty"`
 }
 

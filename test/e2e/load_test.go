@@ -147,8 +147,8 @@ func (d *device) publishLoop(ctx context.Context, interval time.Duration) {
 
 // backend sends numbered messages to its devices through the admin API of a
 // random ready pod, one device at a time, so that each device's numbers are
-// sent (and stored) in increasing order.
-func backend(ctx context.Context, devs []*device, srv *servers, adminPort int, every time.Duration, sent *atomic.Int64) {
+// sent (and stored) in increasing order. token is the admin API's bearer token.
+func backend(ctx context.Context, devs []*device, srv *servers, adminPort int, token string, every time.Duration, sent *atomic.Int64) {
 	hc := &http.Client{Timeout: 5 * time.Second}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -165,8 +165,11 @@ func backend(ctx context.Context, devs []*device, srv *servers, adminPort int, e
 		}
 		d.next++
 		n := d.next
-		resp, err := hc.Post("http://"+addr+"/v1/devices/"+d.name+"/messages", "application/octet-stream",
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/devices/"+d.name+"/messages",
 			strings.NewReader(strconv.FormatUint(n, 10)))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := hc.Do(req)
 		switch {
 		case err != nil:
 			d.ambiguous[n] = true

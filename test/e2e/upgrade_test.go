@@ -70,6 +70,7 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	applySocketCluster(t, ns, image(tagA), redisAddr)
 	kubectl(t, "-n", ns, "wait", "--for=condition=Available", "socketcluster/"+scName, "--timeout=5m")
 	t.Logf("SocketCluster available in %s", time.Since(start).Round(time.Millisecond))
+	token := apiToken(t, ctx, ns)
 
 	// 5. Devices and backends.
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -98,7 +99,10 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 			mine = append(mine, devs[i])
 		}
 		backends.Add(1)
-		go func() { defer backends.Done(); backend(backendCtx, mine, srv, adminPort, 40*time.Millisecond, &sent) }()
+		go func() {
+			defer backends.Done()
+			backend(backendCtx, mine, srv, adminPort, token, 40*time.Millisecond, &sent)
+		}()
 	}
 	time.Sleep(10 * time.Second) // traffic before the disruption
 	connectionsReported(t, ns, nDevices)
@@ -157,14 +161,41 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 
 	// 9. The load tool against the upgraded cluster: its own devices and
 	// backends through the pod IPs, one pod drained by its admin API.
-	runLoadTool(t, ctx, ns, selector, redisAddr)
+	runLoadTool(t, ctx, ns, selector, redisAddr, token)
+}
+
+// apiToken reads the admin API token the operator generated for the
+// SocketCluster (it names none), from the Secret its status names.
+func apiToken(t *testing.T, ctx context.Context, ns string) string {
+	t.Helper()
+	var name string
+	eventually(t, time.Minute, "status.apiTokenSecretName", func() error {
+		name = strings.TrimSpace(kubectlNoFail("-n", ns, "get", "socketcluster", scName, "-o", "jsonpath={.status.apiTokenSecretName}"))
+		if name == "" {
+			return fmt.Errorf("not set yet")
+		}
+		return nil
+	})
+	s, err := cluster.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(string(s.Data[resources.APITokenKey]))
+	if len(token) < 32 {
+		t.Fatalf("Secret %s: token of %d characters", name, len(token))
+	}
+	return token
 }
 
 // runLoadTool runs socketbench against the ready pods with a drain storm;
 // it exits non-zero when a message is lost or a device is not back.
-func runLoadTool(t *testing.T, ctx context.Context, ns string, selector map[string]string, redisAddr string) {
+func runLoadTool(t *testing.T, ctx context.Context, ns string, selector map[string]string, redisAddr, token string) {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "socketbench")
+	tokenFile := filepath.Join(t.TempDir(), "api-token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	build := exec.Command("go", "build", "-o", bin, "./cmd/socketbench")
 	build.Dir = cluster.repo
 	if out, err := build.CombinedOutput(); err != nil {
@@ -182,7 +213,7 @@ func runLoadTool(t *testing.T, ctx context.Context, ns string, selector map[stri
 		}
 	}
 	cmd := exec.CommandContext(ctx, bin, "--addrs", strings.Join(addrs, ","), "--admin-addrs", strings.Join(admins, ","),
-		"--redis-addr", redisAddr, "--connections", "1000", "--deliver-rate", "200", "--publish-rate", "200",
+		"--redis-addr", redisAddr, "--api-token-file", tokenFile, "--connections", "1000", "--deliver-rate", "200", "--publish-rate", "200",
 		"--duration", "20s", "--settle", "45s", "--storm=drain", "--max-time", "4m")
 	out, err := cmd.Output() // the table; progress goes to stderr
 	t.Logf("socketbench against %d pods:\n%s", len(addrs), out)

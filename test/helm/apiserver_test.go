@@ -70,7 +70,8 @@ func TestChartOnAPIServer(t *testing.T) {
 			applyAll(ctx, t, c, objs)
 
 			sa := serviceAccountOf(t, objs)
-			watched := watchNamespaceOf(t, values)
+			v := valuesOf(t, values)
+			watched := v.WatchNamespace
 			// Rights on SocketClusters: everywhere, or with watchNamespace only there.
 			wantAllowed(t, ctx, c, sa, cmp.Or(watched, "apps"), "sockets.socketcluster.io", "socketclusters", "watch", true)
 			wantAllowed(t, ctx, c, sa, "other", "sockets.socketcluster.io", "socketclusters", "watch", watched == "")
@@ -78,6 +79,13 @@ func TestChartOnAPIServer(t *testing.T) {
 			// The leader election Lease lives in the operator's own namespace.
 			wantAllowed(t, ctx, c, sa, releaseNamespace, "coordination.k8s.io", "leases", "update", true)
 			wantAllowed(t, ctx, c, sa, "", "apiextensions.k8s.io", "customresourcedefinitions", "delete", false)
+			// The generated API token Secret and the admin port's NetworkPolicy.
+			wantAllowed(t, ctx, c, sa, cmp.Or(watched, "apps"), "", "secrets", "create", true)
+			wantAllowed(t, ctx, c, sa, cmp.Or(watched, "apps"), "networking.k8s.io", "networkpolicies", "delete", true)
+			// Secure metrics: the operator reviews its callers' tokens and rights.
+			secure := v.Metrics.Secure == nil || *v.Metrics.Secure
+			wantAllowed(t, ctx, c, sa, "", "authentication.k8s.io", "tokenreviews", "create", secure)
+			wantAllowed(t, ctx, c, sa, "", "authorization.k8s.io", "subjectaccessreviews", "create", secure)
 		})
 	}
 
@@ -152,7 +160,7 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	}
 
 	notes := helm("install", "socketcluster", chartDir, "--dry-run=server", "--kubeconfig", kcfg, "--namespace", releaseNamespace)
-	for _, want := range []string{"create secret generic my-cluster-device-key", "kind: SocketCluster", "get sc -w"} {
+	for _, want := range []string{"create secret generic my-cluster-device-key", "kind: SocketCluster", "get sc -w", "allowedFrom:", "get secret my-cluster-api-token"} {
 		if !strings.Contains(notes, want) {
 			t.Errorf("NOTES do not tell the next step %q:\n%s", want, notes)
 		}
@@ -265,23 +273,29 @@ func serviceAccountOf(t *testing.T, objs []*unstructured.Unstructured) string {
 	return "system:serviceaccount:" + sa.GetNamespace() + ":" + sa.GetName()
 }
 
-// watchNamespaceOf reads watchNamespace from a values file ("" for the defaults).
-func watchNamespaceOf(t *testing.T, values string) string {
+// chartValues are the values the API server tests depend on.
+type chartValues struct {
+	WatchNamespace string `json:"watchNamespace"`
+	Metrics        struct {
+		Secure *bool `json:"secure"`
+	} `json:"metrics"`
+}
+
+// valuesOf reads a values file (the chart's defaults for "").
+func valuesOf(t *testing.T, values string) chartValues {
 	t.Helper()
+	var v chartValues
 	if values == "" {
-		return ""
+		return v
 	}
 	b, err := os.ReadFile(values)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var v struct {
-		WatchNamespace string `json:"watchNamespace"`
-	}
 	if err := yaml.Unmarshal(b, &v); err != nil {
 		t.Fatal(err)
 	}
-	return v.WatchNamespace
+	return v
 }
 
 // wantAllowed asks the API server's RBAC authorizer whether the user may do verb.

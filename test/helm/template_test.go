@@ -1,6 +1,7 @@
 package helm
 
 import (
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 const (
@@ -31,15 +33,21 @@ var checksByValues = map[string]func(t *testing.T, objs []*unstructured.Unstruct
 		if img := managerContainer(t, objs)["image"]; img != appImage {
 			t.Errorf("image = %v, want %s", img, appImage)
 		}
-		if got := rulesOf(t, only(t, objs, "ClusterRole", "")); !reflect.DeepEqual(got, managerRules(t)) {
+		if got := rulesOf(t, clusterRole(t, objs, "manager")); !reflect.DeepEqual(got, managerRules(t)) {
 			t.Errorf("ClusterRole rules differ from config/rbac/role.yaml:\n%v", got)
 		}
+		checkSecureMetrics(t, objs)
 		if slices.ContainsFunc(managerArgs(t, objs), func(a string) bool { return strings.HasPrefix(a, "--watch-namespace") }) {
 			t.Error("--watch-namespace passed without watchNamespace")
 		}
 	},
 	"watch-namespace-values.yaml": func(t *testing.T, objs []*unstructured.Unstructured) {
-		wantKinds(t, objs, "CustomResourceDefinition", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount")
+		// The metrics' TokenReviews and SubjectAccessReviews are cluster-wide whatever the namespace.
+		wantKinds(t, objs, "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount")
+		checkSecureMetrics(t, objs)
+		if _, ok := named(objs, "ClusterRole")[fullname+"-manager"]; ok {
+			t.Error("watchNamespace still renders the manager ClusterRole")
+		}
 		role := only(t, objs, "Role", "socketcluster-apps")
 		if !reflect.DeepEqual(rulesOf(t, role), managerRules(t)) {
 			t.Errorf("Role rules differ from config/rbac/role.yaml")
@@ -58,6 +66,20 @@ var checksByValues = map[string]func(t *testing.T, objs []*unstructured.Unstruct
 		if sm.GetLabels()["release"] != "kube-prometheus-stack" {
 			t.Errorf("ServiceMonitor labels = %v, want the extra label", sm.GetLabels())
 		}
+		endpoints, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
+		ep := endpoints[0].(map[string]any)
+		if ep["scheme"] != "https" || ep["bearerTokenFile"] != "/var/run/secrets/kubernetes.io/serviceaccount/token" {
+			t.Errorf("ServiceMonitor endpoint %v: want https with Prometheus's token", ep)
+		}
+		readers := named(objs, "ClusterRoleBinding")[fullname+"-metrics-reader"]
+		if readers == nil {
+			t.Fatal("metrics.readers renders no ClusterRoleBinding")
+		}
+		subjects, _, _ := unstructured.NestedSlice(readers.Object, "subjects")
+		wantSubjects := []any{map[string]any{"kind": "ServiceAccount", "name": "kube-prometheus-stack-prometheus", "namespace": "monitoring"}}
+		if ref, _, _ := unstructured.NestedString(readers.Object, "roleRef", "name"); ref != fullname+"-metrics-reader" || !reflect.DeepEqual(subjects, wantSubjects) {
+			t.Errorf("metrics reader binding to %s for %v", ref, subjects)
+		}
 		svc := only(t, objs, "Service", releaseNamespace)
 		if port, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports"); port[0].(map[string]any)["name"] != "metrics" {
 			t.Errorf("metrics Service ports = %v", port)
@@ -66,6 +88,13 @@ var checksByValues = map[string]func(t *testing.T, objs []*unstructured.Unstruct
 		ref, _, _ := unstructured.NestedStringMap(sc.Object, "spec", "auth", "deviceKeySecretRef")
 		if !reflect.DeepEqual(ref, map[string]string{"name": "example-device-key", "key": "device-key"}) {
 			t.Errorf("example deviceKeySecretRef = %v", ref)
+		}
+		// The operator generates the API token; the chart never opens the admin API.
+		if auth, _, _ := unstructured.NestedMap(sc.Object, "spec", "auth"); len(auth) != 1 {
+			t.Errorf("example auth = %v, want only the device key", auth)
+		}
+		if peers, _, _ := unstructured.NestedSlice(sc.Object, "spec", "admin", "allowedFrom"); len(peers) != 2 {
+			t.Errorf("example admin.allowedFrom = %v", peers)
 		}
 		secrets := named(objs, "Secret")
 		if key, _, _ := unstructured.NestedString(secrets["example-device-key"].Object, "data", "device-key"); len(key) < 48 {
@@ -79,6 +108,20 @@ var checksByValues = map[string]func(t *testing.T, objs []*unstructured.Unstruct
 			if pod[field] == nil {
 				t.Errorf("pod spec lacks %s", field)
 			}
+		}
+	},
+	"insecure-metrics-values.yaml": func(t *testing.T, objs []*unstructured.Unstructured) {
+		args := managerArgs(t, objs)
+		if !slices.Contains(args, "--metrics-secure=false") || !slices.Contains(args, "--metrics-bind-address=:8080") {
+			t.Errorf("args %v: want plain HTTP metrics on :8080", args)
+		}
+		if roles := named(objs, "ClusterRole"); roles[fullname+"-metrics-auth"] != nil || roles[fullname+"-metrics-reader"] != nil {
+			t.Error("metrics.secure=false still renders the metrics auth and reader roles")
+		}
+		sm := only(t, objs, "ServiceMonitor", releaseNamespace)
+		endpoints, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
+		if ep := endpoints[0].(map[string]any); ep["scheme"] != nil || ep["bearerTokenFile"] != nil {
+			t.Errorf("ServiceMonitor endpoint %v: want plain HTTP", ep)
 		}
 	},
 	"crds-off-values.yaml": func(t *testing.T, objs []*unstructured.Unstructured) {
@@ -130,6 +173,32 @@ func checkCommon(t *testing.T, objs []*unstructured.Unstructured) {
 	if args := managerArgs(t, objs); !slices.Contains(args, "--leader-elect") || !slices.Contains(args, "--health-probe-bind-address=:8081") {
 		t.Errorf("args %v lack leader election or the probe address", args)
 	}
+	// The operator knows where its pods run, for the SocketClusters' NetworkPolicies.
+	if !slices.ContainsFunc(env, func(e any) bool {
+		m := e.(map[string]any)
+		path, _, _ := unstructured.NestedString(m, "valueFrom", "fieldRef", "fieldPath")
+		return m["name"] == "OPERATOR_NAMESPACE" && path == "metadata.namespace"
+	}) {
+		t.Errorf("env %v lacks OPERATOR_NAMESPACE from metadata.namespace", env)
+	}
+	deploy := only(t, objs, "Deployment", releaseNamespace)
+	podLabels, _, _ := unstructured.NestedStringMap(deploy.Object, "spec", "template", "metadata", "labels")
+	selector, _, _ := unstructured.NestedStringMap(deploy.Object, "spec", "selector", "matchLabels")
+	var flag string
+	for _, a := range managerArgs(t, objs) {
+		if v, ok := strings.CutPrefix(a, "--operator-pod-labels="); ok {
+			flag = v
+		}
+	}
+	if want := labels.SelectorFromSet(selector).String(); flag != want || !labels.SelectorFromSet(selector).Matches(labels.Set(podLabels)) {
+		t.Errorf("--operator-pod-labels=%q, want the pods' selector labels %q", flag, want)
+	}
+	// The metrics Service reaches the port the manager serves on.
+	ports, _, _ := unstructured.NestedSlice(only(t, objs, "Service", releaseNamespace).Object, "spec", "ports")
+	port := ports[0].(map[string]any)["port"]
+	if !slices.Contains(managerArgs(t, objs), fmt.Sprintf("--metrics-bind-address=:%v", port)) {
+		t.Errorf("metrics Service port %v is not the manager's --metrics-bind-address (%v)", port, managerArgs(t, objs))
+	}
 	for probe, path := range map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz"} {
 		if got, _, _ := unstructured.NestedString(c, probe, "httpGet", "path"); got != path {
 			t.Errorf("%s path = %q, want %s", probe, got, path)
@@ -143,6 +212,48 @@ func checkCommon(t *testing.T, objs []*unstructured.Unstructured) {
 	psc, _, _ := unstructured.NestedMap(only(t, objs, "Deployment", releaseNamespace).Object, "spec", "template", "spec", "securityContext")
 	if psc["runAsNonRoot"] != true || !reflect.DeepEqual(psc["seccompProfile"], map[string]any{"type": "RuntimeDefault"}) {
 		t.Errorf("pod securityContext %v: want runAsNonRoot and seccomp RuntimeDefault", psc)
+	}
+}
+
+// fullname is the chart's full name for the release "socketcluster".
+const fullname = "socketcluster-socketcluster-operator"
+
+func clusterRole(t *testing.T, objs []*unstructured.Unstructured, suffix string) *unstructured.Unstructured {
+	t.Helper()
+	role := named(objs, "ClusterRole")[fullname+"-"+suffix]
+	if role == nil {
+		t.Fatalf("no ClusterRole %s-%s", fullname, suffix)
+	}
+	return role
+}
+
+// checkSecureMetrics: metrics on :8443 over HTTPS, the operator may review
+// tokens and access, and a reader role grants GET on /metrics.
+func checkSecureMetrics(t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
+	args := managerArgs(t, objs)
+	if !slices.Contains(args, "--metrics-bind-address=:8443") || slices.Contains(args, "--metrics-secure=false") {
+		t.Errorf("args %v: want secure metrics on :8443", args)
+	}
+	wantAuth := []any{
+		map[string]any{"apiGroups": []any{"authentication.k8s.io"}, "resources": []any{"tokenreviews"}, "verbs": []any{"create"}},
+		map[string]any{"apiGroups": []any{"authorization.k8s.io"}, "resources": []any{"subjectaccessreviews"}, "verbs": []any{"create"}},
+	}
+	if got := rulesOf(t, clusterRole(t, objs, "metrics-auth")); !reflect.DeepEqual(got, wantAuth) {
+		t.Errorf("metrics-auth rules %v", got)
+	}
+	binding := named(objs, "ClusterRoleBinding")[fullname+"-metrics-auth"]
+	if binding == nil {
+		t.Fatal("no metrics-auth ClusterRoleBinding")
+	}
+	subjects, _, _ := unstructured.NestedSlice(binding.Object, "subjects")
+	sa := only(t, objs, "ServiceAccount", releaseNamespace)
+	if len(subjects) != 1 || subjects[0].(map[string]any)["name"] != sa.GetName() {
+		t.Errorf("metrics-auth binding subjects %v, want the operator's ServiceAccount", subjects)
+	}
+	wantReader := []any{map[string]any{"nonResourceURLs": []any{"/metrics"}, "verbs": []any{"get"}}}
+	if got := rulesOf(t, clusterRole(t, objs, "metrics-reader")); !reflect.DeepEqual(got, wantReader) {
+		t.Errorf("metrics-reader rules %v", got)
 	}
 }
 
@@ -166,6 +277,8 @@ func TestValuesSchemaRefusesMistakes(t *testing.T) {
 		{"metrics.serviceMonitor.enable=true", "additional properties 'enable' not allowed"},
 		{"redisSecret.create=true", "at '/redisSecret/password': minLength: got 0, want 1"},
 		{"image.pullPolicy=Sometimes", "value must be one of 'Always', 'IfNotPresent', 'Never'"},
+		{"metrics.secure=maybe", "at '/metrics/secure': got string, want boolean"},
+		{"metrics.readers[0].name=prometheus", "at '/metrics/readers/0': missing property 'namespace'"},
 	} {
 		t.Run(tc.set, func(t *testing.T) {
 			_, err := runHelm(t, "template", "socketcluster", chartDir, "--set", tc.set)

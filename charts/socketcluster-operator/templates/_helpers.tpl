@@ -40,6 +40,15 @@ app.kubernetes.io/name: {{ include "socketcluster-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The selector labels as k=v,... for --operator-pod-labels. */}}
+{{- define "socketcluster-operator.selectorLabelsFlag" -}}
+{{- $pairs := list }}
+{{- range $k, $v := include "socketcluster-operator.selectorLabels" . | fromYaml }}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{- define "socketcluster-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "socketcluster-operator.fullname" .) .Values.serviceAccount.name }}
