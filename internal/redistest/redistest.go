@@ -116,6 +116,31 @@ func (s *Server) Kill() {
 	s.cmd = nil
 }
 
+// Stop freezes the process with SIGSTOP: it keeps its data and
+// connections but answers nothing (commands already sent wait in its
+// socket buffers) until Continue, like a node stalled by the host.
+func (s *Server) Stop() {
+	s.t.Helper()
+	if s.cmd == nil {
+		s.t.Fatal("redis-server is not running")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// Continue resumes a process frozen by Stop (SIGCONT); it then runs the
+// commands that arrived meanwhile.
+func (s *Server) Continue() {
+	s.t.Helper()
+	if s.cmd == nil {
+		s.t.Fatal("redis-server is not running")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 // Client returns a go-redis client for the server, closed when the test ends.
 func (s *Server) Client() *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, DialTimeout: time.Second, ReadTimeout: 2 * time.Second,
