@@ -10,6 +10,7 @@ import (
 
 	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
@@ -231,8 +232,8 @@ func TestAdminAPI(t *testing.T) {
 	if code, _ := api(t, srv, "POST", "/v1/devices/d/messages", strings.Repeat("x", 92)); code != 413 {
 		t.Fatalf("9+92 > 100: %d", code)
 	}
-	send(t, srv, "d", strings.Repeat("x", 91)) // 9+91 = 100 fits
-	send(t, srv, "d", "2")
+	first := send(t, srv, "d", strings.Repeat("x", 91)) // 9+91 = 100 fits
+	last := send(t, srv, "d", "2")
 	if code, body := api(t, srv, "POST", "/v1/devices/d/messages", "3"); code != 429 || !strings.Contains(body, `"outbox_full"`) {
 		t.Fatalf("full outbox: %d %s", code, body)
 	}
@@ -243,7 +244,7 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatalf("state: %d", code)
 	}
 	d := deviceInfo(t, srv, "d")
-	if d.LastSeq != 2 || d.Pending != 2 || string(d.State) != `{"a":1}` || d.Connected {
+	if last != first+1 || d.LastSeq != last || d.Pending != 2 || string(d.State) != `{"a":1}` || d.Connected {
 		t.Fatalf("device %+v", d)
 	}
 	if code, _ := api(t, srv, "POST", "/v1/devices/bad%20name/messages", "x"); code != 400 {
@@ -256,7 +257,8 @@ func TestAdminAPI(t *testing.T) {
 
 func TestAPIToken(t *testing.T) {
 	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.APIToken = "s3cret" })
-	for _, c := range [][2]string{{"POST", "/v1/devices/d/messages"}, {"GET", "/v1/devices/d"}, {"POST", "/drain"}, {"GET", "/debug/pprof/"}} {
+	for _, c := range [][2]string{{"POST", "/v1/devices/d/messages"}, {"POST", "/v1/messages"}, {"GET", "/v1/devices/d"},
+		{"PUT", "/v1/devices/d/state"}, {"GET", "/v1/upstream"}, {"POST", "/v1/upstream/ack"}, {"POST", "/drain"}, {"GET", "/debug/pprof/"}} {
 		if code, _ := api(t, srv, c[0], c[1], "x"); code != 401 {
 			t.Fatalf("%s %s without token: %d", c[0], c[1], code)
 		}
@@ -266,11 +268,10 @@ func TestAPIToken(t *testing.T) {
 			t.Fatalf("%s must stay open: %d", p, code)
 		}
 	}
-	req := must(newRequest("POST", "http://"+srv.Addrs().Admin+"/v1/devices/d/messages", "x"))
-	req.Header.Set("Authorization", "Bearer s3cret")
-	resp := must(httpDo(req))
-	resp.Body.Close()
-	if resp.StatusCode != 202 {
-		t.Fatalf("with token: %d", resp.StatusCode)
+	if _, err := adminClient(srv, "wrong").Send(context.Background(), "d", []byte("x"), ""); !adminapi.IsRefused(err) {
+		t.Fatalf("with a wrong token: %v", err)
+	}
+	if _, err := adminClient(srv, "s3cret").Send(context.Background(), "d", []byte("x"), ""); err != nil {
+		t.Fatalf("with token: %v", err)
 	}
 }

@@ -9,10 +9,8 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -23,6 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
 
@@ -253,25 +252,17 @@ func drainCommand(args []string) int {
 	if host == "" || host == "0.0.0.0" || host == "::" {
 		host = "127.0.0.1"
 	}
-	req, _ := http.NewRequest(http.MethodPost, "http://"+net.JoinHostPort(host, port)+"/drain?wait=1", nil)
 	token, err := readSecretFile(*tokenFile)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if len(token) > 0 {
-		req.Header.Set("Authorization", "Bearer "+string(token))
-	}
-	resp, err := http.DefaultClient.Do(req)
+	api := adminapi.Client{BaseURL: net.JoinHostPort(host, port), Token: string(token)}
+	remaining, err := api.Drain(context.Background(), true)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "drain:", err)
 		return 1
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	fmt.Printf("drain: %s %s", resp.Status, body)
-	if resp.StatusCode != http.StatusOK {
-		return 1
-	}
+	fmt.Printf("drain: done, %d connections remaining\n", remaining)
 	return 0
 }
