@@ -47,6 +47,8 @@ func (s *Server) adminHandler() http.Handler {
 	return mux
 }
 
+// guard requires the API token. New refuses a server without one unless
+// InsecureNoAPIAuth is set; only then is the API open.
 func (s *Server) guard(h http.HandlerFunc) http.HandlerFunc {
 	if s.cfg.APIToken == "" {
 		return h

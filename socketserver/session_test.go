@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+
 	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver"
 	"github.com/socketcluster/socketcluster/socketserver/adminapi"
@@ -273,5 +275,14 @@ func TestAPIToken(t *testing.T) {
 	}
 	if _, err := adminClient(srv, "s3cret").Send(context.Background(), "d", []byte("x"), ""); err != nil {
 		t.Fatalf("with token: %v", err)
+	}
+	// Without a token the server does not start, unless told to leave the API open.
+	_, err := socketserver.New(socketserver.Config{ServerName: "x", InsecureNoAuth: true}, store.NewMemory(), logr.Discard())
+	if err == nil || !strings.Contains(err.Error(), "--api-token-file") || !strings.Contains(err.Error(), "--insecure-no-api-auth") {
+		t.Fatalf("New without an API token: %v", err)
+	}
+	open := startServer(t, store.NewMemory(), "pod-b", func(c *socketserver.Config) { c.InsecureNoAPIAuth = true })
+	if code, body := api(t, open, "GET", "/v1/devices/nobody", ""); code != 404 {
+		t.Fatalf("open API: %d %s", code, body)
 	}
 }

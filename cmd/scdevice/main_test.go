@@ -43,7 +43,7 @@ func TestDeviceReceivesAndPublishes(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		ServerName: "server-a", AuthKey: []byte("k3y")}, store.NewMemory(), logr.Discard())
+		ServerName: "server-a", AuthKey: []byte("k3y"), InsecureNoAPIAuth: true}, store.NewMemory(), logr.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}

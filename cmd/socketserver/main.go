@@ -61,7 +61,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&c.ServerName, "pod-name", firstNonEmpty(os.Getenv("POD_NAME"), host), "this server's name in the cluster (env POD_NAME)")
 	fs.StringVar(&o.authKeyFile, "auth-key-file", "", "file holding the HS256 device key")
 	fs.BoolVar(&c.InsecureNoAuth, "insecure-no-auth", false, "accept any token (development only)")
-	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "file holding the bearer token of the backend API (unset: API open)")
+	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "file holding the bearer token of the backend API, /drain and /debug/pprof (required unless --insecure-no-api-auth)")
+	fs.BoolVar(&c.InsecureNoAPIAuth, "insecure-no-api-auth", false, "serve the backend API without a token when --api-token-file is not given (development only)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 15*time.Second, "how often devices must PING")
 	fs.DurationVar(&c.HeartbeatTimeout, "heartbeat-timeout", 0, "silence after which a device is dropped (default 3 x interval)")
 	fs.DurationVar(&c.HelloTimeout, "hello-timeout", 10*time.Second, "time from accept to HELLO")
@@ -186,6 +187,14 @@ func run(args []string) int {
 	token, err := readSecretFile(o.apiTokenFile)
 	if err != nil {
 		return fail(err)
+	}
+	switch {
+	case o.apiTokenFile != "" && len(token) == 0:
+		log.Error(nil, "cannot start: the file of --api-token-file is empty or only whitespace", "file", o.apiTokenFile)
+		return 2
+	case o.apiTokenFile == "" && !o.cfg.InsecureNoAPIAuth:
+		log.Error(nil, "cannot start: the backend API needs a bearer token: give --api-token-file, or --insecure-no-api-auth to leave it open (development only)")
+		return 2
 	}
 	o.cfg.APIToken = string(token)
 	if o.tlsCert != "" || o.tlsKey != "" {

@@ -27,7 +27,7 @@ import (
 func startServer(t testing.TB, name string, st store.Store, mod func(*socketserver.Config)) *socketserver.Server {
 	t.Helper()
 	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		ServerName: name, InsecureNoAuth: true}
+		ServerName: name, InsecureNoAuth: true, InsecureNoAPIAuth: true}
 	if mod != nil {
 		mod(&cfg)
 	}
