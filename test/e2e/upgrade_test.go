@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"os"
@@ -12,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,7 +66,8 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	// API server at the address the cluster serves it on (see up.sh).
 	installOperator(t, ns, tagA)
 
-	// 4. A SocketCluster of 3 on that Redis.
+	// 4. A SocketCluster of 3 on that Redis, its API behind a token.
+	apiToken := createAPIToken(t, ctx, ns)
 	start := time.Now()
 	applySocketCluster(t, ns, image(tagA), redisAddr)
 	kubectl(t, "-n", ns, "wait", "--for=condition=Available", "socketcluster/"+scName, "--timeout=5m")
@@ -89,7 +91,7 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	t.Logf("%d devices connected", nDevices)
 
 	backendCtx, stopBackends := context.WithCancel(loadCtx)
-	var sent atomic.Int64
+	var sent backendStats
 	var backends sync.WaitGroup
 	const nBackends = 8
 	for b := range nBackends {
@@ -98,7 +100,10 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 			mine = append(mine, devs[i])
 		}
 		backends.Add(1)
-		go func() { defer backends.Done(); backend(backendCtx, mine, srv, adminPort, 40*time.Millisecond, &sent) }()
+		go func() {
+			defer backends.Done()
+			backend(backendCtx, mine, srv, adminPort, apiToken, 40*time.Millisecond, &sent)
+		}()
 	}
 	time.Sleep(10 * time.Second) // traffic before the disruption
 	connectionsReported(t, ns, nDevices)
@@ -129,13 +134,12 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 
 	// 8. Assertions and figures.
 	var resumes []time.Duration
-	var ambiguous, delivered, published int
+	var delivered, published int
 	for _, d := range devs {
 		if err := d.checkDelivery(); err != nil {
 			t.Error(err)
 		}
 		resumes = append(resumes, d.resumes...)
-		ambiguous += len(d.ambiguous)
 		delivered += len(d.received)
 		published += len(d.published)
 	}
@@ -150,21 +154,27 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 		}
 	}
 	p50, p99, maxResume := percentiles(resumes)
-	t.Logf("devices %d; backend messages accepted %d, ambiguous %d, delivered %d; publishes acknowledged %d",
-		nDevices, sent.Load(), ambiguous, delivered, published)
+	t.Logf("devices %d; backend messages accepted %d, delivered %d (each once); ambiguous sends %d, resent with the same key "+
+		"(%d retries), answered duplicate %d, unknown outcomes %d; publishes acknowledged %d",
+		nDevices, sent.accepted.Load(), delivered, sent.ambiguous.Load(), sent.retries.Load(), sent.duplicates.Load(),
+		sent.unknown.Load(), published)
 	t.Logf("rollout %s; pods seen ending %d; reconnects %d, resume p50 %s p99 %s max %s",
 		rollout.Round(time.Millisecond), len(drained), len(resumes), p50, p99, maxResume)
 
 	// 9. The load tool against the upgraded cluster: its own devices and
 	// backends through the pod IPs, one pod drained by its admin API.
-	runLoadTool(t, ctx, ns, selector, redisAddr)
+	runLoadTool(t, ctx, ns, selector, redisAddr, apiToken)
 }
 
 // runLoadTool runs socketbench against the ready pods with a drain storm;
 // it exits non-zero when a message is lost or a device is not back.
-func runLoadTool(t *testing.T, ctx context.Context, ns string, selector map[string]string, redisAddr string) {
+func runLoadTool(t *testing.T, ctx context.Context, ns string, selector map[string]string, redisAddr, apiToken string) {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "socketbench")
+	tokenFile := filepath.Join(t.TempDir(), "api-token")
+	if err := os.WriteFile(tokenFile, []byte(apiToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	build := exec.Command("go", "build", "-o", bin, "./cmd/socketbench")
 	build.Dir = cluster.repo
 	if out, err := build.CombinedOutput(); err != nil {
@@ -182,9 +192,9 @@ func runLoadTool(t *testing.T, ctx context.Context, ns string, selector map[stri
 		}
 	}
 	cmd := exec.CommandContext(ctx, bin, "--addrs", strings.Join(addrs, ","), "--admin-addrs", strings.Join(admins, ","),
-		"--redis-addr", redisAddr, "--connections", "1000", "--deliver-rate", "200", "--publish-rate", "200",
+		"--redis-addr", redisAddr, "--api-token-file", tokenFile, "--connections", "1000", "--deliver-rate", "200", "--publish-rate", "200",
 		"--duration", "20s", "--settle", "45s", "--storm=drain", "--max-time", "4m")
-	out, err := cmd.Output() // the table; progress goes to stderr
+	out, err := cmd.Output() // the table (with the ambiguous-send and duplicate counters); progress goes to stderr
 	t.Logf("socketbench against %d pods:\n%s", len(addrs), out)
 	if err != nil {
 		t.Fatalf("socketbench: %v (lost messages, devices not back, or a failed run)", err)
@@ -290,6 +300,22 @@ func installOperator(t *testing.T, ns, tag string) {
 	kubectl(t, "-n", ns, "rollout", "status", "deployment", "-l", "app.kubernetes.io/instance="+release, "--timeout=3m")
 }
 
+// apiTokenSecret holds the backend API token of the test's SocketCluster.
+const apiTokenSecret = "e2e-api-token"
+
+// createAPIToken stores a random API token in a Secret of ns and returns it.
+func createAPIToken(t *testing.T, ctx context.Context, ns string) string {
+	t.Helper()
+	raw := make([]byte, 24)
+	_, _ = rand.Read(raw)
+	token := hex.EncodeToString(raw)
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: apiTokenSecret}, StringData: map[string]string{"token": token}}
+	if _, err := cluster.kube.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return token
+}
+
 func applySocketCluster(t *testing.T, ns, img, redisAddr string) {
 	t.Helper()
 	manifest := fmt.Sprintf(`apiVersion: %s
@@ -305,10 +331,11 @@ spec:
     addresses: [%q]
   auth:
     insecureNoAuth: true
+    apiTokenSecretRef: {name: %s, key: token}
   drain:
     timeout: 20s
     jitter: 2s
-`, v1alpha1.GroupVersion.String(), scName, ns, img, redisAddr)
+`, v1alpha1.GroupVersion.String(), scName, ns, img, redisAddr, apiTokenSecret)
 	cmd := exec.Command(cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-")
 	cmd.Stdin = strings.NewReader(manifest)
 	if out, err := cmd.CombinedOutput(); err != nil {
