@@ -48,12 +48,11 @@ func (f *fleet) backend(ctx context.Context, t *testing.T, wg *sync.WaitGroup, s
 				i := rand.IntN(len(f.devices))
 				srvs := servers()
 				srv := srvs[rand.IntN(len(srvs))]
-				code, body := api(t, srv, "POST", "/v1/devices/"+f.devices[i].name+"/messages", "payload")
-				if code != 202 {
+				r, err := adminClient(srv, "").Send(context.WithoutCancel(ctx), f.devices[i].name, []byte("payload"), "")
+				if err != nil {
 					continue // 503 while a store is down: the backend retries later
 				}
-				var seq uint64
-				fmt.Sscanf(body, `{"seq":%d}`, &seq)
+				seq := r.Seq
 				for {
 					cur := f.maxSeq[i].Load()
 					if seq <= cur || f.maxSeq[i].CompareAndSwap(cur, seq) {

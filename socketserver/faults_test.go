@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -104,8 +106,12 @@ func startProc(t *testing.T, redisAddr, name string, extra ...string) *proc {
 	t.Helper()
 	keyFile := filepath.Join(t.TempDir(), "key")
 	_ = os.WriteFile(keyFile, append(testKey, '\n'), 0o600)
-	args := append([]string{"--tcp-addr", "127.0.0.1:0", "--ws-addr", "", "--admin-addr", "127.0.0.1:0",
-		"--redis-addr", redisAddr, "--redis-prefix", "t", "--pod-name", name, "--auth-key-file", keyFile}, extra...)
+	args := []string{"--tcp-addr", "127.0.0.1:0", "--ws-addr", "", "--admin-addr", "127.0.0.1:0",
+		"--redis-addr", redisAddr, "--redis-prefix", "t", "--pod-name", name, "--auth-key-file", keyFile}
+	if !slices.ContainsFunc(extra, func(a string) bool { return strings.HasPrefix(a, "--api-token-file") }) {
+		args = append(args, "--insecure-no-api-auth") // the API is open unless the test gives a token
+	}
+	args = append(args, extra...)
 	cmd := exec.Command(serverBinary(t), args...)
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {

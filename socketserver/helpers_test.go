@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
@@ -41,7 +41,7 @@ func token(device string, exp time.Duration) string {
 func startServer(t testing.TB, st store.Store, name string, mod func(*socketserver.Config)) *socketserver.Server {
 	t.Helper()
 	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		ServerName: name, AuthKey: testKey, DrainJitter: 50 * time.Millisecond, DrainTimeout: 5 * time.Second}
+		ServerName: name, AuthKey: testKey, DrainJitter: 50 * time.Millisecond, DrainTimeout: 5 * time.Second, InsecureNoAPIAuth: true}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -188,26 +188,25 @@ func api(t testing.TB, srv target, method, path, body string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// adminClient is a backend of srv's admin API (token: the API's, if any).
+func adminClient(srv target, token string) *adminapi.Client {
+	return &adminapi.Client{BaseURL: srv.Addrs().Admin, Token: token, HTTP: &http.Client{Timeout: 30 * time.Second}}
+}
+
 func send(t testing.TB, srv target, device, payload string) uint64 {
 	t.Helper()
-	code, body := api(t, srv, "POST", "/v1/devices/"+device+"/messages", payload)
-	if code != 202 {
-		t.Fatalf("POST message: %d %s", code, body)
+	r, err := adminClient(srv, "").Send(context.Background(), device, []byte(payload), "")
+	if err != nil {
+		t.Fatalf("POST message: %v", err)
 	}
-	var r struct{ Seq uint64 }
-	_ = json.Unmarshal([]byte(body), &r)
 	return r.Seq
 }
 
-func deviceInfo(t testing.TB, srv target, device string) store.DeviceInfo {
+func deviceInfo(t testing.TB, srv target, device string) adminapi.DeviceInfo {
 	t.Helper()
-	code, body := api(t, srv, "GET", "/v1/devices/"+device, "")
-	if code != 200 {
-		t.Fatalf("GET device: %d %s", code, body)
-	}
-	var d store.DeviceInfo
-	if err := json.Unmarshal([]byte(body), &d); err != nil {
-		t.Fatal(err)
+	d, err := adminClient(srv, "").Device(context.Background(), device)
+	if err != nil {
+		t.Fatalf("GET device: %v", err)
 	}
 	return d
 }
@@ -224,16 +223,3 @@ func eventually(t testing.TB, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-func must[T any](v T, err error) T {
-	if err != nil {
-		panic(fmt.Sprint(err))
-	}
-	return v
-}
-
-func newRequest(method, url, body string) (*http.Request, error) {
-	return http.NewRequest(method, url, strings.NewReader(body))
-}
-
-func httpDo(req *http.Request) (*http.Response, error) { return http.DefaultClient.Do(req) }

@@ -30,6 +30,7 @@ type Config struct {
 	AuthKey                    []byte
 	InsecureNoAuth             bool
 	APIToken                   string
+	InsecureNoAPIAuth          bool // New refuses an empty APIToken unless set
 	HeartbeatInterval          time.Duration
 	HeartbeatTimeout           time.Duration
 	HelloTimeout               time.Duration
@@ -159,6 +160,9 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 	}
 	if cfg.MaxFrameBytes < 16 {
 		return nil, fmt.Errorf("max frame bytes %d is below 16", cfg.MaxFrameBytes)
+	}
+	if cfg.APIToken == "" && !cfg.InsecureNoAPIAuth {
+		return nil, errors.New("the backend API needs a bearer token (--api-token-file), or --insecure-no-api-auth to leave it open (development only)")
 	}
 	auth, err := newAuthenticator(cfg.AuthKey, cfg.InsecureNoAuth, cfg.AllowTokensWithoutExp)
 	if err != nil {

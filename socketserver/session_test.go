@@ -8,8 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+
 	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
@@ -29,41 +32,39 @@ func forEachStore(t *testing.T, f func(t *testing.T, newStore func() store.Store
 func TestDeliveryAckAndRedelivery(t *testing.T) {
 	forEachStore(t, func(t *testing.T, newStore func() store.Store) {
 		srv := startServer(t, newStore(), "pod-a", nil)
-		// Messages for a device that never connected wait for its first
-		// HELLO. A new outbox starts from the clock, then seqs go up by one.
-		base := send(t, srv, "d", "m1") - 1
-		for i := 2; i <= 3; i++ {
-			if seq := send(t, srv, "d", fmt.Sprintf("m%d", i)); seq != base+uint64(i) {
-				t.Fatalf("seq %d, want %d", seq-base, i)
+		// Messages for a device that never connected wait for its first HELLO.
+		for i := 1; i <= 3; i++ {
+			if seq := send(t, srv, "d", fmt.Sprintf("m%d", i)); seq != uint64(i) {
+				t.Fatalf("seq %d, want %d", seq, i)
 			}
 		}
 		c := dial(t, srv.Addrs().TCP)
 		c.welcome("d", 0)
 		for i := 1; i <= 3; i++ {
-			if seq, p := c.deliver(); seq != base+uint64(i) || p != fmt.Sprintf("m%d", i) {
-				t.Fatalf("DELIVER %d %q", seq-base, p)
+			if seq, p := c.deliver(); seq != uint64(i) || p != fmt.Sprintf("m%d", i) {
+				t.Fatalf("DELIVER %d %q", seq, p)
 			}
 		}
 		// Live messages follow in order.
 		send(t, srv, "d", "m4")
-		if seq, p := c.deliver(); seq != base+4 || p != "m4" {
-			t.Fatalf("live DELIVER %d %q", seq-base, p)
+		if seq, p := c.deliver(); seq != 4 || p != "m4" {
+			t.Fatalf("live DELIVER %d %q", seq, p)
 		}
 		c.ack(0) // nothing processed yet is a valid ACK
-		c.ack(base + 2)
-		eventually(t, "ack 2 stored", func() bool { return deviceInfo(t, srv, "d").AckedSeq == base+2 })
-		if d := deviceInfo(t, srv, "d"); !d.Connected || d.Server != "pod-a" || d.LastSeq != base+4 || d.Pending != 2 {
+		c.ack(2)
+		eventually(t, "ack 2 stored", func() bool { return deviceInfo(t, srv, "d").AckedSeq == 2 })
+		if d := deviceInfo(t, srv, "d"); !d.Connected || d.Server != "pod-a" || d.LastSeq != 4 || d.Pending != 2 {
 			t.Fatalf("device %+v", d)
 		}
 		c.nc.Close()
 		eventually(t, "disconnect seen", func() bool { return !deviceInfo(t, srv, "d").Connected })
 		// Unacked 3 and 4 come back; last_seq 3 counts as an ack of 3.
 		c2 := dial(t, srv.Addrs().TCP)
-		c2.welcome("d", base+3)
-		if seq, _ := c2.deliver(); seq != base+4 {
-			t.Fatalf("re-delivery started at %d, want 4", seq-base)
+		c2.welcome("d", 3)
+		if seq, _ := c2.deliver(); seq != 4 {
+			t.Fatalf("re-delivery started at %d, want 4", seq)
 		}
-		c2.ack(base + 4)
+		c2.ack(4)
 		eventually(t, "all acked", func() bool { return deviceInfo(t, srv, "d").Pending == 0 })
 	})
 }
@@ -116,31 +117,31 @@ func testResumeOnAnotherServer(t *testing.T, newStore func() store.Store) {
 	b := startServer(t, newStore(), "pod-b", nil)
 	c := dial(t, a.Addrs().TCP)
 	c.welcome("d", 0)
-	base := send(t, b, "d", "1") - 1 // sent through the other pod, delivered live
+	send(t, b, "d", "1") // sent through the other pod, delivered live
 	send(t, a, "d", "2")
 	for i := uint64(1); i <= 2; i++ {
-		if seq, _ := c.deliver(); seq != base+i {
-			t.Fatalf("live seq %d, want %d", seq-base, i)
+		if seq, _ := c.deliver(); seq != i {
+			t.Fatalf("live seq %d, want %d", seq, i)
 		}
 	}
-	c.ack(base + 1)
-	eventually(t, "ack", func() bool { return deviceInfo(t, a, "d").AckedSeq == base+1 })
+	c.ack(1)
+	eventually(t, "ack", func() bool { return deviceInfo(t, a, "d").AckedSeq == 1 })
 	c.nc.Close()
 	eventually(t, "disconnect seen", func() bool { return !deviceInfo(t, a, "d").Connected })
 	send(t, a, "d", "3") // while away
 	c2 := dial(t, b.Addrs().TCP)
-	w := c2.welcome("d", base+1)
+	w := c2.welcome("d", 1)
 	if !w.Resumed || w.Server != "pod-b" {
 		t.Fatalf("WELCOME %+v", w)
 	}
 	for i := uint64(2); i <= 3; i++ {
-		if seq, p := c2.deliver(); seq != base+i || p != fmt.Sprint(i) {
-			t.Fatalf("after resume: seq %d %q, want %d", seq-base, p, i)
+		if seq, p := c2.deliver(); seq != i || p != fmt.Sprint(i) {
+			t.Fatalf("after resume: seq %d %q, want %d", seq, p, i)
 		}
 	}
 	send(t, a, "d", "4")
-	if seq, _ := c2.deliver(); seq != base+4 {
-		t.Fatalf("live after resume: %d", seq-base)
+	if seq, _ := c2.deliver(); seq != 4 {
+		t.Fatalf("live after resume: %d", seq)
 	}
 	if d := deviceInfo(t, a, "d"); d.Server != "pod-b" {
 		t.Fatalf("device held by %q", d.Server)
@@ -166,9 +167,9 @@ func TestTakeover(t *testing.T) {
 		old.expectError(protocol.CodeSessionTakenOver)
 		// Frames of the old connection are not applied: its PUBLISH is not
 		// recorded, its ACK does not count.
-		seq := send(t, b, "d", "x")
+		send(t, b, "d", "x")
 		nw.deliver()
-		if d := deviceInfo(t, a, "d"); d.Server != "pod-b" || d.AckedSeq != seq-1 {
+		if d := deviceInfo(t, a, "d"); d.Server != "pod-b" || d.AckedSeq != 0 {
 			t.Fatalf("device %+v", d)
 		}
 	})
@@ -201,11 +202,8 @@ func TestSlowConsumer(t *testing.T) {
 	_ = c.nc.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4096)
 	c.welcome("slow", 0)
 	payload := strings.Repeat("x", 60000)
-	var base uint64
 	for i := 0; i < 300; i++ { // 18 MB, far beyond socket buffers and the write budget
-		if seq := send(t, srv, "slow", payload); i == 0 {
-			base = seq - 1
-		}
+		send(t, srv, "slow", payload)
 	}
 	eventually(t, "slow device disconnected", func() bool { return srv.Connections() == 0 })
 	if d := deviceInfo(t, srv, "slow"); d.Pending != 300 || d.Connected {
@@ -216,11 +214,11 @@ func TestSlowConsumer(t *testing.T) {
 	c2.welcome("slow", 0)
 	for i := uint64(1); i <= 300; i++ {
 		seq, p := c2.deliver()
-		if seq != base+i || len(p) != len(payload) {
-			t.Fatalf("seq %d (len %d), want %d", seq-base, len(p), i)
+		if seq != i || len(p) != len(payload) {
+			t.Fatalf("seq %d (len %d), want %d", seq, len(p), i)
 		}
 		if i%50 == 0 {
-			c2.ack(base + i)
+			c2.ack(i)
 		}
 	}
 }
@@ -236,8 +234,8 @@ func TestAdminAPI(t *testing.T) {
 	if code, _ := api(t, srv, "POST", "/v1/devices/d/messages", strings.Repeat("x", 92)); code != 413 {
 		t.Fatalf("9+92 > 100: %d", code)
 	}
-	base := send(t, srv, "d", strings.Repeat("x", 91)) - 1 // 9+91 = 100 fits
-	send(t, srv, "d", "2")
+	first := send(t, srv, "d", strings.Repeat("x", 91)) // 9+91 = 100 fits
+	last := send(t, srv, "d", "2")
 	if code, body := api(t, srv, "POST", "/v1/devices/d/messages", "3"); code != 429 || !strings.Contains(body, `"outbox_full"`) {
 		t.Fatalf("full outbox: %d %s", code, body)
 	}
@@ -248,7 +246,7 @@ func TestAdminAPI(t *testing.T) {
 		t.Fatalf("state: %d", code)
 	}
 	d := deviceInfo(t, srv, "d")
-	if d.LastSeq != base+2 || d.Pending != 2 || string(d.State) != `{"a":1}` || d.Connected {
+	if last != first+1 || d.LastSeq != last || d.Pending != 2 || string(d.State) != `{"a":1}` || d.Connected {
 		t.Fatalf("device %+v", d)
 	}
 	if code, _ := api(t, srv, "POST", "/v1/devices/bad%20name/messages", "x"); code != 400 {
@@ -261,7 +259,8 @@ func TestAdminAPI(t *testing.T) {
 
 func TestAPIToken(t *testing.T) {
 	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.APIToken = "s3cret" })
-	for _, c := range [][2]string{{"POST", "/v1/devices/d/messages"}, {"GET", "/v1/devices/d"}, {"POST", "/drain"}, {"GET", "/debug/pprof/"}} {
+	for _, c := range [][2]string{{"POST", "/v1/devices/d/messages"}, {"POST", "/v1/messages"}, {"GET", "/v1/devices/d"},
+		{"PUT", "/v1/devices/d/state"}, {"GET", "/v1/upstream"}, {"POST", "/v1/upstream/ack"}, {"POST", "/drain"}, {"GET", "/debug/pprof/"}} {
 		if code, _ := api(t, srv, c[0], c[1], "x"); code != 401 {
 			t.Fatalf("%s %s without token: %d", c[0], c[1], code)
 		}
@@ -271,11 +270,19 @@ func TestAPIToken(t *testing.T) {
 			t.Fatalf("%s must stay open: %d", p, code)
 		}
 	}
-	req := must(newRequest("POST", "http://"+srv.Addrs().Admin+"/v1/devices/d/messages", "x"))
-	req.Header.Set("Authorization", "Bearer s3cret")
-	resp := must(httpDo(req))
-	resp.Body.Close()
-	if resp.StatusCode != 202 {
-		t.Fatalf("with token: %d", resp.StatusCode)
+	if _, err := adminClient(srv, "wrong").Send(context.Background(), "d", []byte("x"), ""); !adminapi.IsRefused(err) {
+		t.Fatalf("with a wrong token: %v", err)
+	}
+	if _, err := adminClient(srv, "s3cret").Send(context.Background(), "d", []byte("x"), ""); err != nil {
+		t.Fatalf("with token: %v", err)
+	}
+	// Without a token the server does not start, unless told to leave the API open.
+	_, err := socketserver.New(socketserver.Config{ServerName: "x", InsecureNoAuth: true}, store.NewMemory(), logr.Discard())
+	if err == nil || !strings.Contains(err.Error(), "--api-token-file") || !strings.Contains(err.Error(), "--insecure-no-api-auth") {
+		t.Fatalf("New without an API token: %v", err)
+	}
+	open := startServer(t, store.NewMemory(), "pod-b", func(c *socketserver.Config) { c.InsecureNoAPIAuth = true })
+	if code, body := api(t, open, "GET", "/v1/devices/nobody", ""); code != 404 {
+		t.Fatalf("open API: %d %s", code, body)
 	}
 }

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"math"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,28 +45,22 @@ func TestHistQuantiles(t *testing.T) {
 	}
 }
 
-// A worker against a real in-process server: every device connects, and
-// every accepted message and publish is accounted for.
-func TestWorkerAccountsForEveryMessage(t *testing.T) {
-	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		ServerName: "server-a", InsecureNoAuth: true}, store.NewMemory(), logr.Discard())
-	if err != nil {
-		t.Fatal(err)
+// runTestWorker runs a worker of 20 devices against a real in-process server
+// (on admin for the backend API, when given) and returns its result.
+func runTestWorker(t *testing.T, srv *socketserver.Server, admin string, batch int) *Result {
+	t.Helper()
+	if admin == "" {
+		admin = srv.Addrs().Admin
 	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
-
-	w := newWorker(WorkerSpec{DevicePrefix: "t", Devices: 20, Addrs: []string{srv.Addrs().TCP}, Admins: []string{srv.Addrs().Admin},
-		SourceIPs: []string{"127.0.0.2"}, DeliverRate: 200, PublishRate: 200, Payload: 32, PostConcurrency: 4,
-		ConnectTimeout: 10 * time.Second, Duration: time.Second, Settle: 10 * time.Second})
+	w := newWorker(WorkerSpec{DevicePrefix: "t", Devices: 20, Addrs: []string{srv.Addrs().TCP}, Admins: []string{admin},
+		SourceIPs: []string{"127.0.0.2"}, DeliverRate: 200, PublishRate: 200, Payload: 32, PostConcurrency: 4, PostBatch: batch,
+		ConnectTimeout: 10 * time.Second, Duration: time.Second, Settle: 10 * time.Second, APIToken: testToken})
 	var ready bool
 	var r *Result
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	start := make(chan struct{})
-	err = w.run(ctx, start, func(m message) {
+	err := w.run(ctx, start, func(m message) {
 		switch {
 		case m.Ready != nil:
 			ready = true
@@ -76,14 +76,84 @@ func TestWorkerAccountsForEveryMessage(t *testing.T) {
 	if !ready || r.Connected != 20 || r.ConnectedAtEnd != 20 {
 		t.Fatalf("ready %t, connected %d, at end %d", ready, r.Connected, r.ConnectedAtEnd)
 	}
-	if r.Posted == 0 || r.Delivered != r.Posted || r.LostDownstream != 0 || r.DeliverLatency.N != r.Delivered {
-		t.Fatalf("downstream: posted %d delivered %d lost %d latency samples %d", r.Posted, r.Delivered, r.LostDownstream, r.DeliverLatency.N)
+	if r.Posted == 0 || r.Delivered != r.Posted || r.LostDownstream != 0 || r.DeliveredTwice != 0 || r.DeliveredUnaccepted != 0 ||
+		r.UnknownOutcomes != 0 || r.DeliverLatency.N != r.Delivered {
+		t.Fatalf("downstream: posted %d delivered %d lost %d twice %d unaccepted %d unknown %d latency samples %d, failures %v",
+			r.Posted, r.Delivered, r.LostDownstream, r.DeliveredTwice, r.DeliveredUnaccepted, r.UnknownOutcomes, r.DeliverLatency.N, r.PostFailures)
 	}
 	if r.Published == 0 || r.PublishAcked != r.Published || r.PublishUnacked != 0 {
 		t.Fatalf("upstream: published %d acked %d", r.Published, r.PublishAcked)
 	}
 	if len(r.PostFailures) != 0 || len(r.Disconnects) != 0 {
 		t.Fatalf("failures %v, disconnects %v", r.PostFailures, r.Disconnects)
+	}
+	return r
+}
+
+const testToken = "bench-test-token"
+
+func startTestServer(t *testing.T) *socketserver.Server {
+	t.Helper()
+	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+		ServerName: "server-a", InsecureNoAuth: true, APIToken: testToken}, store.NewMemory(), logr.Discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	return srv
+}
+
+// A worker against a real in-process server: every device connects, and
+// every accepted message and publish is accounted for.
+func TestWorkerAccountsForEveryMessage(t *testing.T) {
+	r := runTestWorker(t, startTestServer(t), "", 1)
+	if r.AmbiguousSends != 0 || r.SendRetries != 0 || r.DuplicateAnswers != 0 {
+		t.Fatalf("ambiguous %d retries %d duplicates %d on a healthy server", r.AmbiguousSends, r.SendRetries, r.DuplicateAnswers)
+	}
+}
+
+// Sends whose outcome is unknown (a 503, an answer lost after the server
+// stored the message) are resent with the same key: every message arrives
+// exactly once, and the counters show what happened.
+func TestWorkerResendsAmbiguousSends(t *testing.T) {
+	for _, batch := range []int{1, 4} {
+		t.Run(fmt.Sprintf("batch %d", batch), func(t *testing.T) {
+			srv := startTestServer(t)
+			var n atomic.Int64
+			flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body)
+				k := n.Add(1)
+				if k%5 == 2 { // unavailable before it stored anything
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://"+srv.Addrs().Admin+r.URL.RequestURI(), bytes.NewReader(body))
+				req.Header = r.Header.Clone()
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					w.WriteHeader(http.StatusBadGateway)
+					return
+				}
+				defer resp.Body.Close()
+				if k%5 == 4 { // stored, but the answer is lost
+					nc, _, _ := w.(http.Hijacker).Hijack()
+					nc.Close()
+					return
+				}
+				w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+				w.WriteHeader(resp.StatusCode)
+				_, _ = io.Copy(w, resp.Body)
+			}))
+			defer flaky.Close()
+			r := runTestWorker(t, srv, flaky.Listener.Addr().String(), batch)
+			if r.AmbiguousSends == 0 || r.SendRetries == 0 || r.DuplicateAnswers == 0 {
+				t.Fatalf("ambiguous %d retries %d duplicates %d: the faults did not show", r.AmbiguousSends, r.SendRetries, r.DuplicateAnswers)
+			}
+			t.Logf("posted %d, ambiguous %d, retries %d, duplicate answers %d", r.Posted, r.AmbiguousSends, r.SendRetries, r.DuplicateAnswers)
+		})
 	}
 }
 
@@ -239,17 +309,18 @@ func TestOutageTracking(t *testing.T) {
 	}
 }
 
-// A message's 202 and its delivery may come in either order; one delivered
-// without a 202 does not make up for one lost.
+// A message's answer and its delivery may come in either order; one
+// delivered without an answer does not make up for one lost; one delivered
+// under a second seq (stored twice) is counted.
 func TestDeliveryMatching(t *testing.T) {
 	w := newWorker(WorkerSpec{Addrs: []string{"a:1"}})
 	d := &benchDevice{w: w}
-	d.got(1) // delivered before its 202
-	d.accepted(1)
-	d.accepted(2) // accepted, then delivered
-	d.got(2)
-	d.got(3)      // stored although the POST failed
-	d.accepted(4) // never delivered
+	d.got(1, 11) // delivered before its answer
+	d.accepted(1, 11)
+	d.accepted(2, 12) // accepted, then delivered
+	d.got(2, 12)
+	d.got(3, 13)      // stored although the send failed
+	d.accepted(4, 14) // never delivered
 	if n := w.awaitDelivery.Load(); n != 1 {
 		t.Fatalf("awaiting %d, want 1", n)
 	}
@@ -257,8 +328,19 @@ func TestDeliveryMatching(t *testing.T) {
 	d.c = client.New(client.Config{Addr: "a:1", Device: "x"})
 	w.devs = []*benchDevice{d}
 	r := w.result(0, 0, 0, 0)
-	if r.Posted != 3 || r.LostDownstream != 1 || r.DeliveredUnaccepted != 1 || r.Undelivered != 0 {
-		t.Fatalf("posted %d lost %d delivered unaccepted %d undelivered %d", r.Posted, r.LostDownstream, r.DeliveredUnaccepted, r.Undelivered)
+	if r.Posted != 3 || r.LostDownstream != 1 || r.DeliveredUnaccepted != 1 || r.Undelivered != 0 || r.DeliveredTwice != 0 {
+		t.Fatalf("posted %d lost %d delivered unaccepted %d undelivered %d twice %d", r.Posted, r.LostDownstream, r.DeliveredUnaccepted, r.Undelivered, r.DeliveredTwice)
+	}
+	// Stored twice: once before its answer, once after; and an unanswered
+	// send delivered under two seqs.
+	d.got(5, 15)
+	d.accepted(5, 16)
+	d.accepted(6, 17)
+	d.got(6, 18)
+	d.got(7, 19)
+	d.got(7, 20)
+	if r := w.result(0, 0, 0, 0); r.DeliveredTwice != 3 {
+		t.Fatalf("delivered twice %d, want 3", r.DeliveredTwice)
 	}
 }
 

@@ -3,7 +3,9 @@
 // and device publishes at set rates, optionally injects a fault mid-run
 // (--storm=drain|kill|restart), and prints a table: connections held, server
 // memory per connection, connect rate, resume time, throughput, end-to-end
-// latency, errors and lost messages (which must be 0).
+// latency, errors and lost messages (which must be 0). Every backend send
+// carries an idempotency key and is resent with it after an ambiguous
+// outcome, so each message must arrive exactly once.
 //
 // It spreads connections over source addresses 127.0.0.2, .3, … (one
 // address gives ~28k ports) and over worker processes (re-executions of
@@ -14,6 +16,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -32,6 +36,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 )
 
 func main() {
@@ -114,7 +120,7 @@ func parseFlags(args []string) (*options, error) {
 		"kill (SIGKILL the first spawned server) or restart (SIGKILL every spawned server and start them again on the same ports)")
 	fs.DurationVar(&o.stormAfter, "storm-after", 0, "when the storm hits, after the load started (default: a third of --duration)")
 	fs.StringVar(&o.keyFile, "key-file", "", "device key to sign tokens (spawned servers run without auth)")
-	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "bearer token file for the admin API")
+	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "bearer token file for the admin API (spawned servers: default a random token)")
 	fs.StringVar(&o.jsonOut, "json", "", "also write the summed results as JSON to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -194,7 +200,7 @@ func run(args []string) int {
 			fmt.Fprintln(os.Stderr, "socketbench:", err)
 		}
 	}
-	if sum.LostDownstream > 0 || sum.UpstreamMissing > 0 || sum.UpstreamDuplicates > 0 || sum.ConnectedAtEnd < o.connections {
+	if sum.LostDownstream > 0 || sum.DeliveredTwice > 0 || sum.UpstreamMissing > 0 || sum.UpstreamDuplicates > 0 || sum.ConnectedAtEnd < o.connections {
 		return 1
 	}
 	return 0
@@ -208,7 +214,10 @@ type bench struct {
 	addrs    []string   // device addresses, in the transport's form
 	admins   []string
 	apiToken string
-	rdb      *redis.Client
+	// tokenFile holds apiToken for spawned servers; removed at the end
+	// when the tool wrote it.
+	tokenFile string
+	rdb       *redis.Client
 }
 
 // server is a spawned socketserver; p is its current process.
@@ -233,6 +242,32 @@ func (b *bench) stopChildren() {
 	if b.rdb != nil {
 		b.rdb.Close()
 	}
+	if b.tokenFile != "" && b.o.apiTokenFile == "" {
+		_ = os.Remove(b.tokenFile)
+	}
+}
+
+// writeToken writes a random API token to a new file.
+func writeToken() (file, token string, err error) {
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return "", "", err
+	}
+	token = hex.EncodeToString(raw)
+	f, err := os.CreateTemp("", "socketbench-api-token-")
+	if err != nil {
+		return "", "", err
+	}
+	defer f.Close()
+	if _, err := f.WriteString(token + "\n"); err != nil {
+		return "", "", err
+	}
+	return f.Name(), token, nil
+}
+
+// admin is the API client of one admin address.
+func (b *bench) admin(addr string) *adminapi.Client {
+	return &adminapi.Client{BaseURL: addr, Token: b.apiToken}
 }
 
 // setup starts Redis and the servers when asked, and resolves the addresses.
@@ -244,6 +279,14 @@ func (b *bench) setup(ctx context.Context) error {
 			return err
 		}
 		b.apiToken = strings.TrimSpace(string(t))
+	}
+	if o.spawn > 0 && o.apiTokenFile == "" {
+		// Spawned servers get a fresh API token, as a deployment would.
+		file, token, err := writeToken()
+		if err != nil {
+			return err
+		}
+		b.tokenFile, b.apiToken = file, token
 	}
 	var hostPorts []string
 	if o.spawn > 0 {
@@ -299,6 +342,11 @@ func (b *bench) setup(ctx context.Context) error {
 func (b *bench) startServers() error {
 	o := b.o
 	extra := []string{"--drain-timeout", o.drainTimeout.String(), "--drain-jitter", o.drainJitter.String()}
+	if b.tokenFile != "" {
+		extra = append(extra, "--api-token-file", b.tokenFile)
+	} else if o.apiTokenFile != "" {
+		extra = append(extra, "--api-token-file", o.apiTokenFile)
+	}
 	errs := make([]error, len(b.servers))
 	var wg sync.WaitGroup
 	for i, s := range b.servers {
@@ -577,20 +625,15 @@ func (b *bench) cpu(ctx context.Context) cpuTimes {
 // so that the memory figures count live data, not garbage.
 func (b *bench) collectGarbage(ctx context.Context) {
 	for _, a := range b.admins {
-		if resp, err := b.adminCall(ctx, http.MethodGet, a, "/debug/pprof/heap?gc=1"); err == nil {
+		req, err := b.admin(a).NewRequest(ctx, http.MethodGet, "/debug/pprof/heap?gc=1", nil)
+		if err != nil {
+			continue
+		}
+		if resp, err := http.DefaultClient.Do(req); err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 		}
 	}
-}
-
-// adminCall calls a server's admin API with the API token, if any.
-func (b *bench) adminCall(ctx context.Context, method, admin, path string) (*http.Response, error) {
-	req, _ := http.NewRequestWithContext(ctx, method, "http://"+admin+path, nil)
-	if b.apiToken != "" {
-		req.Header.Set("Authorization", "Bearer "+b.apiToken)
-	}
-	return http.DefaultClient.Do(req)
 }
 
 func (b *bench) scrapeAll(ctx context.Context) []map[string]float64 {
@@ -608,15 +651,8 @@ func (b *bench) scrapeAll(ctx context.Context) []map[string]float64 {
 }
 
 func (b *bench) drain(ctx context.Context, admin string) error {
-	resp, err := b.adminCall(ctx, http.MethodPost, admin, "/drain")
-	if err != nil {
-		return err
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("POST /drain: %s", resp.Status)
-	}
-	return nil
+	_, err := b.admin(admin).Drain(ctx, false)
+	return err
 }
 
 // status follows the workers' output lines.
@@ -698,6 +734,11 @@ func (s *Summary) add(r *Result) {
 	t.LoadDelivered += r.LoadDelivered
 	t.Duplicates += r.Duplicates
 	t.LostDownstream += r.LostDownstream
+	t.DeliveredTwice += r.DeliveredTwice
+	t.AmbiguousSends += r.AmbiguousSends
+	t.SendRetries += r.SendRetries
+	t.DuplicateAnswers += r.DuplicateAnswers
+	t.UnknownOutcomes += r.UnknownOutcomes
 	t.Undelivered += r.Undelivered
 	t.Published += r.Published
 	t.PublishAcked += r.PublishAcked

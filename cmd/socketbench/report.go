@@ -61,14 +61,16 @@ func (b *bench) print(out io.Writer, s *Summary) {
 			row("storm: of which HELLO", "%s (TCP connected -> WELCOME of the resuming connection)", quantiles(&s.HelloLatency))
 		}
 	}
-	row("backend POSTs", "%d accepted, failed %s, not sent (posters busy) %d; %d delivered although their POST failed",
+	row("backend sends", "%d accepted, failed %s, not sent (posters busy) %d; %d delivered although their send failed",
 		s.Posted, counts(s.PostFailures), s.PostSkipped, s.DeliveredUnaccepted)
+	row("ambiguous sends", "%d resent with the same key (%d retries), %d answered duplicate, %d unknown outcomes after %d attempts",
+		s.AmbiguousSends, s.SendRetries, s.DuplicateAnswers, s.UnknownOutcomes, sendAttempts)
 	row("device errors by code", "%s", counts(s.ErrorCodes))
 	row("disconnects by reason", "%s", counts(s.Disconnects))
 	for _, k := range slices.Sorted(maps.Keys(s.DisconnectSamples)) {
 		row("  e.g. "+k, "%s", s.DisconnectSamples[k])
 	}
-	row("duplicates dropped", "%d", s.Duplicates)
+	row("duplicates dropped", "%d re-deliveries dropped by seq; %d messages delivered under two seqs (stored twice)", s.Duplicates, s.DeliveredTwice)
 	row("publishes", "%d sent, %d PUBACKed, %d unacked at the end, %d retransmitted frames", s.Published, s.PublishAcked, s.PublishUnacked, s.Retransmits)
 	if b.rdb != nil {
 		row("upstream stream", "%d entries added (PUBACKed %d), %d duplicated", s.UpstreamStored, s.PublishAcked, s.UpstreamDuplicates)

@@ -2,13 +2,11 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -21,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/client"
 )
 
@@ -53,20 +52,29 @@ type Result struct {
 	ConnectSeconds, LoadSeconds        float64
 	// LoadCPUSeconds is this worker's own CPU time in the load phase.
 	LoadCPUSeconds float64
-	// Downstream: backend POSTs answered 202, failed by status (or
-	// "refused", "error" without one), or not sent because the posters
-	// could not keep up.
+	// Downstream: backend sends accepted (a seq answered), failed by
+	// status or error code (or "refused", "error" without an answer), or
+	// not sent because the posters could not keep up.
 	Posted, PostSkipped   uint64
 	PostFailures          map[string]uint64
 	Delivered, Duplicates uint64
 	LoadDelivered         uint64
-	// LostDownstream: 202-acknowledged messages that a device connected at
-	// the end never got; Undelivered: those still stored for devices that
-	// were not connected at the end (not lost: they get them on resume).
-	// Messages are matched one by one (by their send stamp), so a message
-	// stored although its POST failed (the server died before answering)
-	// cannot hide a lost one; DeliveredUnaccepted counts those.
-	LostDownstream, Undelivered, DeliveredUnaccepted uint64
+	// Every send carries an idempotency key. AmbiguousSends: sends with an
+	// attempt of unknown outcome (a timeout, a 5xx, a connection lost after
+	// the request was written), resent with the same key; SendRetries:
+	// attempts after the first; DuplicateAnswers: answers marked duplicate
+	// (an earlier attempt had been stored); UnknownOutcomes: sends still
+	// ambiguous after the last attempt (stored or not: neither lost if
+	// missing nor wrong if delivered).
+	AmbiguousSends, SendRetries, DuplicateAnswers, UnknownOutcomes uint64
+	// LostDownstream: accepted messages that a device connected at the end
+	// never got; Undelivered: those still stored for devices that were not
+	// connected at the end (not lost: they get them on resume). Messages
+	// are matched one by one (by their send stamp), so a message stored
+	// although its send failed cannot hide a lost one;
+	// DeliveredUnaccepted counts those. DeliveredTwice: messages a device
+	// got under two seqs (stored twice: exactly-once broken).
+	LostDownstream, Undelivered, DeliveredUnaccepted, DeliveredTwice uint64
 	// Upstream: publishes handed to the client, PUBACKed, still unacked at the end.
 	Published, PublishAcked, LoadPublishAcked, PublishUnacked, Retransmits uint64
 	// ResumeLatency: disconnect -> WELCOME of each outage; HelloLatency: the
@@ -108,11 +116,13 @@ type worker struct {
 	devs          []*benchDevice
 	hosts         []string  // host:port of each address
 	servers, apis avoidList // of hosts and of spec.Admins
-	http          *http.Client
+	api           map[string]*adminapi.Client
 
 	everConnected, connectedNow atomic.Int64
 	delivered, pubAcked         atomic.Uint64
 	published, postSkipped      atomic.Uint64
+	ambiguous, retries, dupAns  atomic.Uint64
+	unknown                     atomic.Uint64
 	awaitDelivery               atomic.Int64 // 202-accepted messages not delivered yet
 	lastStamp                   atomic.Int64 // makes payload stamps unique
 	pendingResume, lastResume   atomic.Int64
@@ -141,41 +151,53 @@ type benchDevice struct {
 
 	mu     sync.Mutex
 	posted uint64
-	// A message's 202 and its delivery come in either order: each waits
-	// here, by send stamp, for the other.
-	waiting, early map[int64]struct{}
+	// A message's answer and its delivery come in either order: each
+	// waits here, by send stamp, for the other, with its seq.
+	waiting, early map[int64]uint64
+	twice          uint64   // messages delivered under a second seq
 	acked          []uint64 // PUBACKed publish ids
 }
 
-// accepted: the backend got 202 for the message stamped stamp.
-func (d *benchDevice) accepted(stamp int64) {
+// accepted: the backend's send of the message stamped stamp was answered
+// with seq.
+func (d *benchDevice) accepted(stamp int64, seq uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.posted++
-	if _, ok := d.early[stamp]; ok {
+	if got, ok := d.early[stamp]; ok {
 		delete(d.early, stamp)
+		if got != seq {
+			d.twice++ // delivered under a seq its send did not get: stored twice
+		}
 		return
 	}
 	if d.waiting == nil {
-		d.waiting = map[int64]struct{}{}
+		d.waiting = map[int64]uint64{}
 	}
-	d.waiting[stamp] = struct{}{}
+	d.waiting[stamp] = seq
 	d.w.awaitDelivery.Add(1)
 }
 
-// got: the message stamped stamp arrived.
-func (d *benchDevice) got(stamp int64) {
+// got: the message stamped stamp arrived as seq.
+func (d *benchDevice) got(stamp int64, seq uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if _, ok := d.waiting[stamp]; ok {
+	if want, ok := d.waiting[stamp]; ok {
 		delete(d.waiting, stamp)
 		d.w.awaitDelivery.Add(-1)
+		if want != seq {
+			d.twice++
+		}
 		return
 	}
 	if d.early == nil {
-		d.early = map[int64]struct{}{}
+		d.early = map[int64]uint64{}
 	}
-	d.early[stamp] = struct{}{}
+	if prev, ok := d.early[stamp]; ok && prev != seq {
+		d.twice++ // an unanswered send stored twice
+		return
+	}
+	d.early[stamp] = seq
 }
 
 // avoidFor is how long a server that failed a connection is skipped.
@@ -269,7 +291,11 @@ func runWorker(specJSON string) int {
 
 func newWorker(spec WorkerSpec) *worker {
 	w := &worker{spec: spec, disconnects: map[string]uint64{}, codes: map[string]uint64{}, postErr: map[string]uint64{},
-		samples: map[string]string{}, http: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: spec.PostConcurrency}}}
+		samples: map[string]string{}, api: map[string]*adminapi.Client{}}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: spec.PostConcurrency}}
+	for _, a := range spec.Admins {
+		w.api[a] = &adminapi.Client{BaseURL: a, Token: spec.APIToken, HTTP: hc}
+	}
 	for _, a := range spec.Addrs {
 		if u, err := url.Parse(a); err == nil && u.Host != "" && strings.HasPrefix(a, "ws") {
 			a = u.Host
@@ -411,14 +437,14 @@ func (d *benchDevice) dial(ctx context.Context, network, _ string) (net.Conn, er
 	return nc, err
 }
 
-func (d *benchDevice) onMessage(_ uint64, payload []byte) {
+func (d *benchDevice) onMessage(seq uint64, payload []byte) {
 	d.w.delivered.Add(1)
 	if len(payload) >= 8 {
 		stamp := int64(binary.BigEndian.Uint64(payload))
 		d.w.mu.Lock()
 		d.w.deliverLat.Record(time.Since(time.Unix(0, stamp)))
 		d.w.mu.Unlock()
-		d.got(stamp)
+		d.got(stamp, seq)
 	}
 }
 
@@ -540,15 +566,14 @@ func (w *worker) postLoop(ctx context.Context) {
 						break more
 					}
 				}
-				// Requests in flight finish after the load ends (bounded by the
-				// client's timeout), so that every stored message is counted.
-				n := len(w.spec.Admins)
-				admin := w.apis.pick(w.spec.Admins, rand.IntN(n), rand.IntN(n), time.Now())
-				if batch == 1 {
-					w.post(context.WithoutCancel(ctx), ds[0], admin)
-				} else {
-					w.postBatch(context.WithoutCancel(ctx), ds, admin)
+				// Requests in flight, and their retries, finish after the load
+				// ends (bounded by the client's timeout and sendAttempts), so
+				// that every stored message is counted.
+				msgs := make([]*outgoing, len(ds))
+				for i, d := range ds {
+					msgs[i] = w.newOutgoing(d)
 				}
+				w.send(context.WithoutCancel(ctx), msgs, batch > 1)
 			}
 		}()
 	}
@@ -564,80 +589,166 @@ func (w *worker) postLoop(ctx context.Context) {
 	wg.Wait()
 }
 
-// post sends one backend message; only a 202 makes it count as sent (and
-// then it must arrive). A server that fails to answer is skipped for a while.
-func (w *worker) post(ctx context.Context, d *benchDevice, admin string) {
-	body, stamp := w.payload()
-	resp, status := w.request(ctx, admin, "/v1/devices/"+d.name+"/messages", body)
-	if resp == nil {
-		w.postFailed(status, 1)
-		return
-	}
-	_, _ = io.Copy(io.Discard, bufio.NewReader(resp.Body))
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		w.postFailed(strconv.Itoa(resp.StatusCode), 1)
-		return
-	}
-	d.accepted(stamp)
+// outgoing is one backend message and what its attempts found.
+type outgoing struct {
+	d       *benchDevice
+	payload []byte
+	stamp   int64
+	key     string
+	// ambiguous: an attempt's outcome was unknown; failure: why the last
+	// attempt failed.
+	ambiguous bool
+	failure   string
 }
 
-// postBatch sends one message to each of ds in one POST /v1/messages; each
-// message counts as sent when its own result has a seq.
-func (w *worker) postBatch(ctx context.Context, ds []*benchDevice, admin string) {
-	type msg struct {
-		Device  string `json:"device"`
-		Payload []byte `json:"payload"`
-	}
-	msgs := make([]msg, len(ds))
-	stamps := make([]int64, len(ds))
-	for i, d := range ds {
-		msgs[i].Device = d.name
-		msgs[i].Payload, stamps[i] = w.payload()
-	}
-	body, _ := json.Marshal(map[string][]msg{"messages": msgs})
-	resp, status := w.request(ctx, admin, "/v1/messages", body)
-	if resp == nil {
-		w.postFailed(status, uint64(len(ds)))
-		return
-	}
-	defer resp.Body.Close()
-	var out struct {
-		Results []struct {
-			Seq   uint64 `json:"seq"`
-			Error string `json:"error"`
-		} `json:"results"`
-	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&out) != nil || len(out.Results) != len(ds) {
-		w.postFailed(strconv.Itoa(resp.StatusCode), uint64(len(ds)))
-		return
-	}
-	for i, r := range out.Results {
-		if r.Seq == 0 {
-			w.postFailed(r.Error, 1)
-			continue
+func (w *worker) newOutgoing(d *benchDevice) *outgoing {
+	p, stamp := w.payload()
+	// The stamp is unique in this worker, so the key is unique per device.
+	return &outgoing{d: d, payload: p, stamp: stamp, key: "bench-" + strconv.FormatInt(stamp, 36)}
+}
+
+// sendAttempts bounds the attempts of one message; retries wait
+// retryBackoff, doubled each time, and go to a server picked anew.
+const (
+	sendAttempts = 4
+	retryBackoff = 250 * time.Millisecond
+)
+
+// send plays the backend for msgs, alone or in one POST /v1/messages: a
+// message counts as sent when an answer gives it a seq (and then it must
+// arrive exactly once). An ambiguous attempt, or one that never reached a
+// server, is resent with the same key to another server; a refusal is a
+// failure. A send still ambiguous after the last attempt, or refused after
+// an ambiguous one, is an unknown outcome.
+func (w *worker) send(ctx context.Context, msgs []*outgoing, batch bool) {
+	wait := retryBackoff
+	for attempt := 1; ; attempt++ {
+		var retry []*outgoing
+		n := len(w.spec.Admins)
+		admin := w.apis.pick(w.spec.Admins, rand.IntN(n), rand.IntN(n), time.Now())
+		if batch {
+			retry = w.sendBatch(ctx, w.api[admin], msgs)
+		} else {
+			for _, m := range msgs {
+				if !w.sendOne(ctx, w.api[admin], m) {
+					retry = append(retry, m)
+				}
+			}
 		}
-		ds[i].accepted(stamps[i])
+		if len(retry) == 0 {
+			return
+		}
+		if attempt == sendAttempts {
+			for _, m := range retry {
+				if m.ambiguous {
+					w.unknown.Add(1)
+				} else {
+					w.postFailed(m.failure, 1)
+				}
+			}
+			return
+		}
+		w.retries.Add(uint64(len(retry)))
+		time.Sleep(wait)
+		wait *= 2
+		msgs = retry
 	}
 }
 
-// request POSTs body to an admin API; a nil response comes with the reason.
-func (w *worker) request(ctx context.Context, admin, path string, body []byte) (*http.Response, string) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+admin+path, bytes.NewReader(body))
-	if w.spec.APIToken != "" {
-		req.Header.Set("Authorization", "Bearer "+w.spec.APIToken)
+// sendOne makes one attempt; false: resend m.
+func (w *worker) sendOne(ctx context.Context, api *adminapi.Client, m *outgoing) bool {
+	res, err := api.Send(ctx, m.d.name, m.payload, m.key)
+	if err == nil {
+		w.apis.succeeded(api.BaseURL)
+		w.accepted(m, res.Seq, res.Duplicate)
+		return true
 	}
-	resp, err := w.http.Do(req)
+	return w.attemptFailed(api, err, []*outgoing{m})
+}
+
+// sendBatch makes one attempt for msgs in one request and returns those
+// to resend.
+func (w *worker) sendBatch(ctx context.Context, api *adminapi.Client, msgs []*outgoing) []*outgoing {
+	batch := make([]adminapi.BatchMessage, len(msgs))
+	for i, m := range msgs {
+		batch[i] = adminapi.BatchMessage{Device: m.d.name, Payload: m.payload, Key: m.key}
+	}
+	results, err := api.SendBatch(ctx, batch)
+	if err != nil {
+		if w.attemptFailed(api, err, msgs) {
+			return nil
+		}
+		return msgs
+	}
+	w.apis.succeeded(api.BaseURL)
+	var retry []*outgoing
+	for i, r := range results {
+		m := msgs[i]
+		switch {
+		case r.Seq != 0:
+			w.accepted(m, r.Seq, r.Duplicate)
+		case r.Ambiguous():
+			w.markAmbiguous(m)
+			m.failure = r.Error
+			retry = append(retry, m)
+		case m.ambiguous: // refused now, yet an earlier attempt may have stored it
+			w.unknown.Add(1)
+		default:
+			w.postFailed(r.Error, 1)
+		}
+	}
+	return retry
+}
+
+func (w *worker) accepted(m *outgoing, seq uint64, duplicate bool) {
+	if duplicate {
+		w.dupAns.Add(1)
+	}
+	m.d.accepted(m.stamp, seq)
+}
+
+func (w *worker) markAmbiguous(m *outgoing) {
+	if !m.ambiguous {
+		m.ambiguous = true
+		w.ambiguous.Add(1)
+	}
+}
+
+// attemptFailed sorts a failed request for msgs: true when they failed for
+// good (a refusal, counted), false when they are to be resent.
+func (w *worker) attemptFailed(api *adminapi.Client, err error, msgs []*outgoing) bool {
+	var e *adminapi.Error
+	if !errors.As(err, &e) {
+		w.postFailed("error", uint64(len(msgs)))
+		return true
+	}
+	if e.Status == 0 {
+		w.apis.failed(api.BaseURL, time.Now()) // down, or too slow: try others
+	}
+	if e.Refused() {
+		for _, m := range msgs {
+			if m.ambiguous { // an earlier attempt may have stored it
+				w.unknown.Add(1)
+			} else {
+				w.postFailed(strconv.Itoa(e.Status), 1)
+			}
+		}
+		return true
+	}
+	reason := strconv.Itoa(e.Status)
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
-		w.apis.failed(admin, time.Now())
-		return nil, "refused"
-	case err != nil:
-		w.apis.failed(admin, time.Now())
-		return nil, "error"
+		reason = "refused"
+	case e.Status == 0:
+		reason = "error"
 	}
-	w.apis.succeeded(admin)
-	return resp, ""
+	for _, m := range msgs {
+		if e.Ambiguous() {
+			w.markAmbiguous(m)
+		}
+		m.failure = reason
+	}
+	return false
 }
 
 func (w *worker) postFailed(status string, n uint64) {
@@ -692,6 +803,7 @@ func (w *worker) result(connectSeconds, loadSeconds float64, loadDelivered, load
 	r := &Result{Devices: w.spec.Devices, Connected: int(w.everConnected.Load()), ConnectedAtEnd: int(w.connectedNow.Load()),
 		ConnectSeconds: connectSeconds, LoadSeconds: loadSeconds, PostSkipped: w.postSkipped.Load(),
 		Delivered: w.delivered.Load(), LoadDelivered: loadDelivered, Published: w.published.Load(),
+		AmbiguousSends: w.ambiguous.Load(), SendRetries: w.retries.Load(), DuplicateAnswers: w.dupAns.Load(), UnknownOutcomes: w.unknown.Load(),
 		PublishAcked: w.pubAcked.Load(), LoadPublishAcked: loadAcked,
 		Affected: w.affected.Load(), Outages: w.outages.Load(), Resumed: w.resumed.Load(),
 		PendingResume: w.pendingResume.Load(), LastResumeUnixNano: w.lastResume.Load(), AckedIDs: map[string][]uint64{}}
@@ -699,6 +811,7 @@ func (w *worker) result(connectSeconds, loadSeconds float64, loadDelivered, load
 	for _, d := range w.devs {
 		d.mu.Lock()
 		r.Posted += d.posted
+		r.DeliveredTwice += d.twice
 		r.DeliveredUnaccepted += uint64(len(d.early))
 		if d.up.Load() {
 			r.LostDownstream += uint64(len(d.waiting))

@@ -9,10 +9,8 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -23,6 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
 
@@ -63,7 +62,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.authKeyFile, "auth-key-file", "", "file holding the HS256 device key")
 	fs.BoolVar(&c.InsecureNoAuth, "insecure-no-auth", false, "accept any token (development only)")
 	fs.BoolVar(&c.AllowTokensWithoutExp, "allow-tokens-without-exp", false, "accept device tokens without an exp claim")
-	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "file holding the bearer token of the backend API (unset: API open)")
+	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "file holding the bearer token of the backend API, /drain and /debug/pprof (required unless --insecure-no-api-auth)")
+	fs.BoolVar(&c.InsecureNoAPIAuth, "insecure-no-api-auth", false, "serve the backend API without a token when --api-token-file is not given (development only)")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 15*time.Second, "how often devices must PING")
 	fs.DurationVar(&c.HeartbeatTimeout, "heartbeat-timeout", 0, "silence after which a device is dropped (default 3 x interval)")
 	fs.DurationVar(&c.HelloTimeout, "hello-timeout", 10*time.Second, "time from accept to HELLO")
@@ -191,6 +191,14 @@ func run(args []string) int {
 	if err != nil {
 		return fail(err)
 	}
+	switch {
+	case o.apiTokenFile != "" && len(token) == 0:
+		log.Error(nil, "cannot start: the file of --api-token-file is empty or only whitespace", "file", o.apiTokenFile)
+		return 2
+	case o.apiTokenFile == "" && !o.cfg.InsecureNoAPIAuth:
+		log.Error(nil, "cannot start: the backend API needs a bearer token: give --api-token-file, or --insecure-no-api-auth to leave it open (development only)")
+		return 2
+	}
 	o.cfg.APIToken = string(token)
 	if o.tlsCert != "" || o.tlsKey != "" {
 		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
@@ -256,25 +264,17 @@ func drainCommand(args []string) int {
 	if host == "" || host == "0.0.0.0" || host == "::" {
 		host = "127.0.0.1"
 	}
-	req, _ := http.NewRequest(http.MethodPost, "http://"+net.JoinHostPort(host, port)+"/drain?wait=1", nil)
 	token, err := readSecretFile(*tokenFile)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if len(token) > 0 {
-		req.Header.Set("Authorization", "Bearer "+string(token))
-	}
-	resp, err := http.DefaultClient.Do(req)
+	api := adminapi.Client{BaseURL: net.JoinHostPort(host, port), Token: string(token)}
+	remaining, err := api.Drain(context.Background(), true)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "drain:", err)
 		return 1
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	fmt.Printf("drain: %s %s", resp.Status, body)
-	if resp.StatusCode != http.StatusOK {
-		return 1
-	}
+	fmt.Printf("drain: done, %d connections remaining\n", remaining)
 	return 0
 }

@@ -116,12 +116,30 @@ func (s *Server) Kill() {
 	s.cmd = nil
 }
 
-// Stop freezes the process (SIGSTOP): connections stay open and commands
-// wait, like a Redis stalled by a long fork or a paused VM.
-func (s *Server) Stop() { _ = s.cmd.Process.Signal(syscall.SIGSTOP) }
+// Stop freezes the process with SIGSTOP: it keeps its data and
+// connections but answers nothing (commands already sent wait in its
+// socket buffers) until Continue, like a node stalled by the host.
+func (s *Server) Stop() {
+	s.t.Helper()
+	if s.cmd == nil {
+		s.t.Fatal("redis-server is not running")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		s.t.Fatal(err)
+	}
+}
 
-// Continue resumes a stopped process (SIGCONT).
-func (s *Server) Continue() { _ = s.cmd.Process.Signal(syscall.SIGCONT) }
+// Continue resumes a process frozen by Stop (SIGCONT); it then runs the
+// commands that arrived meanwhile.
+func (s *Server) Continue() {
+	s.t.Helper()
+	if s.cmd == nil {
+		s.t.Fatal("redis-server is not running")
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		s.t.Fatal(err)
+	}
+}
 
 // Client returns a go-redis client for the server, closed when the test ends.
 func (s *Server) Client() *redis.Client {

@@ -2,7 +2,6 @@ package client_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/client"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
@@ -27,7 +27,7 @@ import (
 func startServer(t testing.TB, name string, st store.Store, mod func(*socketserver.Config)) *socketserver.Server {
 	t.Helper()
 	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		ServerName: name, InsecureNoAuth: true}
+		ServerName: name, InsecureNoAuth: true, InsecureNoAPIAuth: true}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -58,35 +58,18 @@ func redisPair(t testing.TB, mod func(*socketserver.Config)) (*redistest.Server,
 // post sends a backend message to device and returns its seq.
 func post(t *testing.T, s *socketserver.Server, device, payload string) uint64 {
 	t.Helper()
-	resp, err := http.Post("http://"+s.Addrs().Admin+"/v1/devices/"+device+"/messages", "application/octet-stream", strings.NewReader(payload))
+	r, err := (&adminapi.Client{BaseURL: s.Addrs().Admin}).Send(context.Background(), device, []byte(payload), "")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("POST message: %v", err)
 	}
-	defer resp.Body.Close()
-	var out struct{ Seq uint64 }
-	if resp.StatusCode != http.StatusAccepted || json.NewDecoder(resp.Body).Decode(&out) != nil {
-		t.Fatalf("POST message: %s", resp.Status)
-	}
-	return out.Seq
+	return r.Seq
 }
 
-type deviceInfo struct {
-	Connected bool
-	Server    string
-	AckedSeq  uint64 `json:"acked_seq"`
-	Pending   uint64
-}
-
-func getDevice(t *testing.T, s *socketserver.Server, device string) deviceInfo {
+func getDevice(t *testing.T, s *socketserver.Server, device string) adminapi.DeviceInfo {
 	t.Helper()
-	resp, err := http.Get("http://" + s.Addrs().Admin + "/v1/devices/" + device)
+	info, err := (&adminapi.Client{BaseURL: s.Addrs().Admin}).Device(context.Background(), device)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var info deviceInfo
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&info) != nil {
-		t.Fatalf("GET device: %s", resp.Status)
+		t.Fatalf("GET device: %v", err)
 	}
 	return info
 }

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/client"
 )
 
@@ -82,13 +82,13 @@ type device struct {
 	published []uint64        // PUBACKed ids
 
 	// Written by the one backend goroutine that sends to this device.
-	next      uint64          // number of the next message
-	accepted  []uint64        // numbers answered 202
-	ambiguous map[uint64]bool // numbers whose answer was lost: stored or not
+	next     uint64          // number of the next message
+	accepted []uint64        // numbers answered with a seq
+	unknown  map[uint64]bool // numbers still ambiguous after every retry: stored or not
 }
 
 func newDevice(name string, srv *servers, tcpPort int) *device {
-	d := &device{name: name, ambiguous: map[uint64]bool{}}
+	d := &device{name: name, unknown: map[uint64]bool{}}
 	d.client = client.New(client.Config{
 		Addr:   "socketcluster:" + strconv.Itoa(tcpPort), // replaced by Dial
 		Device: name,
@@ -145,10 +145,23 @@ func (d *device) publishLoop(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// backendStats counts what the backends saw: sends answered with a seq,
+// sends with an ambiguous attempt (timeout, 5xx, connection lost after the
+// request was written), the retries, answers marked duplicate (an earlier
+// attempt had been stored) and sends still ambiguous after every retry.
+type backendStats struct {
+	accepted, ambiguous, retries, duplicates, unknown atomic.Int64
+}
+
+// sendAttempts bounds the attempts of one backend message.
+const sendAttempts = 5
+
 // backend sends numbered messages to its devices through the admin API of a
 // random ready pod, one device at a time, so that each device's numbers are
-// sent (and stored) in increasing order. token is the admin API's bearer token.
-func backend(ctx context.Context, devs []*device, srv *servers, adminPort int, token string, every time.Duration, sent *atomic.Int64) {
+// sent (and stored) in increasing order. Each message has an idempotency
+// key; an ambiguous attempt is resent with the same key, to any ready pod,
+// so the device gets it once.
+func backend(ctx context.Context, devs []*device, srv *servers, adminPort int, token string, every time.Duration, st *backendStats) {
 	hc := &http.Client{Timeout: 5 * time.Second}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -159,34 +172,54 @@ func backend(ctx context.Context, devs []*device, srv *servers, adminPort int, t
 		case <-tick.C:
 		}
 		d := devs[i]
-		addr := srv.pick(adminPort)
-		if addr == "" {
+		if srv.pick(adminPort) == "" {
 			continue
 		}
 		d.next++
 		n := d.next
-		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/v1/devices/"+d.name+"/messages",
-			strings.NewReader(strconv.FormatUint(n, 10)))
-		req.Header.Set("Content-Type", "application/octet-stream")
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := hc.Do(req)
-		switch {
-		case err != nil:
-			d.ambiguous[n] = true
-		case resp.StatusCode == http.StatusAccepted:
-			d.accepted = append(d.accepted, n)
-			sent.Add(1)
-		case resp.StatusCode >= 500:
-			d.ambiguous[n] = true // e.g. 503 while the store is unreachable
-		}
-		if resp != nil {
-			resp.Body.Close()
+		key := "e2e-" + strconv.FormatUint(n, 10)
+		payload := []byte(strconv.FormatUint(n, 10))
+		ambiguous := false
+		for attempt, wait := 1, 200*time.Millisecond; ; attempt, wait = attempt+1, wait*2 {
+			var err error
+			if addr := srv.pick(adminPort); addr == "" {
+				err = fmt.Errorf("no ready server")
+			} else {
+				api := &adminapi.Client{BaseURL: addr, Token: token, HTTP: hc}
+				// A send in flight when the backends stop still finishes.
+				var res adminapi.SendResult
+				res, err = api.Send(context.WithoutCancel(ctx), d.name, payload, key)
+				if err == nil {
+					d.accepted = append(d.accepted, n)
+					st.accepted.Add(1)
+					if res.Duplicate {
+						st.duplicates.Add(1)
+					}
+					break
+				}
+			}
+			if adminapi.IsAmbiguous(err) && !ambiguous {
+				ambiguous = true
+				st.ambiguous.Add(1)
+			}
+			// A refusal (e.g. 429) stores nothing, though an earlier
+			// ambiguous attempt may have.
+			if adminapi.IsRefused(err) || attempt == sendAttempts {
+				if ambiguous {
+					d.unknown[n] = true
+					st.unknown.Add(1)
+				}
+				break
+			}
+			st.retries.Add(1)
+			time.Sleep(wait)
 		}
 	}
 }
 
 // checkDelivery: every accepted message reached its device exactly once, in
-// the order it was sent; anything else delivered was an ambiguous send.
+// the order it was sent; anything else delivered was a send whose outcome
+// stayed unknown.
 func (d *device) checkDelivery() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -200,7 +233,7 @@ func (d *device) checkDelivery() error {
 			return fmt.Errorf("%s: message %d after %d (duplicate or out of order)", d.name, n, last)
 		}
 		last = n
-		if !want[n] && !d.ambiguous[n] {
+		if !want[n] && !d.unknown[n] {
 			return fmt.Errorf("%s: message %d was never sent", d.name, n)
 		}
 		delete(want, n)

@@ -72,7 +72,7 @@ func smokeDeployment(img string) *appsv1.Deployment {
 						Name:            "socketserver",
 						Image:           img,
 						ImagePullPolicy: corev1.PullNever,
-						Args:            []string{"--insecure-no-auth", "--drain-timeout=5s"},
+						Args:            []string{"--insecure-no-auth", "--insecure-no-api-auth", "--drain-timeout=5s"},
 						Ports:           []corev1.ContainerPort{{Name: "admin", ContainerPort: adminPort}},
 						ReadinessProbe: &corev1.Probe{
 							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromString("admin")}},

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,12 +64,13 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	// API server at the address the cluster serves it on (see up.sh).
 	installOperator(t, ns, tagA)
 
-	// 4. A SocketCluster of 3 on that Redis.
+	// 4. A SocketCluster of 3 on that Redis. It names no API token: the
+	// operator generates one.
 	start := time.Now()
 	applySocketCluster(t, ns, image(tagA), redisAddr)
 	kubectl(t, "-n", ns, "wait", "--for=condition=Available", "socketcluster/"+scName, "--timeout=5m")
 	t.Logf("SocketCluster available in %s", time.Since(start).Round(time.Millisecond))
-	token := apiToken(t, ctx, ns)
+	apiToken := generatedAPIToken(t, ctx, ns)
 
 	// 5. Devices and backends.
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -90,7 +90,7 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	t.Logf("%d devices connected", nDevices)
 
 	backendCtx, stopBackends := context.WithCancel(loadCtx)
-	var sent atomic.Int64
+	var sent backendStats
 	var backends sync.WaitGroup
 	const nBackends = 8
 	for b := range nBackends {
@@ -101,7 +101,7 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 		backends.Add(1)
 		go func() {
 			defer backends.Done()
-			backend(backendCtx, mine, srv, adminPort, token, 40*time.Millisecond, &sent)
+			backend(backendCtx, mine, srv, adminPort, apiToken, 40*time.Millisecond, &sent)
 		}()
 	}
 	time.Sleep(10 * time.Second) // traffic before the disruption
@@ -133,13 +133,12 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 
 	// 8. Assertions and figures.
 	var resumes []time.Duration
-	var ambiguous, delivered, published int
+	var delivered, published int
 	for _, d := range devs {
 		if err := d.checkDelivery(); err != nil {
 			t.Error(err)
 		}
 		resumes = append(resumes, d.resumes...)
-		ambiguous += len(d.ambiguous)
 		delivered += len(d.received)
 		published += len(d.published)
 	}
@@ -154,46 +153,25 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 		}
 	}
 	p50, p99, maxResume := percentiles(resumes)
-	t.Logf("devices %d; backend messages accepted %d, ambiguous %d, delivered %d; publishes acknowledged %d",
-		nDevices, sent.Load(), ambiguous, delivered, published)
+	t.Logf("devices %d; backend messages accepted %d, delivered %d (each once); ambiguous sends %d, resent with the same key "+
+		"(%d retries), answered duplicate %d, unknown outcomes %d; publishes acknowledged %d",
+		nDevices, sent.accepted.Load(), delivered, sent.ambiguous.Load(), sent.retries.Load(), sent.duplicates.Load(),
+		sent.unknown.Load(), published)
 	t.Logf("rollout %s; pods seen ending %d; reconnects %d, resume p50 %s p99 %s max %s",
 		rollout.Round(time.Millisecond), len(drained), len(resumes), p50, p99, maxResume)
 
 	// 9. The load tool against the upgraded cluster: its own devices and
 	// backends through the pod IPs, one pod drained by its admin API.
-	runLoadTool(t, ctx, ns, selector, redisAddr, token)
-}
-
-// apiToken reads the admin API token the operator generated for the
-// SocketCluster (it names none), from the Secret its status names.
-func apiToken(t *testing.T, ctx context.Context, ns string) string {
-	t.Helper()
-	var name string
-	eventually(t, time.Minute, "status.apiTokenSecretName", func() error {
-		name = strings.TrimSpace(kubectlNoFail("-n", ns, "get", "socketcluster", scName, "-o", "jsonpath={.status.apiTokenSecretName}"))
-		if name == "" {
-			return fmt.Errorf("not set yet")
-		}
-		return nil
-	})
-	s, err := cluster.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := strings.TrimSpace(string(s.Data[resources.APITokenKey]))
-	if len(token) < 32 {
-		t.Fatalf("Secret %s: token of %d characters", name, len(token))
-	}
-	return token
+	runLoadTool(t, ctx, ns, selector, redisAddr, apiToken)
 }
 
 // runLoadTool runs socketbench against the ready pods with a drain storm;
 // it exits non-zero when a message is lost or a device is not back.
-func runLoadTool(t *testing.T, ctx context.Context, ns string, selector map[string]string, redisAddr, token string) {
+func runLoadTool(t *testing.T, ctx context.Context, ns string, selector map[string]string, redisAddr, apiToken string) {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "socketbench")
 	tokenFile := filepath.Join(t.TempDir(), "api-token")
-	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+	if err := os.WriteFile(tokenFile, []byte(apiToken+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	build := exec.Command("go", "build", "-o", bin, "./cmd/socketbench")
@@ -215,7 +193,7 @@ func runLoadTool(t *testing.T, ctx context.Context, ns string, selector map[stri
 	cmd := exec.CommandContext(ctx, bin, "--addrs", strings.Join(addrs, ","), "--admin-addrs", strings.Join(admins, ","),
 		"--redis-addr", redisAddr, "--api-token-file", tokenFile, "--connections", "1000", "--deliver-rate", "200", "--publish-rate", "200",
 		"--duration", "20s", "--settle", "45s", "--storm=drain", "--max-time", "4m")
-	out, err := cmd.Output() // the table; progress goes to stderr
+	out, err := cmd.Output() // the table (with the ambiguous-send and duplicate counters); progress goes to stderr
 	t.Logf("socketbench against %d pods:\n%s", len(addrs), out)
 	if err != nil {
 		t.Fatalf("socketbench: %v (lost messages, devices not back, or a failed run)", err)
@@ -319,6 +297,29 @@ func installOperator(t *testing.T, ns, tag string) {
 	kubectl(t, "-n", ns, "set", "env", "deployment", "-l", "app.kubernetes.io/instance="+release,
 		"KUBERNETES_SERVICE_HOST="+host, "KUBERNETES_SERVICE_PORT="+port)
 	kubectl(t, "-n", ns, "rollout", "status", "deployment", "-l", "app.kubernetes.io/instance="+release, "--timeout=3m")
+}
+
+// generatedAPIToken reads the admin API token the operator generated for
+// the SocketCluster, from the Secret its status names.
+func generatedAPIToken(t *testing.T, ctx context.Context, ns string) string {
+	t.Helper()
+	var name string
+	eventually(t, time.Minute, "status.apiTokenSecretName", func() error {
+		name = strings.TrimSpace(kubectlNoFail("-n", ns, "get", "socketcluster", scName, "-o", "jsonpath={.status.apiTokenSecretName}"))
+		if name == "" {
+			return fmt.Errorf("not set yet")
+		}
+		return nil
+	})
+	s, err := cluster.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(string(s.Data[resources.APITokenKey]))
+	if len(token) < 32 {
+		t.Fatalf("Secret %s: token of %d characters", name, len(token))
+	}
+	return token
 }
 
 func applySocketCluster(t *testing.T, ns, img, redisAddr string) {
