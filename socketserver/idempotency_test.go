@@ -158,8 +158,14 @@ func TestAmbiguousSendRetriedWithKey(t *testing.T) {
 		retry, err = backend.Send(ctx, "d", []byte("once"), "order-1")
 		return err == nil
 	})
-	if !retry.Duplicate || retry.Seq != warm+1 {
-		t.Fatalf("retry: %+v, want the original seq %d as a duplicate (the stalled send was stored)", retry, warm+1)
+	// Redis stores the stalled send once it runs again, and the retry is its
+	// duplicate. On a loaded machine the send may not have left the server
+	// before its deadline: then the retry stores it, under the same seq.
+	if retry.Seq != warm+1 {
+		t.Fatalf("retry: %+v, want seq %d", retry, warm+1)
+	}
+	if !retry.Duplicate {
+		t.Logf("the stalled send never reached Redis; the retry stored it")
 	}
 	marker := send(t, srv, "d", "marker")
 	got := deliveriesUntil(c, "marker")

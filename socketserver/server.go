@@ -161,12 +161,12 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 	if cfg.MaxFrameBytes < 16 {
 		return nil, fmt.Errorf("max frame bytes %d is below 16", cfg.MaxFrameBytes)
 	}
-	if cfg.APIToken == "" && !cfg.InsecureNoAPIAuth {
-		return nil, errors.New("the backend API needs a bearer token (--api-token-file), or --insecure-no-api-auth to leave it open (development only)")
-	}
 	auth, err := newAuthenticator(cfg.AuthKey, cfg.InsecureNoAuth, cfg.AllowTokensWithoutExp)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.APIToken == "" && !cfg.InsecureNoAPIAuth {
+		return nil, errors.New("the backend API needs a bearer token (--api-token-file), or --insecure-no-api-auth to leave it open (development only)")
 	}
 	if cfg.MaxHandshakes < 1 {
 		return nil, fmt.Errorf("max handshakes %d is below 1", cfg.MaxHandshakes)

@@ -32,39 +32,41 @@ func forEachStore(t *testing.T, f func(t *testing.T, newStore func() store.Store
 func TestDeliveryAckAndRedelivery(t *testing.T) {
 	forEachStore(t, func(t *testing.T, newStore func() store.Store) {
 		srv := startServer(t, newStore(), "pod-a", nil)
-		// Messages for a device that never connected wait for its first HELLO.
-		for i := 1; i <= 3; i++ {
-			if seq := send(t, srv, "d", fmt.Sprintf("m%d", i)); seq != uint64(i) {
-				t.Fatalf("seq %d, want %d", seq, i)
+		// Messages for a device that never connected wait for its first
+		// HELLO. A new outbox starts from the clock, then seqs go up by one.
+		base := send(t, srv, "d", "m1") - 1
+		for i := 2; i <= 3; i++ {
+			if seq := send(t, srv, "d", fmt.Sprintf("m%d", i)); seq != base+uint64(i) {
+				t.Fatalf("seq %d, want %d", seq-base, i)
 			}
 		}
 		c := dial(t, srv.Addrs().TCP)
 		c.welcome("d", 0)
 		for i := 1; i <= 3; i++ {
-			if seq, p := c.deliver(); seq != uint64(i) || p != fmt.Sprintf("m%d", i) {
-				t.Fatalf("DELIVER %d %q", seq, p)
+			if seq, p := c.deliver(); seq != base+uint64(i) || p != fmt.Sprintf("m%d", i) {
+				t.Fatalf("DELIVER %d %q", seq-base, p)
 			}
 		}
 		// Live messages follow in order.
 		send(t, srv, "d", "m4")
-		if seq, p := c.deliver(); seq != 4 || p != "m4" {
-			t.Fatalf("live DELIVER %d %q", seq, p)
+		if seq, p := c.deliver(); seq != base+4 || p != "m4" {
+			t.Fatalf("live DELIVER %d %q", seq-base, p)
 		}
 		c.ack(0) // nothing processed yet is a valid ACK
-		c.ack(2)
-		eventually(t, "ack 2 stored", func() bool { return deviceInfo(t, srv, "d").AckedSeq == 2 })
-		if d := deviceInfo(t, srv, "d"); !d.Connected || d.Server != "pod-a" || d.LastSeq != 4 || d.Pending != 2 {
+		c.ack(base + 2)
+		eventually(t, "ack 2 stored", func() bool { return deviceInfo(t, srv, "d").AckedSeq == base+2 })
+		if d := deviceInfo(t, srv, "d"); !d.Connected || d.Server != "pod-a" || d.LastSeq != base+4 || d.Pending != 2 {
 			t.Fatalf("device %+v", d)
 		}
 		c.nc.Close()
 		eventually(t, "disconnect seen", func() bool { return !deviceInfo(t, srv, "d").Connected })
 		// Unacked 3 and 4 come back; last_seq 3 counts as an ack of 3.
 		c2 := dial(t, srv.Addrs().TCP)
-		c2.welcome("d", 3)
-		if seq, _ := c2.deliver(); seq != 4 {
-			t.Fatalf("re-delivery started at %d, want 4", seq)
+		c2.welcome("d", base+3)
+		if seq, _ := c2.deliver(); seq != base+4 {
+			t.Fatalf("re-delivery started at %d, want 4", seq-base)
 		}
-		c2.ack(4)
+		c2.ack(base + 4)
 		eventually(t, "all acked", func() bool { return deviceInfo(t, srv, "d").Pending == 0 })
 	})
 }
@@ -117,31 +119,31 @@ func testResumeOnAnotherServer(t *testing.T, newStore func() store.Store) {
 	b := startServer(t, newStore(), "pod-b", nil)
 	c := dial(t, a.Addrs().TCP)
 	c.welcome("d", 0)
-	send(t, b, "d", "1") // sent through the other pod, delivered live
+	base := send(t, b, "d", "1") - 1 // sent through the other pod, delivered live
 	send(t, a, "d", "2")
 	for i := uint64(1); i <= 2; i++ {
-		if seq, _ := c.deliver(); seq != i {
-			t.Fatalf("live seq %d, want %d", seq, i)
+		if seq, _ := c.deliver(); seq != base+i {
+			t.Fatalf("live seq %d, want %d", seq-base, i)
 		}
 	}
-	c.ack(1)
-	eventually(t, "ack", func() bool { return deviceInfo(t, a, "d").AckedSeq == 1 })
+	c.ack(base + 1)
+	eventually(t, "ack", func() bool { return deviceInfo(t, a, "d").AckedSeq == base+1 })
 	c.nc.Close()
 	eventually(t, "disconnect seen", func() bool { return !deviceInfo(t, a, "d").Connected })
 	send(t, a, "d", "3") // while away
 	c2 := dial(t, b.Addrs().TCP)
-	w := c2.welcome("d", 1)
+	w := c2.welcome("d", base+1)
 	if !w.Resumed || w.Server != "pod-b" {
 		t.Fatalf("WELCOME %+v", w)
 	}
 	for i := uint64(2); i <= 3; i++ {
-		if seq, p := c2.deliver(); seq != i || p != fmt.Sprint(i) {
-			t.Fatalf("after resume: seq %d %q, want %d", seq, p, i)
+		if seq, p := c2.deliver(); seq != base+i || p != fmt.Sprint(i) {
+			t.Fatalf("after resume: seq %d %q, want %d", seq-base, p, i)
 		}
 	}
 	send(t, a, "d", "4")
-	if seq, _ := c2.deliver(); seq != 4 {
-		t.Fatalf("live after resume: %d", seq)
+	if seq, _ := c2.deliver(); seq != base+4 {
+		t.Fatalf("live after resume: %d", seq-base)
 	}
 	if d := deviceInfo(t, a, "d"); d.Server != "pod-b" {
 		t.Fatalf("device held by %q", d.Server)
@@ -167,9 +169,9 @@ func TestTakeover(t *testing.T) {
 		old.expectError(protocol.CodeSessionTakenOver)
 		// Frames of the old connection are not applied: its PUBLISH is not
 		// recorded, its ACK does not count.
-		send(t, b, "d", "x")
+		seq := send(t, b, "d", "x")
 		nw.deliver()
-		if d := deviceInfo(t, a, "d"); d.Server != "pod-b" || d.AckedSeq != 0 {
+		if d := deviceInfo(t, a, "d"); d.Server != "pod-b" || d.AckedSeq != seq-1 {
 			t.Fatalf("device %+v", d)
 		}
 	})
@@ -202,8 +204,11 @@ func TestSlowConsumer(t *testing.T) {
 	_ = c.nc.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4096)
 	c.welcome("slow", 0)
 	payload := strings.Repeat("x", 60000)
+	var base uint64
 	for i := 0; i < 300; i++ { // 18 MB, far beyond socket buffers and the write budget
-		send(t, srv, "slow", payload)
+		if seq := send(t, srv, "slow", payload); i == 0 {
+			base = seq - 1
+		}
 	}
 	eventually(t, "slow device disconnected", func() bool { return srv.Connections() == 0 })
 	if d := deviceInfo(t, srv, "slow"); d.Pending != 300 || d.Connected {
@@ -214,11 +219,11 @@ func TestSlowConsumer(t *testing.T) {
 	c2.welcome("slow", 0)
 	for i := uint64(1); i <= 300; i++ {
 		seq, p := c2.deliver()
-		if seq != i || len(p) != len(payload) {
-			t.Fatalf("seq %d (len %d), want %d", seq, len(p), i)
+		if seq != base+i || len(p) != len(payload) {
+			t.Fatalf("seq %d (len %d), want %d", seq-base, len(p), i)
 		}
 		if i%50 == 0 {
-			c2.ack(i)
+			c2.ack(base + i)
 		}
 	}
 }
