@@ -3,18 +3,12 @@ package socketserver_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -31,6 +25,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/gobwas/ws"
 
+	"github.com/socketcluster/socketcluster/internal/testcert"
 	"github.com/socketcluster/socketcluster/socketserver"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
@@ -317,30 +312,6 @@ func TestWebSocketProtocolErrors(t *testing.T) {
 	})
 }
 
-// selfSigned returns a server certificate for 127.0.0.1 and a pool trusting it.
-func selfSigned(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "socketserver"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool
-}
-
 // holdIdle opens n connections that send nothing: handshakes that never
 // start. They count against the connection limit.
 func holdIdle(t *testing.T, addr string, n int) []net.Conn {
@@ -385,7 +356,7 @@ func TestServerFullBeforeHandshake(t *testing.T) {
 		rawWSDial(t, srv.Addrs().WS).welcome("ws-after-full")
 	})
 	t.Run("tls", func(t *testing.T) {
-		cert, pool := selfSigned(t)
+		cert, pool := testcert.SelfSigned(t)
 		srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
 			c.MaxConnections = 2
 			c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
