@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gobwas/ws"
-
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
@@ -182,7 +180,7 @@ const parkAfter = 250 * time.Millisecond
 // again).
 func (c *conn) park() bool {
 	p := c.srv.poller
-	if p == nil || c.pollID == 0 && !p.add(c) || p.wait(c, parkAfter) {
+	if p == nil || c.pollID == 0 && !c.enroll(p) || p.wait(c, parkAfter) {
 		return false
 	}
 	c.tr.Release()
@@ -192,6 +190,22 @@ func (c *conn) park() bool {
 	}
 	// Not armed: keep reading here, unless a close already restarted the loop.
 	return !c.state.CompareAndSwap(parked, running)
+}
+
+// enroll gives c to the poller before its first park; false: its transport
+// or socket cannot park, and c keeps its read goroutine.
+func (c *conn) enroll(p *poller) bool {
+	pk, ok := c.tr.(parker)
+	if !ok {
+		return false
+	}
+	rc, ok := pk.rawConn(c.nc)
+	if !ok {
+		return false
+	}
+	c.raw = rc
+	p.add(c)
+	return true
 }
 
 // unpark restarts the read loop of a parked connection: input arrived or
@@ -657,17 +671,6 @@ func (c *conn) teardown() {
 	_ = s.store.Release(ctx, c.device, c.holder())
 	cancel()
 	s.untrack(c)
-}
-
-// control answers WebSocket-level pings (the device's PING frames are
-// protocol frames and handled in handle).
-func (c *conn) control(op ws.OpCode, payload []byte) {
-	if op == ws.OpPing {
-		c.write(func(dst []byte) []byte {
-			dst, _ = protocol.AppendWSHeader(dst, ws.OpPong, len(payload), false)
-			return append(dst, payload...)
-		})
-	}
 }
 
 func retryAfter() int64 { return 1000 + rand.Int64N(2000) }

@@ -167,7 +167,7 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 	if cfg.MaxHandshakes < 1 {
 		return nil, fmt.Errorf("max handshakes %d is below 1", cfg.MaxHandshakes)
 	}
-	s := &Server{cfg: cfg, store: st, log: log, auth: auth, metrics: newMetrics(),
+	s := &Server{cfg: cfg, store: st, log: log, auth: auth, metrics: newMetrics(transportNames()),
 		drainDone: make(chan struct{}), seed: maphash.MakeSeed(), conns: map[*conn]struct{}{},
 		handshakes: make(chan struct{}, cfg.MaxHandshakes)}
 	s.maxConns = connectionCeiling(cfg.MaxConnections)
@@ -203,23 +203,18 @@ func (s *Server) Start() error {
 		s.listeners = append(s.listeners, l)
 		return l, nil
 	}
-	if s.cfg.TCPAddr != "" {
-		l, err := listen(s.cfg.TCPAddr, "tcp", true)
+	for _, e := range endpoints {
+		addr := e.addr(&s.cfg)
+		if addr == "" {
+			continue
+		}
+		l, err := listen(addr, e.factory.name(), true)
 		if err != nil {
 			return err
 		}
-		s.addrs.TCP = l.Addr().String()
+		*e.bound(&s.addrs) = l.Addr().String()
 		s.wg.Add(1)
-		go s.acceptLoop(l, false)
-	}
-	if s.cfg.WSAddr != "" {
-		l, err := listen(s.cfg.WSAddr, "ws", true)
-		if err != nil {
-			return err
-		}
-		s.addrs.WS = l.Addr().String()
-		s.wg.Add(1)
-		go s.acceptLoop(l, true)
+		go s.acceptLoop(l, e.factory)
 	}
 	if s.cfg.AdminAddr != "" {
 		l, err := net.Listen("tcp", s.cfg.AdminAddr)
@@ -241,12 +236,14 @@ func (s *Server) Start() error {
 // Addrs returns the bound listener addresses (after Start).
 func (s *Server) Addrs() Addrs { return s.addrs }
 
-func (s *Server) acceptLoop(l net.Listener, isWS bool) {
+// acceptLoop accepts the connections of one listener; f opens their transport.
+func (s *Server) acceptLoop(l net.Listener, f transportFactory) {
 	defer s.wg.Done()
 	// Every connection of this listener starts with a handshake. Its slot
 	// is taken before the accept, so connections beyond MaxHandshakes wait
 	// in the listen backlog, where they hold no descriptor.
-	needsHandshake := isWS || s.cfg.TLS != nil
+	_, upgrades := f.(upgrader)
+	needsHandshake := upgrades || s.cfg.TLS != nil
 	var delay time.Duration
 	for {
 		if needsHandshake {
@@ -288,31 +285,35 @@ func (s *Server) acceptLoop(l net.Listener, isWS bool) {
 		if full && needsHandshake {
 			// No framed ERROR can go out before the handshake: refuse first.
 			<-s.handshakes
-			go s.refuse(c, isWS)
+			go s.refuse(c, f)
 			continue
 		}
-		go s.serveConn(c, isWS, full)
+		go s.serveConn(c, f, full)
 	}
 }
 
 // refuse turns away a connection over the limit before any handshake. A
-// plain WebSocket client gets HTTP 503 with Retry-After and the ERROR body
-// as JSON, without an upgrade; a TLS connection is closed at once.
-func (s *Server) refuse(c *conn, isWS bool) {
+// plain connection of a transport with its own handshake is answered in
+// it (WebSocket: HTTP 503 with Retry-After and the ERROR body as JSON,
+// without an upgrade); a TLS connection is closed at once.
+func (s *Server) refuse(c *conn, f transportFactory) {
 	defer s.wg.Done()
 	defer s.untrack(c)
 	s.metrics.closes.WithLabelValues(string(ReasonRejected)).Inc()
-	if _, isTLS := c.nc.(*tls.Conn); isWS && !isTLS {
-		refuseWS(c.nc, retryAfter())
+	if u, ok := f.(upgrader); ok {
+		if _, isTLS := c.nc.(*tls.Conn); !isTLS {
+			u.refuse(c.nc, retryAfter())
+		}
 	}
 	_ = c.nc.Close()
 }
 
 // serveConn runs a connection; the wait group counts it until teardown.
-func (s *Server) serveConn(c *conn, isWS, full bool) {
+func (s *Server) serveConn(c *conn, f transportFactory, full bool) {
 	_, isTLS := c.nc.(*tls.Conn)
-	if isWS || isTLS {
-		err := onFreshStack(func() error { return s.handshake(c, isWS) })
+	u, upgrades := f.(upgrader)
+	if upgrades || isTLS {
+		err := onFreshStack(func() error { return s.handshake(c, u) })
 		<-s.handshakes
 		if err != nil {
 			s.log.V(1).Info("handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err.Error())
@@ -324,23 +325,20 @@ func (s *Server) serveConn(c *conn, isWS, full bool) {
 	}
 	// Until WELCOME a frame may not exceed MaxFrameBeforeWelcome; hello raises it.
 	limit := min(protocol.MaxFrameBeforeWelcome, s.cfg.MaxFrameBytes)
-	if isWS {
-		c.serve(newWSTransport(c.nc, limit, c.control), full)
-	} else {
-		c.serve(newTCPTransport(c.nc, limit), full)
-	}
+	c.serve(f.open(c.nc, limit, c), full)
 }
 
-// handshake completes TLS and the WebSocket upgrade within the handshake timeout.
-func (s *Server) handshake(c *conn, isWS bool) error {
+// handshake completes TLS and the transport's own handshake, if any (u
+// may be nil), within the handshake timeout.
+func (s *Server) handshake(c *conn, u upgrader) error {
 	_ = c.nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := tc.Handshake(); err != nil {
 			return err
 		}
 	}
-	if isWS {
-		if err := upgradeWS(c.nc); err != nil {
+	if u != nil {
+		if err := u.upgrade(c.nc); err != nil {
 			return err
 		}
 	}
