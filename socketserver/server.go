@@ -299,7 +299,7 @@ func (s *Server) acceptLoop(l net.Listener, f transportFactory) {
 func (s *Server) refuse(c *conn, f transportFactory) {
 	defer s.wg.Done()
 	defer s.untrack(c)
-	s.metrics.closes.WithLabelValues(string(ReasonRejected)).Inc()
+	s.metrics.closes.WithLabelValues(ReasonRejected.String()).Inc()
 	if u, ok := f.(upgrader); ok {
 		if _, isTLS := c.nc.(*tls.Conn); !isTLS {
 			u.refuse(c.nc, retryAfter())
@@ -325,7 +325,7 @@ func (s *Server) serveConn(c *conn, f transportFactory, full bool) {
 	}
 	// Until WELCOME a frame may not exceed MaxFrameBeforeWelcome; hello raises it.
 	limit := min(protocol.MaxFrameBeforeWelcome, s.cfg.MaxFrameBytes)
-	c.serve(f.open(c.nc, limit, c), full)
+	c.serve(f.open(c.nc, limit, &c.w), full)
 }
 
 // handshake completes TLS and the transport's own handshake, if any (u
@@ -369,7 +369,7 @@ func (s *Server) track(c *conn) (full, ok bool) {
 	}
 	full = s.maxConns > 0 && len(s.conns) >= s.maxConns
 	if full && len(s.conns) >= s.maxConns+refusalReserve {
-		s.metrics.closes.WithLabelValues(string(ReasonRejected)).Inc()
+		s.metrics.closes.WithLabelValues(ReasonRejected.String()).Inc()
 		return true, false
 	}
 	s.conns[c] = struct{}{}
@@ -398,26 +398,26 @@ func (s *Server) shard(device string) *shard {
 // connections of one device, the higher epoch wins and the other is told;
 // so does a takeover notice that arrived before c registered.
 func (s *Server) register(c *conn) {
-	sh := s.shard(c.device)
+	sh := s.shard(c.s.device)
 	sh.mu.Lock()
-	old := sh.m[c.device]
-	if f, ok := sh.fences[c.device]; old != nil && old.epoch > c.epoch || ok && f.epoch > c.epoch {
+	old := sh.m[c.s.device]
+	if f, ok := sh.fences[c.s.device]; old != nil && old.s.epoch > c.s.epoch || ok && f.epoch > c.s.epoch {
 		sh.mu.Unlock()
-		c.takenOver()
+		c.s.takenOver()
 		return
 	}
-	sh.m[c.device] = c
+	sh.m[c.s.device] = c
 	sh.mu.Unlock()
 	if old != nil {
-		old.takenOver()
+		old.s.takenOver()
 	}
 }
 
 func (s *Server) unregister(c *conn) {
-	sh := s.shard(c.device)
+	sh := s.shard(c.s.device)
 	sh.mu.Lock()
-	if sh.m[c.device] == c {
-		delete(sh.m, c.device)
+	if sh.m[c.s.device] == c {
+		delete(sh.m, c.s.device)
 	}
 	sh.mu.Unlock()
 }
@@ -445,7 +445,7 @@ func (s *Server) sessions() []*conn {
 // Deliver implements store.Handler.
 func (s *Server) Deliver(device string, seq uint64, payload []byte) {
 	if c := s.session(device); c != nil {
-		c.deliver(seq, payload)
+		c.s.deliver(seq, payload)
 	}
 }
 
@@ -462,8 +462,8 @@ func (s *Server) TakenOver(device string, epoch uint64) {
 	sh.mu.Unlock()
 	if c == nil {
 		s.metrics.fenced.Inc()
-	} else if c.epoch < epoch {
-		c.takenOver()
+	} else if c.s.epoch < epoch {
+		c.s.takenOver()
 	}
 }
 
@@ -526,7 +526,7 @@ func (s *Server) audit(pump bool) {
 		part := conns[i:min(i+batch, len(conns))]
 		devices := make([]string, len(part))
 		for j, c := range part {
-			devices[j] = c.device
+			devices[j] = c.s.device
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
 		epochs, err := s.store.Epochs(ctx, devices)
@@ -535,14 +535,14 @@ func (s *Server) audit(pump bool) {
 			switch {
 			case err != nil:
 				if pump {
-					c.resync()
+					c.s.resync()
 				}
-			case epochs[j] > c.epoch:
-				c.takenOver()
-			case epochs[j] < c.epoch:
-				c.reclaim() // the store lost it; reclaim re-reads the outbox
+			case epochs[j] > c.s.epoch:
+				c.s.takenOver()
+			case epochs[j] < c.s.epoch:
+				c.s.reclaim() // the store lost it; reclaim re-reads the outbox
 			case pump:
-				c.resync()
+				c.s.resync()
 			}
 		}
 	}
@@ -689,11 +689,11 @@ func (s *Server) drain() {
 				}
 			}
 		}
-		c.goAway()
+		c.s.goAway()
 	}
 	for time.Now().Before(deadline) {
 		for _, c := range s.sessions() {
-			c.goAway() // sessions that arrived while the first pass ran
+			c.s.goAway() // sessions that arrived while the first pass ran
 		}
 		if s.Connections() == 0 {
 			s.log.Info("drained", "took", time.Since(start).String())

@@ -46,8 +46,8 @@ func socketRawConn(nc net.Conn) (syscall.RawConn, bool) {
 type transportFactory interface {
 	name() string
 	// open starts framing on nc once any handshake is done. Frames the
-	// transport answers by itself (WebSocket pongs) are queued on c.
-	open(nc net.Conn, maxFrame int, c *conn) transport
+	// transport answers by itself (WebSocket pongs) are queued on out.
+	open(nc net.Conn, maxFrame int, out *writer) transport
 }
 
 // upgrader is a factory whose connections begin with a handshake on the

@@ -13,7 +13,7 @@ type tcpFactory struct{}
 
 func (tcpFactory) name() string { return "tcp" }
 
-func (tcpFactory) open(nc net.Conn, maxFrame int, _ *conn) transport {
+func (tcpFactory) open(nc net.Conn, maxFrame int, _ *writer) transport {
 	return tcpTransport{protocol.NewReader(nc, maxFrame, readBufferSize)}
 }
 

@@ -21,12 +21,12 @@ type wsFactory struct{}
 
 func (wsFactory) name() string { return "ws" }
 
-func (wsFactory) open(nc net.Conn, maxFrame int, c *conn) transport {
+func (wsFactory) open(nc net.Conn, maxFrame int, out *writer) transport {
 	// WebSocket pings are answered here; the device's PING frames are
 	// protocol frames, answered by the session.
 	control := func(op ws.OpCode, payload []byte) {
 		if op == ws.OpPing {
-			c.write(func(dst []byte) []byte {
+			out.write(func(dst []byte) []byte {
 				dst, _ = protocol.AppendWSHeader(dst, ws.OpPong, len(payload), false)
 				return append(dst, payload...)
 			})
