@@ -246,7 +246,7 @@ func (c *conn) teardown() {
 		s.untrack(c)
 		return
 	}
-	s.unregister(c)
+	s.sessions.unregister(&c.s)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
 	_ = s.store.Release(ctx, c.s.device, c.holder())
 	cancel()

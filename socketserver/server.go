@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -107,9 +106,8 @@ type Server struct {
 	drainOnce sync.Once
 	drainDone chan struct{}
 
-	seed    maphash.Seed
-	shards  [64]shard
-	connIDs atomic.Uint64
+	sessions registry
+	connIDs  atomic.Uint64
 	// warnings say how the store could lose acknowledged data.
 	warnings atomic.Pointer[[]string]
 
@@ -129,24 +127,6 @@ type Server struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 }
-
-// shard holds the sessions (welcomed connections) of some devices.
-type shard struct {
-	mu sync.Mutex
-	m  map[string]*conn
-	// fences keep takeover notices for devices not (yet) registered here:
-	// a HELLO whose store call finished just before a newer HELLO elsewhere
-	// registers after the notice arrived, and must still lose.
-	fences map[string]fence
-}
-
-type fence struct {
-	epoch uint64
-	at    time.Time
-}
-
-// fenceTTL is how long a takeover notice waits for a connection to register.
-const fenceTTL = 30 * time.Second
 
 // New builds a server on st. Nothing listens until Start.
 func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
@@ -168,13 +148,10 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 		return nil, fmt.Errorf("max handshakes %d is below 1", cfg.MaxHandshakes)
 	}
 	s := &Server{cfg: cfg, store: st, log: log, auth: auth, metrics: newMetrics(transportNames()),
-		drainDone: make(chan struct{}), seed: maphash.MakeSeed(), conns: map[*conn]struct{}{},
+		drainDone: make(chan struct{}), conns: map[*conn]struct{}{},
 		handshakes: make(chan struct{}, cfg.MaxHandshakes)}
 	s.maxConns = connectionCeiling(cfg.MaxConnections)
-	for i := range s.shards {
-		s.shards[i].m = map[string]*conn{}
-		s.shards[i].fences = map[string]fence{}
-	}
+	s.sessions.init()
 	s.connIDs.Store(rand.Uint64() >> 1)
 	return s, nil
 }
@@ -390,83 +367,6 @@ func (s *Server) Connections() int {
 	return len(s.conns)
 }
 
-func (s *Server) shard(device string) *shard {
-	return &s.shards[maphash.String(s.seed, device)%uint64(len(s.shards))]
-}
-
-// register makes c the session of its device on this server. Of two
-// connections of one device, the higher epoch wins and the other is told;
-// so does a takeover notice that arrived before c registered.
-func (s *Server) register(c *conn) {
-	sh := s.shard(c.s.device)
-	sh.mu.Lock()
-	old := sh.m[c.s.device]
-	if f, ok := sh.fences[c.s.device]; old != nil && old.s.epoch > c.s.epoch || ok && f.epoch > c.s.epoch {
-		sh.mu.Unlock()
-		c.s.takenOver()
-		return
-	}
-	sh.m[c.s.device] = c
-	sh.mu.Unlock()
-	if old != nil {
-		old.s.takenOver()
-	}
-}
-
-func (s *Server) unregister(c *conn) {
-	sh := s.shard(c.s.device)
-	sh.mu.Lock()
-	if sh.m[c.s.device] == c {
-		delete(sh.m, c.s.device)
-	}
-	sh.mu.Unlock()
-}
-
-func (s *Server) session(device string) *conn {
-	sh := s.shard(device)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	return sh.m[device]
-}
-
-func (s *Server) sessions() []*conn {
-	var out []*conn
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for _, c := range sh.m {
-			out = append(out, c)
-		}
-		sh.mu.Unlock()
-	}
-	return out
-}
-
-// Deliver implements store.Handler.
-func (s *Server) Deliver(device string, seq uint64, payload []byte) {
-	if c := s.session(device); c != nil {
-		c.s.deliver(seq, payload)
-	}
-}
-
-// TakenOver implements store.Handler. The notice is also kept for a while:
-// a connection of this device may still be between its store call and
-// its registration.
-func (s *Server) TakenOver(device string, epoch uint64) {
-	sh := s.shard(device)
-	sh.mu.Lock()
-	c := sh.m[device]
-	if f := sh.fences[device]; epoch > f.epoch {
-		sh.fences[device] = fence{epoch: epoch, at: time.Now()}
-	}
-	sh.mu.Unlock()
-	if c == nil {
-		s.metrics.fenced.Inc()
-	} else if c.s.epoch < epoch {
-		c.s.takenOver()
-	}
-}
-
 // releaseFailed releases a HELLO that failed with an unknown outcome, a
 // few times over half a minute: a stalled store may apply it late, and the
 // device would then look connected here for good. Release only acts for
@@ -520,29 +420,29 @@ func (s *Server) auditLoop() {
 // audit compares each session's epoch with the store's; pump re-reads
 // every outbox, else only those of restored sessions.
 func (s *Server) audit(pump bool) {
-	conns := s.sessions()
+	sessions := s.sessions.all()
 	const batch = 500
-	for i := 0; i < len(conns); i += batch {
-		part := conns[i:min(i+batch, len(conns))]
+	for i := 0; i < len(sessions); i += batch {
+		part := sessions[i:min(i+batch, len(sessions))]
 		devices := make([]string, len(part))
-		for j, c := range part {
-			devices[j] = c.s.device
+		for j, sess := range part {
+			devices[j] = sess.device
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
 		epochs, err := s.store.Epochs(ctx, devices)
 		cancel()
-		for j, c := range part {
+		for j, sess := range part {
 			switch {
 			case err != nil:
 				if pump {
-					c.s.resync()
+					sess.resync()
 				}
-			case epochs[j] > c.s.epoch:
-				c.s.takenOver()
-			case epochs[j] < c.s.epoch:
-				c.s.reclaim() // the store lost it; reclaim re-reads the outbox
+			case epochs[j] > sess.epoch:
+				sess.takenOver()
+			case epochs[j] < sess.epoch:
+				sess.reclaim() // the store lost it; reclaim re-reads the outbox
 			case pump:
-				c.s.resync()
+				sess.resync()
 			}
 		}
 	}
@@ -596,7 +496,7 @@ func (s *Server) heartbeatLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(min(max(s.cfg.HeartbeatTimeout/10, 10*time.Millisecond), time.Second))
 	defer t.Stop()
-	var dead []*conn
+	var dead []*session
 	for {
 		select {
 		case <-t.C:
@@ -604,37 +504,13 @@ func (s *Server) heartbeatLoop() {
 			return
 		}
 		limit := time.Now().Add(-s.cfg.HeartbeatTimeout).UnixNano()
-		for i := range s.shards {
-			sh := &s.shards[i]
-			sh.mu.Lock()
-			for _, c := range sh.m {
-				if c.lastRead.Load() < limit {
-					dead = append(dead, c)
-				}
-			}
-			sh.mu.Unlock()
-		}
-		for _, c := range dead {
-			c.fail(protocol.CodeHeartbeatTimeout, "no frame within the heartbeat timeout", 0, ReasonTimeout)
+		dead = s.sessions.appendIf(dead, func(sess *session) bool { return sess.c.lastRead.Load() < limit })
+		for _, sess := range dead {
+			sess.c.fail(protocol.CodeHeartbeatTimeout, "no frame within the heartbeat timeout", 0, ReasonTimeout)
 		}
 		clear(dead)
 		dead = dead[:0]
-		s.pruneFences()
-	}
-}
-
-// pruneFences forgets takeover notices that no connection claimed in time.
-func (s *Server) pruneFences() {
-	old := time.Now().Add(-fenceTTL)
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for d, f := range sh.fences {
-			if f.at.Before(old) {
-				delete(sh.fences, d)
-			}
-		}
-		sh.mu.Unlock()
+		s.sessions.pruneFences()
 	}
 }
 
@@ -669,15 +545,15 @@ func (s *Server) drain() {
 	defer close(s.drainDone)
 	start := time.Now()
 	deadline := start.Add(s.cfg.DrainTimeout)
-	conns := s.sessions()
+	sessions := s.sessions.all()
 	var interval time.Duration
 	switch {
 	case s.cfg.DrainRate > 0:
 		interval = time.Duration(float64(time.Second) / s.cfg.DrainRate)
-	case len(conns) > 1:
-		interval = s.cfg.DrainTimeout * 8 / 10 / time.Duration(len(conns))
+	case len(sessions) > 1:
+		interval = s.cfg.DrainTimeout * 8 / 10 / time.Duration(len(sessions))
 	}
-	for i, c := range conns {
+	for i, sess := range sessions {
 		if i > 0 && interval > 0 {
 			// Pace against the schedule, not per sleep, so timer slack
 			// does not add up over thousands of connections.
@@ -689,11 +565,11 @@ func (s *Server) drain() {
 				}
 			}
 		}
-		c.s.goAway()
+		sess.goAway()
 	}
 	for time.Now().Before(deadline) {
-		for _, c := range s.sessions() {
-			c.s.goAway() // sessions that arrived while the first pass ran
+		for _, sess := range s.sessions.all() {
+			sess.goAway() // sessions that arrived while the first pass ran
 		}
 		if s.Connections() == 0 {
 			s.log.Info("drained", "took", time.Since(start).String())

@@ -163,7 +163,9 @@ func (s *session) hello(body []byte) error {
 	// has no read in progress that a deadline could end.
 	c.lastRead.Store(time.Now().UnixNano())
 	_ = c.nc.SetReadDeadline(time.Time{})
-	srv.register(c)
+	if loser := srv.sessions.register(s); loser != nil {
+		loser.takenOver()
+	}
 	// A drain that started while the store answered has not seen this connection.
 	if srv.draining.Load() {
 		s.goAway()
