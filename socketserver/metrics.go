@@ -28,7 +28,10 @@ type metrics struct {
 	redis       *prometheus.HistogramVec
 }
 
-func newMetrics() *metrics {
+// newMetrics registers the metrics; transports seeds the label values of
+// the connections gauge, so that every transport reports 0 before its first
+// connection.
+func newMetrics(transports []string) *metrics {
 	const ns = "socketserver"
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
@@ -69,7 +72,7 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.connections, m.hellos, m.resumes, m.reclaims, m.fenced, m.warnings, m.deliveries, m.acks, m.publishes, m.goaways,
 		m.drains, m.errors, m.closes, m.storeErrors, m.enqueued, m.redis,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	for _, t := range []string{"tcp", "ws"} {
+	for _, t := range transports {
 		m.connections.WithLabelValues(t)
 	}
 	return m

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 	"unsafe"
 
@@ -46,24 +45,14 @@ func newPoller() (*poller, error) {
 	return p, nil
 }
 
-// add gives c an id; the read loop calls it before c is first marked
-// parked. False: c is not a plain socket (TLS) and keeps its goroutine.
-func (p *poller) add(c *conn) bool {
-	sc, ok := c.nc.(syscall.Conn)
-	if !ok {
-		return false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	c.raw = rc
+// add gives c an id; the read loop calls it, once c.raw is set, before c
+// is first marked parked.
+func (p *poller) add(c *conn) {
 	p.mu.Lock()
 	p.next++
 	c.pollID = p.next
 	p.conns[c.pollID] = c
 	p.mu.Unlock()
-	return true
 }
 
 // wait reports whether input arrives within d, without reading it: a busy

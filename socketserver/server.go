@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -108,9 +107,8 @@ type Server struct {
 	drainOnce sync.Once
 	drainDone chan struct{}
 
-	seed    maphash.Seed
-	shards  [64]shard
-	connIDs atomic.Uint64
+	sessions registry
+	connIDs  atomic.Uint64
 	// warnings say how the store could lose acknowledged data.
 	warnings atomic.Pointer[[]string]
 
@@ -130,24 +128,6 @@ type Server struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 }
-
-// shard holds the sessions (welcomed connections) of some devices.
-type shard struct {
-	mu sync.Mutex
-	m  map[string]*conn
-	// fences keep takeover notices for devices not (yet) registered here:
-	// a HELLO whose store call finished just before a newer HELLO elsewhere
-	// registers after the notice arrived, and must still lose.
-	fences map[string]fence
-}
-
-type fence struct {
-	epoch uint64
-	at    time.Time
-}
-
-// fenceTTL is how long a takeover notice waits for a connection to register.
-const fenceTTL = 30 * time.Second
 
 // New builds a server on st. Nothing listens until Start.
 func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
@@ -171,14 +151,11 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 	if cfg.MaxHandshakes < 1 {
 		return nil, fmt.Errorf("max handshakes %d is below 1", cfg.MaxHandshakes)
 	}
-	s := &Server{cfg: cfg, store: st, log: log, auth: auth, metrics: newMetrics(),
-		drainDone: make(chan struct{}), seed: maphash.MakeSeed(), conns: map[*conn]struct{}{},
+	s := &Server{cfg: cfg, store: st, log: log, auth: auth, metrics: newMetrics(transportNames()),
+		drainDone: make(chan struct{}), conns: map[*conn]struct{}{},
 		handshakes: make(chan struct{}, cfg.MaxHandshakes)}
 	s.maxConns = connectionCeiling(cfg.MaxConnections)
-	for i := range s.shards {
-		s.shards[i].m = map[string]*conn{}
-		s.shards[i].fences = map[string]fence{}
-	}
+	s.sessions.init()
 	s.connIDs.Store(rand.Uint64() >> 1)
 	return s, nil
 }
@@ -207,23 +184,18 @@ func (s *Server) Start() error {
 		s.listeners = append(s.listeners, l)
 		return l, nil
 	}
-	if s.cfg.TCPAddr != "" {
-		l, err := listen(s.cfg.TCPAddr, "tcp", true)
+	for _, e := range endpoints {
+		addr := e.addr(&s.cfg)
+		if addr == "" {
+			continue
+		}
+		l, err := listen(addr, e.factory.name(), true)
 		if err != nil {
 			return err
 		}
-		s.addrs.TCP = l.Addr().String()
+		*e.bound(&s.addrs) = l.Addr().String()
 		s.wg.Add(1)
-		go s.acceptLoop(l, false)
-	}
-	if s.cfg.WSAddr != "" {
-		l, err := listen(s.cfg.WSAddr, "ws", true)
-		if err != nil {
-			return err
-		}
-		s.addrs.WS = l.Addr().String()
-		s.wg.Add(1)
-		go s.acceptLoop(l, true)
+		go s.acceptLoop(l, e.factory)
 	}
 	if s.cfg.AdminAddr != "" {
 		l, err := net.Listen("tcp", s.cfg.AdminAddr)
@@ -245,12 +217,14 @@ func (s *Server) Start() error {
 // Addrs returns the bound listener addresses (after Start).
 func (s *Server) Addrs() Addrs { return s.addrs }
 
-func (s *Server) acceptLoop(l net.Listener, isWS bool) {
+// acceptLoop accepts the connections of one listener; f opens their transport.
+func (s *Server) acceptLoop(l net.Listener, f transportFactory) {
 	defer s.wg.Done()
 	// Every connection of this listener starts with a handshake. Its slot
 	// is taken before the accept, so connections beyond MaxHandshakes wait
 	// in the listen backlog, where they hold no descriptor.
-	needsHandshake := isWS || s.cfg.TLS != nil
+	_, upgrades := f.(upgrader)
+	needsHandshake := upgrades || s.cfg.TLS != nil
 	var delay time.Duration
 	for {
 		if needsHandshake {
@@ -292,31 +266,35 @@ func (s *Server) acceptLoop(l net.Listener, isWS bool) {
 		if full && needsHandshake {
 			// No framed ERROR can go out before the handshake: refuse first.
 			<-s.handshakes
-			go s.refuse(c, isWS)
+			go s.refuse(c, f)
 			continue
 		}
-		go s.serveConn(c, isWS, full)
+		go s.serveConn(c, f, full)
 	}
 }
 
 // refuse turns away a connection over the limit before any handshake. A
-// plain WebSocket client gets HTTP 503 with Retry-After and the ERROR body
-// as JSON, without an upgrade; a TLS connection is closed at once.
-func (s *Server) refuse(c *conn, isWS bool) {
+// plain connection of a transport with its own handshake is answered in
+// it (WebSocket: HTTP 503 with Retry-After and the ERROR body as JSON,
+// without an upgrade); a TLS connection is closed at once.
+func (s *Server) refuse(c *conn, f transportFactory) {
 	defer s.wg.Done()
 	defer s.untrack(c)
-	s.metrics.closes.WithLabelValues(string(ReasonRejected)).Inc()
-	if _, isTLS := c.nc.(*tls.Conn); isWS && !isTLS {
-		refuseWS(c.nc, retryAfter())
+	s.metrics.closes.WithLabelValues(ReasonRejected.String()).Inc()
+	if u, ok := f.(upgrader); ok {
+		if _, isTLS := c.nc.(*tls.Conn); !isTLS {
+			u.refuse(c.nc, retryAfter())
+		}
 	}
 	_ = c.nc.Close()
 }
 
 // serveConn runs a connection; the wait group counts it until teardown.
-func (s *Server) serveConn(c *conn, isWS, full bool) {
+func (s *Server) serveConn(c *conn, f transportFactory, full bool) {
 	_, isTLS := c.nc.(*tls.Conn)
-	if isWS || isTLS {
-		err := onFreshStack(func() error { return s.handshake(c, isWS) })
+	u, upgrades := f.(upgrader)
+	if upgrades || isTLS {
+		err := onFreshStack(func() error { return s.handshake(c, u) })
 		<-s.handshakes
 		if err != nil {
 			s.log.V(1).Info("handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err.Error())
@@ -328,23 +306,20 @@ func (s *Server) serveConn(c *conn, isWS, full bool) {
 	}
 	// Until WELCOME a frame may not exceed MaxFrameBeforeWelcome; hello raises it.
 	limit := min(protocol.MaxFrameBeforeWelcome, s.cfg.MaxFrameBytes)
-	if isWS {
-		c.serve(newWSTransport(c.nc, limit, c.control), full)
-	} else {
-		c.serve(newTCPTransport(c.nc, limit), full)
-	}
+	c.serve(f.open(c.nc, limit, &c.w), full)
 }
 
-// handshake completes TLS and the WebSocket upgrade within the handshake timeout.
-func (s *Server) handshake(c *conn, isWS bool) error {
+// handshake completes TLS and the transport's own handshake, if any (u
+// may be nil), within the handshake timeout.
+func (s *Server) handshake(c *conn, u upgrader) error {
 	_ = c.nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := tc.Handshake(); err != nil {
 			return err
 		}
 	}
-	if isWS {
-		if err := upgradeWS(c.nc); err != nil {
+	if u != nil {
+		if err := u.upgrade(c.nc); err != nil {
 			return err
 		}
 	}
@@ -375,7 +350,7 @@ func (s *Server) track(c *conn) (full, ok bool) {
 	}
 	full = s.maxConns > 0 && len(s.conns) >= s.maxConns
 	if full && len(s.conns) >= s.maxConns+refusalReserve {
-		s.metrics.closes.WithLabelValues(string(ReasonRejected)).Inc()
+		s.metrics.closes.WithLabelValues(ReasonRejected.String()).Inc()
 		return true, false
 	}
 	s.conns[c] = struct{}{}
@@ -394,83 +369,6 @@ func (s *Server) Connections() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.conns)
-}
-
-func (s *Server) shard(device string) *shard {
-	return &s.shards[maphash.String(s.seed, device)%uint64(len(s.shards))]
-}
-
-// register makes c the session of its device on this server. Of two
-// connections of one device, the higher epoch wins and the other is told;
-// so does a takeover notice that arrived before c registered.
-func (s *Server) register(c *conn) {
-	sh := s.shard(c.device)
-	sh.mu.Lock()
-	old := sh.m[c.device]
-	if f, ok := sh.fences[c.device]; old != nil && old.epoch > c.epoch || ok && f.epoch > c.epoch {
-		sh.mu.Unlock()
-		c.takenOver()
-		return
-	}
-	sh.m[c.device] = c
-	sh.mu.Unlock()
-	if old != nil {
-		old.takenOver()
-	}
-}
-
-func (s *Server) unregister(c *conn) {
-	sh := s.shard(c.device)
-	sh.mu.Lock()
-	if sh.m[c.device] == c {
-		delete(sh.m, c.device)
-	}
-	sh.mu.Unlock()
-}
-
-func (s *Server) session(device string) *conn {
-	sh := s.shard(device)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	return sh.m[device]
-}
-
-func (s *Server) sessions() []*conn {
-	var out []*conn
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for _, c := range sh.m {
-			out = append(out, c)
-		}
-		sh.mu.Unlock()
-	}
-	return out
-}
-
-// Deliver implements store.Handler.
-func (s *Server) Deliver(device string, seq uint64, payload []byte) {
-	if c := s.session(device); c != nil {
-		c.deliver(seq, payload)
-	}
-}
-
-// TakenOver implements store.Handler. The notice is also kept for a while:
-// a connection of this device may still be between its store call and
-// its registration.
-func (s *Server) TakenOver(device string, epoch uint64) {
-	sh := s.shard(device)
-	sh.mu.Lock()
-	c := sh.m[device]
-	if f := sh.fences[device]; epoch > f.epoch {
-		sh.fences[device] = fence{epoch: epoch, at: time.Now()}
-	}
-	sh.mu.Unlock()
-	if c == nil {
-		s.metrics.fenced.Inc()
-	} else if c.epoch < epoch {
-		c.takenOver()
-	}
 }
 
 // releaseFailed releases a HELLO that failed with an unknown outcome, a
@@ -526,29 +424,29 @@ func (s *Server) auditLoop() {
 // audit compares each session's epoch with the store's; pump re-reads
 // every outbox, else only those of restored sessions.
 func (s *Server) audit(pump bool) {
-	conns := s.sessions()
+	sessions := s.sessions.all()
 	const batch = 500
-	for i := 0; i < len(conns); i += batch {
-		part := conns[i:min(i+batch, len(conns))]
+	for i := 0; i < len(sessions); i += batch {
+		part := sessions[i:min(i+batch, len(sessions))]
 		devices := make([]string, len(part))
-		for j, c := range part {
-			devices[j] = c.device
+		for j, sess := range part {
+			devices[j] = sess.device
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
 		epochs, err := s.store.Epochs(ctx, devices)
 		cancel()
-		for j, c := range part {
+		for j, sess := range part {
 			switch {
 			case err != nil:
 				if pump {
-					c.resync()
+					sess.resync()
 				}
-			case epochs[j] > c.epoch:
-				c.takenOver()
-			case epochs[j] < c.epoch:
-				c.reclaim() // the store lost it; reclaim re-reads the outbox
+			case epochs[j] > sess.epoch:
+				sess.takenOver()
+			case epochs[j] < sess.epoch:
+				sess.reclaim() // the store lost it; reclaim re-reads the outbox
 			case pump:
-				c.resync()
+				sess.resync()
 			}
 		}
 	}
@@ -602,7 +500,7 @@ func (s *Server) heartbeatLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(min(max(s.cfg.HeartbeatTimeout/10, 10*time.Millisecond), time.Second))
 	defer t.Stop()
-	var dead []*conn
+	var dead []*session
 	for {
 		select {
 		case <-t.C:
@@ -610,37 +508,13 @@ func (s *Server) heartbeatLoop() {
 			return
 		}
 		limit := time.Now().Add(-s.cfg.HeartbeatTimeout).UnixNano()
-		for i := range s.shards {
-			sh := &s.shards[i]
-			sh.mu.Lock()
-			for _, c := range sh.m {
-				if c.lastRead.Load() < limit {
-					dead = append(dead, c)
-				}
-			}
-			sh.mu.Unlock()
-		}
-		for _, c := range dead {
-			c.fail(protocol.CodeHeartbeatTimeout, "no frame within the heartbeat timeout", 0, ReasonTimeout)
+		dead = s.sessions.appendIf(dead, func(sess *session) bool { return sess.c.lastRead.Load() < limit })
+		for _, sess := range dead {
+			sess.c.fail(protocol.CodeHeartbeatTimeout, "no frame within the heartbeat timeout", 0, ReasonTimeout)
 		}
 		clear(dead)
 		dead = dead[:0]
-		s.pruneFences()
-	}
-}
-
-// pruneFences forgets takeover notices that no connection claimed in time.
-func (s *Server) pruneFences() {
-	old := time.Now().Add(-fenceTTL)
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		for d, f := range sh.fences {
-			if f.at.Before(old) {
-				delete(sh.fences, d)
-			}
-		}
-		sh.mu.Unlock()
+		s.sessions.pruneFences()
 	}
 }
 
@@ -675,15 +549,15 @@ func (s *Server) drain() {
 	defer close(s.drainDone)
 	start := time.Now()
 	deadline := start.Add(s.cfg.DrainTimeout)
-	conns := s.sessions()
+	sessions := s.sessions.all()
 	var interval time.Duration
 	switch {
 	case s.cfg.DrainRate > 0:
 		interval = time.Duration(float64(time.Second) / s.cfg.DrainRate)
-	case len(conns) > 1:
-		interval = s.cfg.DrainTimeout * 8 / 10 / time.Duration(len(conns))
+	case len(sessions) > 1:
+		interval = s.cfg.DrainTimeout * 8 / 10 / time.Duration(len(sessions))
 	}
-	for i, c := range conns {
+	for i, sess := range sessions {
 		if i > 0 && interval > 0 {
 			// Pace against the schedule, not per sleep, so timer slack
 			// does not add up over thousands of connections.
@@ -695,11 +569,11 @@ func (s *Server) drain() {
 				}
 			}
 		}
-		c.goAway()
+		sess.goAway()
 	}
 	for time.Now().Before(deadline) {
-		for _, c := range s.sessions() {
-			c.goAway() // sessions that arrived while the first pass ran
+		for _, sess := range s.sessions.all() {
+			sess.goAway() // sessions that arrived while the first pass ran
 		}
 		if s.Connections() == 0 {
 			s.log.Info("drained", "took", time.Since(start).String())

@@ -1,106 +1,87 @@
 package socketserver
 
 import (
-	"bufio"
-	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"strings"
-	"time"
-
-	"github.com/gobwas/ws"
+	"syscall"
 
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 )
 
-// transport is a connection's framing plus what only the server needs:
-// how to end the stream politely and a label for metrics.
-type transport struct {
+// transport is a connection's wire as its read loop and writer see it:
+// the framing (the Codec) and how the stream ends. Each transport is one
+// file (transport_*.go); what only some transports can do is a separate
+// capability interface (parker).
+type transport interface {
 	protocol.Codec
-	ws bool
+	// name labels the connection in metrics.
+	name() string
+	// appendClose appends what ends the stream politely after the last
+	// frame; the socket is closed once it is written.
+	appendClose(dst []byte) []byte
+}
+
+// parker is the capability of transports that read straight from their
+// socket: an idle connection then waits for input in the poller, on the
+// socket's descriptor, instead of in a goroutine blocked in ReadFrame.
+// Transports that read through another layer (net/http, gRPC) have no
+// descriptor whose readiness means a frame.
+type parker interface {
+	// rawConn returns the descriptor of nc, the socket the transport
+	// reads; false when there is none (TLS decrypts in user space).
+	rawConn(nc net.Conn) (syscall.RawConn, bool)
+}
+
+// socketRawConn is rawConn for transports that read nc itself.
+func socketRawConn(nc net.Conn) (syscall.RawConn, bool) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil, false
+	}
+	rc, err := sc.SyscallConn()
+	return rc, err == nil
+}
+
+// transportFactory opens the transport of each connection a listener
+// accepts.
+type transportFactory interface {
+	name() string
+	// open starts framing on nc once any handshake is done. Frames the
+	// transport answers by itself (WebSocket pongs) are queued on out.
+	open(nc net.Conn, maxFrame int, out *writer) transport
+}
+
+// upgrader is a factory whose connections begin with a handshake on the
+// plain stream (after TLS), before any frame: the WebSocket upgrade.
+type upgrader interface {
+	upgrade(nc net.Conn) error
+	// refuse answers a connection over the limit in the handshake's own
+	// protocol, before any upgrade.
+	refuse(nc net.Conn, retryAfterMs int64)
 }
 
 // readBufferSize is the read window of a connection: idle connections are
 // the common case, so it is small; larger frames borrow a pooled buffer.
 const readBufferSize = 512
 
-func newTCPTransport(nc net.Conn, maxFrame int) transport {
-	return transport{Codec: protocol.NewReader(nc, maxFrame, readBufferSize)}
+// endpoint is a registered transport and where its listener is configured.
+type endpoint struct {
+	factory transportFactory
+	addr    func(*Config) string // "" = no listener
+	bound   func(*Addrs) *string // where Start reports the bound address
 }
 
-func newWSTransport(nc net.Conn, maxFrame int, control func(ws.OpCode, []byte)) transport {
-	return transport{Codec: protocol.NewWSReader(nc, maxFrame, readBufferSize, false, control), ws: true}
+// endpoints are the registered transports, in the order their listeners
+// start. A new transport is one file and an entry here.
+var endpoints = []endpoint{
+	{tcpFactory{}, func(c *Config) string { return c.TCPAddr }, func(a *Addrs) *string { return &a.TCP }},
+	{wsFactory{}, func(c *Config) string { return c.WSAddr }, func(a *Addrs) *string { return &a.WS }},
 }
 
-func (t transport) name() string {
-	if t.ws {
-		return "ws"
+// transportNames are the metric labels of the registered transports.
+func transportNames() []string {
+	names := make([]string, len(endpoints))
+	for i, e := range endpoints {
+		names[i] = e.factory.name()
 	}
-	return "tcp"
-}
-
-// appendClose appends a WebSocket close frame: 1002 after a frame that
-// breaks RFC 6455, else 1000. TCP just closes.
-func (t transport) appendClose(dst []byte) []byte {
-	if !t.ws {
-		return dst
-	}
-	status := ws.StatusNormalClosure
-	if r, ok := t.Codec.(*protocol.WSReader); ok && r.ProtocolViolation() {
-		status = ws.StatusProtocolError
-	}
-	dst, _ = protocol.AppendWSHeader(dst, ws.OpClose, 2, false)
-	return append(dst, byte(status>>8), byte(status))
-}
-
-// refuseTimeout bounds reading the request of a WebSocket client that is
-// refused, and writing the answer.
-const refuseTimeout = time.Second
-
-// refuseWS answers a WebSocket client over the connection limit with HTTP
-// 503, Retry-After and the ERROR body (server_full) as JSON, without an
-// upgrade. The request is read first: closing with unread input would
-// reset the connection and could lose the answer.
-func refuseWS(nc net.Conn, retryAfterMs int64) {
-	_ = nc.SetDeadline(time.Now().Add(refuseTimeout))
-	if _, err := http.ReadRequest(bufio.NewReader(io.LimitReader(nc, 8<<10))); err != nil {
-		return
-	}
-	body := protocol.MustJSON(protocol.ErrorBody{Code: protocol.CodeServerFull,
-		Message: "server is at its connection limit; try another", RetryAfterMs: retryAfterMs})
-	_, _ = fmt.Fprintf(nc, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: %d\r\nContent-Type: application/json\r\n"+
-		"Content-Length: %d\r\nConnection: close\r\n\r\n%s", (retryAfterMs+999)/1000, len(body), body)
-}
-
-// upgradeWS performs the handshake on /ws, selecting scp.v1. A client that
-// offers subprotocols but not scp.v1 is refused with 400, as the contract says.
-func upgradeWS(nc net.Conn) error {
-	offeredOther := false
-	u := ws.Upgrader{
-		OnRequest: func(uri []byte) error {
-			path, _, _ := strings.Cut(string(uri), "?")
-			if path != "/ws" {
-				return ws.RejectConnectionError(ws.RejectionStatus(404), ws.RejectionReason("not found: the WebSocket endpoint is /ws"))
-			}
-			return nil
-		},
-		ProtocolCustom: func(v []byte) (string, bool) {
-			for _, p := range strings.Split(string(v), ",") {
-				if strings.TrimSpace(p) == protocol.Subprotocol {
-					return protocol.Subprotocol, true
-				}
-			}
-			offeredOther = true
-			return "", true
-		},
-		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) {
-			if offeredOther {
-				return nil, ws.RejectConnectionError(ws.RejectionStatus(400), ws.RejectionReason("subprotocol scp.v1 required"))
-			}
-			return nil, nil
-		},
-	}
-	_, err := u.Upgrade(nc)
-	return err
+	return names
 }
