@@ -30,8 +30,7 @@ func TestRedisDownAndBack(t *testing.T) {
 	c.welcome("d", 0)
 	first := send(t, srv, "d", "before")
 	c.deliver()
-	c.ack(first)
-	eventually(t, "ack stored", func() bool { return deviceInfo(t, srv, "d").AckedSeq == first })
+	c.ackStored(srv, "d", first)
 
 	r.Kill()
 	c.send(protocol.TypePing, []byte("alive"))

@@ -168,6 +168,13 @@ func (c *rawConn) ack(seq uint64) {
 	c.send(protocol.TypeAck, binary.BigEndian.AppendUint64(nil, seq))
 }
 
+// ackStored ACKs seq and waits until the store has applied it.
+func (c *rawConn) ackStored(srv target, device string, seq uint64) {
+	c.t.Helper()
+	c.ack(seq)
+	eventually(c.t, "ack stored", func() bool { return deviceInfo(c.t, srv, device).AckedSeq == seq })
+}
+
 func (c *rawConn) publish(id uint64, payload string) {
 	c.send(protocol.TypePublish, append(binary.BigEndian.AppendUint64(nil, id), payload...))
 }

@@ -31,8 +31,7 @@ func TestStoreLosesDataUnderConnectedDevice(t *testing.T) {
 		send(t, srv, "d", fmt.Sprint("old", i))
 		last, _ = c.deliver()
 	}
-	c.ack(last)
-	eventually(t, "ack stored", func() bool { return deviceInfo(t, srv, "d").AckedSeq == last })
+	c.ackStored(srv, "d", last)
 
 	r.Kill()
 	r.Restart()
@@ -78,8 +77,7 @@ func TestEvictedSessionIsRestored(t *testing.T) {
 	c.welcome("d", 0)
 	first := send(t, srv, "d", "before")
 	c.deliver()
-	c.ack(first)
-	eventually(t, "ack stored", func() bool { return deviceInfo(t, srv, "d").AckedSeq == first })
+	c.ackStored(srv, "d", first)
 	rdb := r.Client()
 	if err := rdb.Del(context.Background(), "t:{d}:s", "t:{d}:q").Err(); err != nil {
 		t.Fatal(err)
