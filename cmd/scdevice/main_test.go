@@ -260,12 +260,11 @@ func TestPointedAtHTTP(t *testing.T) {
 	})
 
 	t.Run("WebSocket listener", func(t *testing.T) {
-		// The WebSocket listener drops a request it cannot parse without an
-		// HTTP answer: scdevice says what the port probably is.
+		// The WebSocket listener answers the probe's empty line in HTTP.
 		addr := startServer(t, nil).Addrs().WS
 		c := startCLI(t, "--addr", addr, "--device", "store-1", "--wait", "200ms")
-		c.stderr.waitFor(t, "stderr", "scdevice: connect "+addr+": the server closed the connection without answering HELLO "+
-			"(is it a protocol v1 TCP port? for WebSocket use ws://"+addr+"/ws); retrying in ")
+		c.stderr.waitFor(t, "stderr", `scdevice: the server at `+addr+` answered HTTP ("HTTP/1.1 404 Not Found"): `+
+			`this is not a protocol v1 TCP port; for WebSocket use ws://`+addr+`/ws; retrying in `)
 		if code := c.exit(t); code != 1 {
 			t.Fatalf("exit code %d, want 1; stderr:\n%s", code, c.stderr)
 		}
