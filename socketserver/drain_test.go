@@ -209,9 +209,11 @@ func TestDrainPacing(t *testing.T) {
 	}
 	wg.Wait()
 	slices.Sort(arrivals)
-	// 5 GOAWAYs at 10/s span at least 4 intervals.
-	if span := arrivals[n-1] - arrivals[0]; span < 350*time.Millisecond {
-		t.Fatalf("GOAWAYs not paced: all within %v", span)
+	// 5 GOAWAYs at 10/s: the last leaves 4 intervals after the drain
+	// started. A late reader only delays an arrival, so the bound holds
+	// on a loaded machine; a span between arrivals would not.
+	if last := arrivals[n-1]; last < 390*time.Millisecond {
+		t.Fatalf("GOAWAYs not paced: all within %v of the drain", last)
 	}
 	for _, h := range hints {
 		if h < 0 || h > 2000 {

@@ -31,6 +31,7 @@ func TestIdleConnectionsPark(t *testing.T) {
 	if typ, body := wsRead(t, ws); typ != protocol.TypeWelcome {
 		t.Fatalf("got %s %s, want WELCOME", protocol.TypeName(typ), body)
 	}
+	sse := sseConnect(t, srv, "idle-sse", 0)
 	parked := func() bool { return runtime.NumGoroutine() < base+n/10 }
 	eventually(t, "idle connections hold no goroutine", parked)
 
@@ -54,6 +55,10 @@ func TestIdleConnectionsPark(t *testing.T) {
 		t.Fatalf("got %s %q, want PONG ws", protocol.TypeName(typ), body)
 	}
 	eventually(t, "connections park again after their frames", parked)
+	seq := send(t, srv, "idle-sse", "wake")
+	if got, p := sse.deliver(); got != seq || p != "wake" {
+		t.Fatalf("parked SSE stream: %d %q", got, p)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -25,6 +25,7 @@ import (
 // Config is the server's configuration; zero values take the contract's defaults.
 type Config struct {
 	TCPAddr, WSAddr, AdminAddr string
+	DisableSSE                 bool // no /sse paths on the WebSocket listener
 	ServerName                 string
 	AuthKey                    []byte
 	InsecureNoAuth             bool
@@ -122,6 +123,7 @@ type Server struct {
 	handshakes chan struct{}
 
 	listeners []net.Listener
+	sseUp     *sseUpstream // nil without SSE
 	admin     *http.Server
 	addrs     Addrs
 	ctx       context.Context
@@ -183,6 +185,9 @@ func (s *Server) Start() error {
 		}
 		s.listeners = append(s.listeners, l)
 		return l, nil
+	}
+	if s.cfg.WSAddr != "" && !s.cfg.DisableSSE {
+		s.startSSEUpstream()
 	}
 	for _, e := range endpoints {
 		addr := e.addr(&s.cfg)
@@ -294,11 +299,13 @@ func (s *Server) serveConn(c *conn, f transportFactory, full bool) {
 	_, isTLS := c.nc.(*tls.Conn)
 	u, upgrades := f.(upgrader)
 	if upgrades || isTLS {
-		err := onFreshStack(func() error { return s.handshake(c, u) })
+		err := onFreshStack(func() (err error) { f, err = s.handshake(c, f, u); return err })
 		<-s.handshakes
-		if err != nil {
-			s.log.V(1).Info("handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err.Error())
-			_ = c.nc.Close()
+		if err != nil || f == nil {
+			if err != nil {
+				s.log.V(1).Info("handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err.Error())
+				_ = c.nc.Close()
+			} // else handed off, no device connection
 			s.untrack(c)
 			s.wg.Done()
 			return
@@ -309,22 +316,24 @@ func (s *Server) serveConn(c *conn, f transportFactory, full bool) {
 	c.serve(f.open(c.nc, limit, &c.w), full)
 }
 
-// handshake completes TLS and the transport's own handshake, if any (u
-// may be nil), within the handshake timeout.
-func (s *Server) handshake(c *conn, u upgrader) error {
+// handshake completes TLS and the listener's own handshake, if any (u
+// may be nil), within the handshake timeout, and returns the factory of
+// the connection's transport (f without an upgrader; nil: handed off).
+func (s *Server) handshake(c *conn, f transportFactory, u upgrader) (transportFactory, error) {
 	_ = c.nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := tc.Handshake(); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if u != nil {
-		if err := u.upgrade(c.nc); err != nil {
-			return err
+		var err error
+		if f, err = u.upgrade(s, c.nc); err != nil || f == nil {
+			return nil, err
 		}
 	}
 	_ = c.nc.SetWriteDeadline(time.Time{})
-	return nil
+	return f, nil
 }
 
 // onFreshStack runs f on a short-lived goroutine and waits for it. Work
@@ -493,9 +502,9 @@ func (s *Server) statsLoop() {
 }
 
 // heartbeatLoop ends welcomed connections whose device sent nothing within
-// the heartbeat timeout. A sweep instead of a read deadline: parked
-// connections have no read to time out, and busy ones skip a timer reset
-// per frame.
+// the heartbeat timeout, and writes the keepalives of one-way transports.
+// A sweep instead of a read deadline: parked connections have no read to
+// time out, and busy ones skip a timer reset per frame.
 func (s *Server) heartbeatLoop() {
 	defer s.wg.Done()
 	t := time.NewTicker(min(max(s.cfg.HeartbeatTimeout/10, 10*time.Millisecond), time.Second))
@@ -507,9 +516,22 @@ func (s *Server) heartbeatLoop() {
 		case <-s.ctx.Done():
 			return
 		}
-		limit := time.Now().Add(-s.cfg.HeartbeatTimeout).UnixNano()
-		dead = s.sessions.appendIf(dead, func(sess *session) bool { return sess.c.lastRead.Load() < limit })
+		now := time.Now()
+		limit := now.Add(-s.cfg.HeartbeatTimeout).UnixNano()
+		// One-way connections: lastRead is when their last keepalive was queued.
+		keepalive := now.Add(-s.cfg.HeartbeatInterval).UnixNano()
+		dead = s.sessions.appendIf(dead, func(sess *session) bool {
+			if _, ok := sess.c.tr.(oneWay); ok {
+				return sess.c.lastRead.Load() < keepalive
+			}
+			return sess.c.lastRead.Load() < limit
+		})
 		for _, sess := range dead {
+			if ow, ok := sess.c.tr.(oneWay); ok {
+				sess.c.lastRead.Store(now.UnixNano())
+				sess.c.w.write(ow.appendKeepalive)
+				continue
+			}
 			sess.c.fail(protocol.CodeHeartbeatTimeout, "no frame within the heartbeat timeout", 0, ReasonTimeout)
 		}
 		clear(dead)
@@ -613,6 +635,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	for _, l := range s.listeners {
 		_ = l.Close()
+	}
+	if s.sseUp != nil {
+		s.sseUp.close()
 	}
 	for _, c := range conns {
 		c.close(ReasonShutdown)

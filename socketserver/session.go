@@ -380,8 +380,13 @@ func (s *session) goAway() {
 	}, 0)
 	sent := s.goaway
 	s.mu.Unlock()
-	if sent {
-		c.srv.metrics.goaways.Inc()
-		time.AfterFunc(goAwayGrace, func() { c.close(ReasonDrained) })
+	if !sent {
+		return
 	}
+	c.srv.metrics.goaways.Inc()
+	if _, ok := c.tr.(oneWay); ok {
+		c.close(ReasonDrained) // the end of the stream is the cue to reconnect
+		return
+	}
+	time.AfterFunc(goAwayGrace, func() { c.close(ReasonDrained) })
 }

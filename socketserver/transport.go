@@ -51,9 +51,13 @@ type transportFactory interface {
 }
 
 // upgrader is a factory whose connections begin with a handshake on the
-// plain stream (after TLS), before any frame: the WebSocket upgrade.
+// plain stream (after TLS), before any frame: the HTTP listener, whose
+// request picks a WebSocket, an SSE stream or an upstream request.
 type upgrader interface {
-	upgrade(nc net.Conn) error
+	// upgrade performs the handshake and returns the factory of the
+	// connection's transport; nil when the connection was handed to
+	// another server and is no device connection any more.
+	upgrade(s *Server, nc net.Conn) (transportFactory, error)
 	// refuse answers a connection over the limit in the handshake's own
 	// protocol, before any upgrade.
 	refuse(nc net.Conn, retryAfterMs int64)
@@ -63,25 +67,34 @@ type upgrader interface {
 // the common case, so it is small; larger frames borrow a pooled buffer.
 const readBufferSize = 512
 
-// endpoint is a registered transport and where its listener is configured.
-type endpoint struct {
-	factory transportFactory
-	addr    func(*Config) string // "" = no listener
-	bound   func(*Addrs) *string // where Start reports the bound address
+// oneWay is the capability of transports on which the device sends
+// nothing (SSE): no inbound heartbeat can prove it alive, so the server
+// writes a keepalive every heartbeat interval (a dead peer fails those
+// writes), and the end of the stream is the cue to reconnect after GOAWAY.
+type oneWay interface {
+	appendKeepalive(dst []byte) []byte
 }
 
-// endpoints are the registered transports, in the order their listeners
-// start. A new transport is one file and an entry here.
+// endpoint is a listener and the transports it serves.
+type endpoint struct {
+	factory    transportFactory
+	addr       func(*Config) string // "" = no listener
+	bound      func(*Addrs) *string // where Start reports the bound address
+	transports []string             // metric labels of what it serves
+}
+
+// endpoints are the listeners, in the order they start. A new transport
+// is one file and an entry here (or in the HTTP listener's routes).
 var endpoints = []endpoint{
-	{tcpFactory{}, func(c *Config) string { return c.TCPAddr }, func(a *Addrs) *string { return &a.TCP }},
-	{wsFactory{}, func(c *Config) string { return c.WSAddr }, func(a *Addrs) *string { return &a.WS }},
+	{tcpFactory{}, func(c *Config) string { return c.TCPAddr }, func(a *Addrs) *string { return &a.TCP }, []string{"tcp"}},
+	{httpFactory{}, func(c *Config) string { return c.WSAddr }, func(a *Addrs) *string { return &a.WS }, []string{"ws", "sse"}},
 }
 
 // transportNames are the metric labels of the registered transports.
 func transportNames() []string {
-	names := make([]string, len(endpoints))
-	for i, e := range endpoints {
-		names[i] = e.factory.name()
+	var names []string
+	for _, e := range endpoints {
+		names = append(names, e.transports...)
 	}
 	return names
 }

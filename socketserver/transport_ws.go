@@ -2,7 +2,7 @@ package socketserver
 
 import (
 	"bufio"
-	"fmt"
+	"bytes"
 	"io"
 	"net"
 	"net/http"
@@ -15,8 +15,8 @@ import (
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 )
 
-// wsFactory opens WebSocket connections: an HTTP upgrade on /ws with the
-// scp.v1 subprotocol, then one frame per binary message.
+// wsFactory opens WebSocket connections, upgraded on /ws with the scp.v1
+// subprotocol (upgradeWS): one frame per binary message.
 type wsFactory struct{}
 
 func (wsFactory) name() string { return "ws" }
@@ -58,33 +58,24 @@ func (wsTransport) rawConn(nc net.Conn) (syscall.RawConn, bool) { return socketR
 // refused, and writing the answer.
 const refuseTimeout = time.Second
 
-// refuse answers a WebSocket client over the connection limit with HTTP
-// 503, Retry-After and the ERROR body (server_full) as JSON, without an
+// refuse answers an HTTP client over the connection limit with 503,
+// Retry-After and the ERROR body (server_full) as JSON, without an
 // upgrade. The request is read first: closing with unread input would
 // reset the connection and could lose the answer.
-func (wsFactory) refuse(nc net.Conn, retryAfterMs int64) {
+func (httpFactory) refuse(nc net.Conn, retryAfterMs int64) {
 	_ = nc.SetDeadline(time.Now().Add(refuseTimeout))
 	if _, err := http.ReadRequest(bufio.NewReader(io.LimitReader(nc, 8<<10))); err != nil {
 		return
 	}
-	body := protocol.MustJSON(protocol.ErrorBody{Code: protocol.CodeServerFull,
-		Message: "server is at its connection limit; try another", RetryAfterMs: retryAfterMs})
-	_, _ = fmt.Fprintf(nc, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: %d\r\nContent-Type: application/json\r\n"+
-		"Content-Length: %d\r\nConnection: close\r\n\r\n%s", (retryAfterMs+999)/1000, len(body), body)
+	writeHTTPError(nc, protocol.CodeServerFull, "server is at its connection limit; try another", retryAfterMs)
 }
 
-// upgrade performs the handshake on /ws, selecting scp.v1. A client that
-// offers subprotocols but not scp.v1 is refused with 400, as the contract says.
-func (wsFactory) upgrade(nc net.Conn) error {
+// upgradeWS performs the handshake on /ws, whose head the HTTP listener
+// read already, selecting scp.v1. A client that offers subprotocols but
+// not scp.v1 is refused with 400, as the contract says.
+func upgradeWS(nc net.Conn, head []byte) error {
 	offeredOther := false
 	u := ws.Upgrader{
-		OnRequest: func(uri []byte) error {
-			path, _, _ := strings.Cut(string(uri), "?")
-			if path != "/ws" {
-				return ws.RejectConnectionError(ws.RejectionStatus(404), ws.RejectionReason("not found: the WebSocket endpoint is /ws"))
-			}
-			return nil
-		},
 		ProtocolCustom: func(v []byte) (string, bool) {
 			for _, p := range strings.Split(string(v), ",") {
 				if strings.TrimSpace(p) == protocol.Subprotocol {
@@ -101,6 +92,9 @@ func (wsFactory) upgrade(nc net.Conn) error {
 			return nil, nil
 		},
 	}
-	_, err := u.Upgrade(nc)
+	_, err := u.Upgrade(struct {
+		io.Reader
+		io.Writer
+	}{io.MultiReader(bytes.NewReader(head), nc), nc})
 	return err
 }
