@@ -271,9 +271,13 @@ export function toBase64(b: Uint8Array): string {
   return out;
 }
 
-/** fromBase64 decodes standard base64 (padding optional); it throws on anything else. */
+/**
+ * fromBase64 decodes standard base64 (padding optional, ASCII whitespace
+ * skipped: an empty SSE payload arrives as a line feed); it throws on
+ * anything else.
+ */
 export function fromBase64(s: string): Uint8Array {
-  const clean = s.replace(/=+$/, "");
+  const clean = s.replace(/[\t\n\f\r ]+/g, "").replace(/=+$/, "");
   if (clean.length % 4 === 1) throw new ProtocolError("bad base64 length");
   const out = new Uint8Array(Math.floor((clean.length * 3) / 4));
   let acc = 0;

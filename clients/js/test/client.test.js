@@ -224,12 +224,13 @@ test("auto: a WebSocket that cannot open falls back to SSE, which receives, ACKs
   assert.equal(s1.headers.Authorization, "Bearer tok");
   s1.write(': hi\n\nevent: welcome\nretry: 2000\ndata: {"server":"pod-b","session_epoch":9007199254740993,"heartbeat_ms":15000,"last_publish_id":0,"state":{}}\n\n');
   s1.write("event: deliver\nid: 42\ndata: two\ndata: lines\n\nevent: deliver64\nid: 43\ndata: AP8=\n\nevent: deliver\nid: 42\ndata: repeat\n\n");
-  await waitUntil(() => c.of("message").length === 2, "2 messages");
+  s1.write("event: deliver64\nid: 44\ndata:\ndata:\n\n");
+  await waitUntil(() => c.of("message").length === 3, "3 messages");
   assert.equal(c.transport, "sse");
   assert.equal(c.server, "pod-b");
-  assert.deepEqual(c.of("message").map((m) => [m.seq, m.text]), [[42n, "two\nlines"], [43n, "\0\ufffd"]]);
+  assert.deepEqual(c.of("message").map((m) => [m.seq, m.text]), [[42n, "two\nlines"], [43n, "\0\ufffd"], [44n, ""]]);
   await waitUntil(() => posted.some((p) => p.path === "/sse/ack"), "ACK POST");
-  assert.deepEqual(posted.find((p) => p.path === "/sse/ack").q, { device: "kiosk 1", epoch: "9007199254740993", seq: "43" });
+  assert.deepEqual(posted.find((p) => p.path === "/sse/ack").q, { device: "kiosk 1", epoch: "9007199254740993", seq: "44" });
 
   assert.equal(await c.publish("pressed"), 1n);
   const pubs = posted.filter((p) => p.path === "/sse/publish");
@@ -240,7 +241,7 @@ test("auto: a WebSocket that cannot open falls back to SSE, which receives, ACKs
   s1.write('event: goaway\nretry: 50\ndata: {"reason":"draining","reconnect_after_ms":50}\n\n');
   const s2 = await sse.stream(2);
   assert.equal(s1.aborted, true);
-  assert.equal(s2.url.searchParams.get("last_seq"), "43");
+  assert.equal(s2.url.searchParams.get("last_seq"), "44");
   assert.equal(FakeWS.sockets.length, 1, "no WebSocket before wsRetryMs");
   assert.equal(c.of("disconnected").at(-1).reason, "goaway");
   assert.equal(c.of("disconnected").at(-1).waitMs, 50);

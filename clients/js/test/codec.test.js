@@ -82,4 +82,6 @@ test("base64 matches Node's for every length", () => {
     assert.deepEqual([...fromBase64(want)], [...b]);
   }
   assert.throws(() => fromBase64("a*=="), /base64/);
+  assert.deepEqual([...fromBase64("\n")], [], "an empty deliver64 payload is a line feed");
+  assert.deepEqual([...fromBase64("AP8=\r\n")], [0, 255]);
 });
