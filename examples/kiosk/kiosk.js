@@ -37,7 +37,8 @@ client.on("connected", (e) => {
   log(`connected to ${e.server} over ${e.transport}${e.resumed ? " (resumed)" : ""}`);
 });
 client.on("disconnected", (e) =>
-  log(`disconnected: ${e.reason}${e.code ? " " + e.code : ""}${e.willReconnect ? `, again in ${e.waitMs} ms` : ""}`),
+  log(`${e.transport} ${e.welcomed ? "disconnected" : "failed"}: ${e.reason}${e.code ? " " + e.code : ""}` +
+    (e.willReconnect ? `, again in ${e.waitMs} ms` : "")),
 );
 client.on("error", (e) => log(`error ${e.code}: ${e.message}`));
 client.on("stopped", (e) => log(`stopped: ${e.reason}`));

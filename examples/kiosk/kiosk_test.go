@@ -383,15 +383,15 @@ func buildClient(t *testing.T, dir string) string {
 
 func startServer(t *testing.T, rd *redistest.Server, name string) *server {
 	t.Helper()
-	var log logr.Logger = logr.Discard()
+	var lg logr.Logger = logr.Discard()
 	if testing.Verbose() {
-		log = testr.New(t)
+		lg = testr.New(t)
 	}
 	srv, err := socketserver.New(socketserver.Config{
 		WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", ServerName: name,
 		AuthKey: deviceKey, APIToken: apiToken,
 		DrainTimeout: 10 * time.Second, DrainJitter: 300 * time.Millisecond,
-	}, store.NewRedis(rd.Client(), prefix), log)
+	}, store.NewRedis(rd.Client(), prefix), lg)
 	if err != nil {
 		t.Fatal(err)
 	}
