@@ -134,24 +134,9 @@ func runScenario(t *testing.T, browser context.Context, site string, sc scenario
 		return nil
 	}
 
-	tab, cancel := chromedp.NewContext(browser)
-	defer cancel()
-	tab, cancelTimeout := context.WithTimeout(tab, 3*time.Minute)
-	defer cancelTimeout()
-	page := &kioskPage{t: t, ctx: tab}
-	// The tab lives as long as the context of its first Run: this one, not a per-step timeout.
-	if err := chromedp.Do(tab); err != nil {
-		t.Fatalf("open a tab: %v", err)
-	}
-	go page.readConsole()
-	defer func() {
-		for _, m := range page.exceptions() {
-			t.Errorf("page exception: %s", m)
-		}
-	}()
 	q := url.Values{"servers": {strings.Join(addrs, ",")}, "device": {sc.device}, "token": {deviceToken(t, sc.device)}, "transport": {"auto"}}
-	page.run(chromedp.Navigate(site + "/examples/kiosk/index.html?" + q.Encode()))
-
+	pageURL := site + "/examples/kiosk/index.html?" + q.Encode()
+	page := openPage(t, browser, pageURL)
 	page.waitFor(fmt.Sprintf(`kiosk.client.status === "connected" && document.getElementById("transport").textContent === %q`, sc.want),
 		"the page connected over "+sc.want)
 	first := byName(page.text("server"))
@@ -199,7 +184,47 @@ func runScenario(t *testing.T, browser context.Context, site string, sc scenario
 	page.run(chromedp.Click(chromedp.ID("press")))
 	page.waitFor(`document.getElementById("stored").textContent === "1"`, "the press after the reload stored")
 	checkUpstream(t, rdb, sc.device, 3)
+
+	// A second kiosk of the same device (another tab) takes the session
+	// over: the first one stops for good and the second gets what follows.
+	second := openPage(t, browser, pageURL)
+	second.waitFor(`kiosk.client.status === "connected"`, "the second tab connected")
+	page.waitFor(`kiosk.client.status === "stopped"`, "the first tab stopped")
+	if !strings.Contains(page.describe(), "stopped: session_taken_over") {
+		t.Errorf("the first tab does not report session_taken_over\n%s", page.describe())
+	}
+	send(t, other, sc.device, "order-8")
+	second.waitOrders([]string{"order-8"})
+	if got := page.orders(); !slices.Equal(got, []string{"order-7"}) {
+		t.Errorf("the stopped tab lists %q", got)
+	}
+	if got := page.text("status"); got != "stopped" {
+		t.Errorf("the first tab's status is %q after the takeover", got)
+	}
 	t.Logf("%s: done in %v", sc.name, time.Since(start).Round(time.Millisecond))
+}
+
+// openPage opens url in a new tab, closed when the test ends; exceptions
+// that the page throws fail the test.
+func openPage(t *testing.T, browser context.Context, url string) *kioskPage {
+	t.Helper()
+	tab, cancel := chromedp.NewContext(browser)
+	tab, cancelTimeout := context.WithTimeout(tab, 3*time.Minute)
+	page := &kioskPage{t: t, ctx: tab}
+	t.Cleanup(func() {
+		for _, m := range page.exceptions() {
+			t.Errorf("page exception: %s", m)
+		}
+		cancelTimeout()
+		cancel()
+	})
+	// The tab lives as long as the context of its first Run: this one, not a per-step timeout.
+	if err := chromedp.Do(tab); err != nil {
+		t.Fatalf("open a tab: %v", err)
+	}
+	go page.readConsole()
+	page.run(chromedp.Navigate(url))
+	return page
 }
 
 // kioskPage runs actions in the page's tab; every wait is bounded.
