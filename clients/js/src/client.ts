@@ -495,9 +495,10 @@ export class DeviceClient {
 
   private deliver(c: Conn, seq: bigint, payload: Uint8Array): void {
     if (this.dedup.accept(seq)) {
-      this.state.setLastSeq(seq);
       const p = payload.slice();
       this.emit("message", { seq, payload: p, text: fromUtf8(p) });
+      // Processed once the listeners returned: a reload during one gets the message again.
+      this.state.setLastSeq(seq);
     }
     c.unacked++;
     if (c.unacked >= ACK_BURST) this.flushAck(c);
