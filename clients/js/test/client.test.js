@@ -43,6 +43,8 @@ test("resumes from the stored last_seq, drops repeats, coalesces ACKs and stores
   assert.match(new TextDecoder().decode(hello.body), /"last_seq":9007199254740993}$/);
   assert.equal(hello.json.device, "kiosk-1");
   assert.equal(hello.json.token, "tok");
+  const storedDuring = [];
+  c.on("message", () => storedDuring.push(store.get("scp:kiosk-1:last_seq")));
   welcome(ws, { state: { menu: "breakfast" } });
   await waitUntil(() => c.status === "connected", "connected");
   assert.deepEqual(c.of("state"), [{ menu: "breakfast" }]);
@@ -56,6 +58,7 @@ test("resumes from the stored last_seq, drops repeats, coalesces ACKs and stores
     [9007199254740996n, "order 9007199254740996"],
   ]);
   assert.equal(store.get("scp:kiosk-1:last_seq"), "9007199254740996");
+  assert.deepEqual(storedDuring, ["9007199254740993", "9007199254740994", "9007199254740995"], "stored once the listeners returned");
   const ack = await ws.waitFor((f) => f.type === FrameType.ACK, "ACK");
   assert.equal(ack.seq, 9007199254740996n);
   assert.equal(ws.sent.filter((f) => f.type === FrameType.ACK).length, 1, "one ACK for the burst");
