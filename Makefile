@@ -22,10 +22,15 @@ envtest-assets: ## Build kube-apiserver and etcd for envtest from the Go module 
 	@K8S_VERSION=$(K8S_VERSION) COMPONENTS="kube-apiserver kubectl" hack/build-k8s-binaries.sh >/dev/null
 
 .PHONY: test
-test: envtest-assets verify-generated ## Run every test (unit, race, Redis, envtest) and print the summary.
+test: envtest-assets verify-generated test-js ## Run every test (unit, race, Redis, envtest, JavaScript client, kiosk in Chromium) and print the summary.
 	KUBEBUILDER_ASSETS=$$(K8S_VERSION=$(K8S_VERSION) COMPONENTS="kube-apiserver kubectl" hack/build-k8s-binaries.sh) \
 	HELM=$$(hack/helm.sh) \
 	$(GOTESTSUM) --format pkgname-and-test-fails -- -race -timeout 30m $(TEST_PKGS)
+
+.PHONY: test-js
+test-js: ## Build the JavaScript client (clients/js) and run its Node tests, against a socketserver built here.
+	$(GO) build -o bin/ ./cmd/socketserver
+	cd clients/js && npm ci --no-audit --no-fund && SOCKETSERVER_BIN=$(CURDIR)/bin/socketserver npm test
 
 .PHONY: fuzz
 fuzz: ## Fuzz the frame decoder for FUZZTIME (default 1m).
