@@ -3,9 +3,11 @@
 package socketserver_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"runtime"
 	"testing"
 	"time"
@@ -32,6 +34,21 @@ func TestIdleConnectionsPark(t *testing.T) {
 		t.Fatalf("got %s %s, want WELCOME", protocol.TypeName(typ), body)
 	}
 	sse := sseConnect(t, srv, "idle-sse", 0)
+	// Streams asked for on kept-alive connections of the SSE upstream (as
+	// browsers reuse them) park too.
+	for i := range n / 2 {
+		kept := dial(t, srv.Addrs().WS)
+		kept.sendRaw([]byte("OPTIONS /sse/ack HTTP/1.1\r\nHost: x\r\n\r\n"))
+		br := bufio.NewReader(kept.nc)
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 204 {
+			t.Fatalf("preflight: %v %v", resp, err)
+		}
+		device := fmt.Sprintf("idle-kept-%d", i)
+		kept.sendRaw(fmt.Appendf(nil, "GET /sse?device=%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", device, token(device, time.Hour)))
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("stream on a kept-alive connection: %v %v", resp, err)
+		}
+	}
 	parked := func() bool { return runtime.NumGoroutine() < base+n/10 }
 	eventually(t, "idle connections hold no goroutine", parked)
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -56,7 +55,7 @@ func (httpFactory) upgrade(s *Server, nc net.Conn) (transportFactory, error) {
 		}
 		return s.openSSE(nc, h.raw)
 	case sse && s.sseUp != nil:
-		s.sseUp.handoff(&replayConn{Conn: nc, r: io.MultiReader(bytes.NewReader(h.raw), nc)})
+		s.sseUp.handoff(&replayConn{Conn: nc, head: bytes.NewReader(h.raw)})
 		return nil, nil
 	}
 	writeHTTPStatus(nc, http.StatusNotFound, protocol.ErrorBody{Code: protocol.CodeBadFrame,
@@ -120,10 +119,24 @@ func headEnd(b []byte) int {
 // return them first.
 type replayConn struct {
 	net.Conn
-	r io.Reader
+	head *bytes.Reader
 }
 
-func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *replayConn) Read(p []byte) (int, error) {
+	if c.head.Len() > 0 {
+		return c.head.Read(p)
+	}
+	return c.Conn.Read(p)
+}
+
+// unwrap is the connection itself once its first bytes were read again,
+// so that it can park (the poller needs the socket).
+func unwrap(nc net.Conn) net.Conn {
+	if rc, ok := nc.(*replayConn); ok && rc.head.Len() == 0 {
+		return rc.Conn
+	}
+	return nc
+}
 
 // httpStatusOf is the HTTP status that answers an ERROR code before a
 // stream starts, and for the SSE upstream.

@@ -90,6 +90,7 @@ func (s *Server) serveHijackedSSE(w http.ResponseWriter, req *http.Request) {
 		_ = nc.Close()
 		return
 	}
+	nc = unwrap(nc)
 	_ = nc.SetDeadline(time.Time{})
 	setUserTimeout(nc, s.cfg.HeartbeatTimeout)
 	c := newConn(s, nc)
