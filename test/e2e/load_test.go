@@ -87,14 +87,20 @@ type device struct {
 	unknown  map[uint64]bool // numbers still ambiguous after every retry: stored or not
 }
 
-func newDevice(name string, srv *servers, tcpPort int) *device {
+// newDevice is a device on TCP, or on SSE (its stream and POSTs to the
+// WebSocket port) when sse is set.
+func newDevice(name string, srv *servers, sse bool) *device {
 	d := &device{name: name, unknown: map[uint64]bool{}}
+	port, addr := tcpPort, "socketcluster:"+strconv.Itoa(tcpPort) // the host is replaced by Dial
+	if sse {
+		port, addr = wsPort, "http://socketcluster:"+strconv.Itoa(wsPort)+"/sse"
+	}
 	d.client = client.New(client.Config{
-		Addr:   "socketcluster:" + strconv.Itoa(tcpPort), // replaced by Dial
+		Addr:   addr,
 		Device: name,
 		Token:  "insecure-no-auth",
 		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			addr := srv.pick(tcpPort)
+			addr := srv.pick(port)
 			if addr == "" {
 				return nil, fmt.Errorf("no ready server")
 			}

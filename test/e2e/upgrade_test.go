@@ -28,14 +28,18 @@ import (
 )
 
 const (
-	tcpPort   = 7000
+	tcpPort = 7000
+	wsPort  = 8080 // WebSocket and SSE
+	// sseShare: one device in sseShare holds an SSE stream instead of TCP.
+	sseShare  = 4
 	redisPort = 6379
 	scName    = "e2e"
 )
 
 // TestRollingUpgradeUnderLoad is the scenario the product exists for: the
 // operator (installed by its chart) runs a 3-replica SocketCluster on Redis;
-// E2E_DEVICES devices (default 2000) stay connected through pod IPs while
+// E2E_DEVICES devices (default 2000; one in sseShare over SSE, the others
+// over TCP) stay connected through pod IPs while
 // backends send to them and they publish; then the image is patched, a pod
 // is deleted and a container is killed hard. Every accepted message must
 // reach its device once and in order, every acknowledged publish must be in
@@ -81,13 +85,13 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	devs := make([]*device, nDevices)
 	var running sync.WaitGroup
 	for i := range devs {
-		devs[i] = newDevice(fmt.Sprintf("e2e-dev-%05d", i), srv, tcpPort)
+		devs[i] = newDevice(fmt.Sprintf("e2e-dev-%05d", i), srv, i%sseShare == 0)
 		running.Add(2)
 		go func() { defer running.Done(); devs[i].client.Run(loadCtx) }()
 		go func() { defer running.Done(); devs[i].publishLoop(loadCtx, 5*time.Second) }()
 	}
 	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
-	t.Logf("%d devices connected", nDevices)
+	t.Logf("%d devices connected (%d over SSE, the others over TCP)", nDevices, (nDevices+sseShare-1)/sseShare)
 
 	backendCtx, stopBackends := context.WithCancel(loadCtx)
 	var sent backendStats
