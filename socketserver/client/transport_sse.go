@@ -116,7 +116,7 @@ func (t *sseTransport) url(suffix string, q url.Values) string {
 // /sse (a wrong path, a proxy's page). Run retries it like any failed
 // connection; Event.Err carries it.
 type SSEStatusError struct {
-	URL string
+	URL string // Config.Addr
 	// Status is the HTTP status, e.g. "404 Not Found"; ContentType is the
 	// answer's type when the status was 200.
 	Status      string
@@ -185,12 +185,12 @@ func (t *sseTransport) dial(ctx context.Context, s *session, hello protocol.Hell
 		return l, nil
 	}
 	if resp.StatusCode != http.StatusOK {
-		l.failed = l.refusal(resp, target)
+		l.failed = l.refusal(resp, c.cfg.Addr)
 		return l, nil
 	}
 	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != "text/event-stream" {
 		resp.Body.Close()
-		l.failed = &SSEStatusError{URL: target, Status: resp.Status, ContentType: resp.Header.Get("Content-Type")}
+		l.failed = &SSEStatusError{URL: c.cfg.Addr, Status: resp.Status, ContentType: resp.Header.Get("Content-Type")}
 		return l, nil
 	}
 	l.body = resp.Body
@@ -203,12 +203,12 @@ func (t *sseTransport) dial(ctx context.Context, s *session, hello protocol.Hell
 
 // refusal reads a non-200 answer to the stream request: the ERROR it
 // carries becomes the link's first frame, as on the other transports.
-func (l *sseLink) refusal(resp *http.Response, target string) error {
+func (l *sseLink) refusal(resp *http.Response, addr string) error {
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, sseErrorBodyMax))
 	var e protocol.ErrorBody
 	if json.Unmarshal(raw, &e) != nil || e.Code == "" {
-		return &SSEStatusError{URL: target, Status: resp.Status}
+		return &SSEStatusError{URL: addr, Status: resp.Status}
 	}
 	if e.RetryAfterMs == 0 {
 		e.RetryAfterMs = retryAfterHeader(resp)
