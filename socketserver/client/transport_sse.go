@@ -83,8 +83,11 @@ func newSSETransport(c *Client) *sseTransport {
 		MaxIdleConnsPerHost: 2,
 		IdleConnTimeout:     sseIdleConnTimeout,
 		DisableCompression:  true, // a compressed stream would hold events back
-		ReadBufferSize:      2048,
-		WriteBufferSize:     2048,
+		// Small buffers: a connection reads events and short answers and
+		// writes requests and payloads (which bypass a full buffer); idle
+		// devices are the common case.
+		ReadBufferSize:  1024,
+		WriteBufferSize: 1024,
 	}
 	t.hc = &http.Client{Transport: t.ht,
 		// A redirect would drop the Authorization header: report it instead.
