@@ -177,6 +177,10 @@ func (t *sseTransport) dial(ctx context.Context, s *session, hello protocol.Hell
 	l.authorize(req)
 	resp, err := t.hc.Do(req)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // "Get <url>:" would repeat the address, and the query
+		}
 		if cause := context.Cause(l.ctx); cause != nil && ctx.Err() == nil {
 			err = cause // silence: no answer within the handshake timeout
 		}
