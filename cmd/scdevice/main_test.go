@@ -242,6 +242,16 @@ func TestNothingListening(t *testing.T) {
 		}
 	})
 
+	t.Run("SSE", func(t *testing.T) {
+		url := "http://" + addr + "/sse"
+		c := startCLI(t, "--addr", url, "--device", "store-1", "--wait", "200ms")
+		c.write(t, "sale 1\n")
+		c.stderr.waitFor(t, "stderr", "scdevice: connect "+url+": connection refused; retrying in ")
+		if code := c.exit(t); code != 1 {
+			t.Fatalf("exit code %d, want 1; stderr:\n%s", code, c.stderr)
+		}
+	})
+
 	t.Run("empty stdin", func(t *testing.T) {
 		c := startCLI(t, "--addr", addr, "--device", "store-1", "--wait", "200ms")
 		if code := c.exit(t); code != 1 {
