@@ -279,7 +279,7 @@ func TestPointedAtHTTP(t *testing.T) {
 	})
 
 	t.Run("WebSocket listener", func(t *testing.T) {
-		// The WebSocket listener answers a request for another path with 404.
+		// The WebSocket listener answers the probe's empty line in HTTP.
 		addr := startServer(t, nil).Addrs().WS
 		c := startCLI(t, "--addr", addr, "--device", "store-1", "--wait", "200ms")
 		c.stderr.waitFor(t, "stderr", `scdevice: the server at `+addr+` answered HTTP ("HTTP/1.1 404 Not Found"): `+
