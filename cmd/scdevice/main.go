@@ -33,8 +33,10 @@ const usage = `Usage:
   scdevice --device NAME [flags] < lines     act as device NAME
   scdevice --token-for NAME --key-file FILE  print a token for NAME and exit
 
-scdevice keeps a session with a socket cluster. It prints each delivery on
-stdout as "seq=N payload" and publishes each line of stdin as one message.
+scdevice keeps a session with a socket cluster over TCP (--addr host:port),
+WebSocket (ws://host:port/ws, wss://…) or Server-Sent Events
+(http://host:port/sse, https://…). It prints each delivery on stdout as
+"seq=N payload" and publishes each line of stdin as one message.
 On stderr it reports connects, PUBACKs ("puback id=N"), every failed
 connection attempt with the wait before the next one (refused connections,
 HELLO refused by the server with its error code, a port that answered HTTP),
@@ -74,7 +76,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
 	}
-	addr := fs.String("addr", "127.0.0.1:7000", "server: host:port (TCP) or ws://host:port/ws, wss://host:port/ws")
+	addr := fs.String("addr", "127.0.0.1:7000", "server: host:port (TCP), ws://host:port/ws, wss://host:port/ws (WebSocket),\n"+
+		"http://host:port/sse or https://host:port/sse (Server-Sent Events)")
 	device := fs.String("device", "", "device name")
 	token := fs.String("token", "", "device token (JWT)")
 	keyFile := fs.String("key-file", "", "device key: sign a fresh HS256 token (sub=device) for every connection")
@@ -82,7 +85,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	tokenFor := fs.String("token-for", "", "only print a token for this device, signed with --key-file")
 	lastSeq := fs.Uint64("last-seq", 0, "highest seq already processed (sent in HELLO)")
 	useTLS := fs.Bool("tls", false, "TLS on the TCP address")
-	caFile := fs.String("ca-file", "", "CA bundle to verify the server (TLS, wss)")
+	caFile := fs.String("ca-file", "", "CA bundle to verify the server (TLS, wss, https)")
 	stay := fs.Bool("stay", false, "keep running after stdin ends (default: exit once its lines are acknowledged)")
 	wait := fs.Duration("wait", 10*time.Second, "once stdin has ended, give up (exit 1) when this long passes without a PUBACK\n"+
 		"while lines are unacknowledged or no session was made yet; 0 waits forever")
@@ -333,13 +336,16 @@ func describe(ev client.Event, addr string, wasConnected bool) string {
 		what = fmt.Sprintf("connect %s: %s", addr, shortErr(ev.Err))
 	case client.ReasonHandshake:
 		var he *client.HTTPResponseError
+		var se *client.SSEStatusError
 		switch {
 		case errors.As(ev.Err, &he):
 			what = he.Error()
+		case errors.As(ev.Err, &se):
+			what = se.Error()
 		case errors.Is(ev.Err, io.EOF), errors.Is(ev.Err, io.ErrUnexpectedEOF), errors.Is(ev.Err, syscall.ECONNRESET):
 			what = fmt.Sprintf("connect %s: the server closed the connection without answering HELLO", addr)
 			if !strings.Contains(addr, "://") {
-				what += fmt.Sprintf(" (is it a protocol v1 TCP port? for WebSocket use ws://%s/ws)", addr)
+				what += fmt.Sprintf(" (is it a protocol v1 TCP port? for WebSocket use ws://%s/ws, for SSE http://%s/sse)", addr, addr)
 			}
 		case errors.As(ev.Err, new(*protocol.Error)):
 			what = fmt.Sprintf("connect %s: the server's answer to HELLO is not protocol v1 (%v)", addr, ev.Err)

@@ -197,23 +197,32 @@ func closedAddr(t *testing.T) string {
 func TestDeviceReceivesAndPublishes(t *testing.T) {
 	srv := startServer(t, nil)
 	keyFile := writeKey(t, deviceKey)
-	var posted struct{ Seq uint64 }
-	if err := json.Unmarshal(admin(t, srv, "/v1/devices/store-1/messages", "price update", http.StatusAccepted), &posted); err != nil {
-		t.Fatal(err)
-	}
+	for _, tc := range []struct{ transport, addr string }{
+		{"tcp", srv.Addrs().TCP},
+		{"ws", "ws://" + srv.Addrs().WS + "/ws"},
+		{"sse", "http://" + srv.Addrs().WS + "/sse"},
+	} {
+		t.Run(tc.transport, func(t *testing.T) {
+			device := "store-1-" + tc.transport
+			var posted struct{ Seq uint64 }
+			if err := json.Unmarshal(admin(t, srv, "/v1/devices/"+device+"/messages", "price update", http.StatusAccepted), &posted); err != nil {
+				t.Fatal(err)
+			}
 
-	c := startCLI(t, "--addr", srv.Addrs().TCP, "--device", "store-1", "--key-file", keyFile, "--wait", "10s")
-	c.write(t, "sale 1\nsale 2\n")
-	c.stdout.waitFor(t, "stdout", "seq="+strconv.FormatUint(posted.Seq, 10)+" price update\n")
-	c.stderr.waitFor(t, "stderr", "connected server=server-a epoch=", "resumed=false", "puback id=1\n", "puback id=2\n")
-	if code := c.exit(t); code != 0 {
-		t.Fatalf("exit code %d, want 0; stderr:\n%s", code, c.stderr)
-	}
+			c := startCLI(t, "--addr", tc.addr, "--device", device, "--key-file", keyFile, "--wait", "10s")
+			c.write(t, "sale 1\nsale 2\n")
+			c.stdout.waitFor(t, "stdout", "seq="+strconv.FormatUint(posted.Seq, 10)+" price update\n")
+			c.stderr.waitFor(t, "stderr", "connected server=server-a epoch=", "resumed=false", "puback id=1\n", "puback id=2\n")
+			if code := c.exit(t); code != 0 {
+				t.Fatalf("exit code %d, want 0; stderr:\n%s", code, c.stderr)
+			}
 
-	// Nothing to publish: it exits 0 once it has had a session.
-	c = startCLI(t, "--addr", srv.Addrs().TCP, "--device", "store-2", "--key-file", keyFile)
-	if code := c.exit(t); code != 0 || !strings.Contains(c.stderr.String(), "connected server=server-a") {
-		t.Fatalf("empty stdin: exit code %d, want 0 after a connected line; stderr:\n%s", code, c.stderr)
+			// Nothing to publish: it exits 0 once it has had a session.
+			c = startCLI(t, "--addr", tc.addr, "--device", "store-2-"+tc.transport, "--key-file", keyFile)
+			if code := c.exit(t); code != 0 || !strings.Contains(c.stderr.String(), "connected server=server-a") {
+				t.Fatalf("empty stdin: exit code %d, want 0 after a connected line; stderr:\n%s", code, c.stderr)
+			}
+		})
 	}
 }
 
@@ -230,6 +239,16 @@ func TestNothingListening(t *testing.T) {
 		want := "scdevice: gave up: no session with " + addr + " within 200ms; 2 of 2 lines from stdin not acknowledged\n"
 		if !strings.Contains(c.stderr.String(), want) {
 			t.Fatalf("stderr lacks %q:\n%s", want, c.stderr)
+		}
+	})
+
+	t.Run("SSE", func(t *testing.T) {
+		url := "http://" + addr + "/sse"
+		c := startCLI(t, "--addr", url, "--device", "store-1", "--wait", "200ms")
+		c.write(t, "sale 1\n")
+		c.stderr.waitFor(t, "stderr", "scdevice: connect "+url+": connection refused; retrying in ")
+		if code := c.exit(t); code != 1 {
+			t.Fatalf("exit code %d, want 1; stderr:\n%s", code, c.stderr)
 		}
 	})
 
@@ -253,7 +272,7 @@ func TestPointedAtHTTP(t *testing.T) {
 		c := startCLI(t, "--addr", addr, "--device", "store-1", "--wait", "200ms")
 		c.write(t, "sale 1\n")
 		c.stderr.waitFor(t, "stderr", `scdevice: the server at `+addr+` answered HTTP ("HTTP/1.1 400 Bad Request"): `+
-			`this is not a protocol v1 TCP port; for WebSocket use ws://`+addr+`/ws; retrying in `)
+			`this is not a protocol v1 TCP port; for WebSocket use ws://`+addr+`/ws, for SSE http://`+addr+`/sse; retrying in `)
 		if code := c.exit(t); code != 1 {
 			t.Fatalf("exit code %d, want 1; stderr:\n%s", code, c.stderr)
 		}
@@ -264,7 +283,43 @@ func TestPointedAtHTTP(t *testing.T) {
 		addr := startServer(t, nil).Addrs().WS
 		c := startCLI(t, "--addr", addr, "--device", "store-1", "--wait", "200ms")
 		c.stderr.waitFor(t, "stderr", `scdevice: the server at `+addr+` answered HTTP ("HTTP/1.1 404 Not Found"): `+
-			`this is not a protocol v1 TCP port; for WebSocket use ws://`+addr+`/ws; retrying in `)
+			`this is not a protocol v1 TCP port; for WebSocket use ws://`+addr+`/ws, for SSE http://`+addr+`/sse; retrying in `)
+		if code := c.exit(t); code != 1 {
+			t.Fatalf("exit code %d, want 1; stderr:\n%s", code, c.stderr)
+		}
+	})
+
+	t.Run("a server that hangs up", func(t *testing.T) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go func() {
+			for {
+				nc, err := l.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = nc.Read(make([]byte, 512))
+				nc.Close()
+			}
+		}()
+		addr := l.Addr().String()
+		c := startCLI(t, "--addr", addr, "--device", "store-1", "--wait", "200ms")
+		c.stderr.waitFor(t, "stderr", "scdevice: connect "+addr+": the server closed the connection without answering HELLO "+
+			"(is it a protocol v1 TCP port? for WebSocket use ws://"+addr+"/ws, for SSE http://"+addr+"/sse); retrying in ")
+		if code := c.exit(t); code != 1 {
+			t.Fatalf("exit code %d, want 1; stderr:\n%s", code, c.stderr)
+		}
+	})
+
+	t.Run("SSE address of the admin listener", func(t *testing.T) {
+		srv := startServer(t, nil)
+		addr := "http://" + srv.Addrs().Admin + "/sse"
+		c := startCLI(t, "--addr", addr, "--device", "store-1", "--wait", "200ms")
+		c.stderr.waitFor(t, "stderr", "scdevice: GET "+addr+" answered 404 Not Found without a protocol ERROR: "+
+			"is it the socket server's /sse?; retrying in ")
 		if code := c.exit(t); code != 1 {
 			t.Fatalf("exit code %d, want 1; stderr:\n%s", code, c.stderr)
 		}
@@ -311,6 +366,67 @@ func TestRefusals(t *testing.T) {
 		c.stderr.waitFor(t, "stderr", "scdevice: the server at "+addr+" sent GOAWAY (draining); reconnecting in ")
 		if code := c.exit(t); code != 0 { // it had a session and nothing to publish
 			t.Fatalf("exit code %d, want 0; stderr:\n%s", code, c.stderr)
+		}
+	})
+}
+
+// Over SSE the refusals of the stream request read as HELLO refusals, and
+// a takeover ends scdevice with exit code 3.
+func TestSSERefusals(t *testing.T) {
+	sseAddr := func(srv *socketserver.Server) string { return "http://" + srv.Addrs().WS + "/sse" }
+
+	t.Run("unauthorized", func(t *testing.T) {
+		addr := sseAddr(startServer(t, nil))
+		c := startCLI(t, "--addr", addr, "--device", "store-1", "--key-file", writeKey(t, "not-the-device-key-0123456789abcdef"), "--wait", "200ms")
+		c.write(t, "sale 1\n")
+		c.stderr.waitFor(t, "stderr", "scdevice: connect "+addr+": HELLO refused: unauthorized: ", "; retrying in ")
+		if code := c.exit(t); code != 1 {
+			t.Fatalf("exit code %d, want 1; stderr:\n%s", code, c.stderr)
+		}
+	})
+
+	t.Run("server full", func(t *testing.T) {
+		srv := startServer(t, func(c *socketserver.Config) { c.MaxConnections = 1 })
+		keyFile := writeKey(t, deviceKey)
+		holder := startCLI(t, "--addr", srv.Addrs().TCP, "--device", "store-0", "--key-file", keyFile) // the only connection allowed
+		holder.stderr.waitFor(t, "the first device's stderr", "connected server=server-a")
+		addr := sseAddr(srv)
+		c := startCLI(t, "--addr", addr, "--device", "store-1", "--key-file", keyFile, "--wait", "200ms")
+		c.stderr.waitFor(t, "stderr", "scdevice: connect "+addr+": HELLO refused: server_full: ", "(retry_after_ms=")
+		if code := c.exit(t); code != 1 {
+			t.Fatalf("exit code %d, want 1; stderr:\n%s", code, c.stderr)
+		}
+		if code := holder.exit(t); code != 0 {
+			t.Fatalf("the first device: exit code %d, want 0; stderr:\n%s", code, holder.stderr)
+		}
+	})
+
+	t.Run("GOAWAY", func(t *testing.T) {
+		srv := startServer(t, nil)
+		addr := sseAddr(srv)
+		c := startCLI(t, "--addr", addr, "--device", "store-1", "--key-file", writeKey(t, deviceKey))
+		c.stderr.waitFor(t, "stderr", "connected server=server-a")
+		admin(t, srv, "/drain", "", http.StatusAccepted)
+		c.stderr.waitFor(t, "stderr", "scdevice: the server at "+addr+" sent GOAWAY (draining); reconnecting in ")
+		if code := c.exit(t); code != 0 {
+			t.Fatalf("exit code %d, want 0; stderr:\n%s", code, c.stderr)
+		}
+	})
+
+	t.Run("taken over", func(t *testing.T) {
+		srv := startServer(t, nil)
+		keyFile := writeKey(t, deviceKey)
+		c := startCLI(t, "--addr", sseAddr(srv), "--device", "store-1", "--key-file", keyFile, "--stay")
+		c.stderr.waitFor(t, "stderr", "connected server=server-a")
+		winner := startCLI(t, "--addr", srv.Addrs().TCP, "--device", "store-1", "--key-file", keyFile, "--stay")
+		winner.stderr.waitFor(t, "the winner's stderr", "connected server=server-a")
+		select {
+		case code := <-c.code:
+			if code != 3 || !strings.Contains(c.stderr.String(), "session taken over") {
+				t.Fatalf("exit code %d, want 3; stderr:\n%s", code, c.stderr)
+			}
+		case <-time.After(patience):
+			t.Fatalf("scdevice kept running after the takeover; stderr:\n%s", c.stderr)
 		}
 	})
 }

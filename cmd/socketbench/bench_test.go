@@ -46,13 +46,17 @@ func TestHistQuantiles(t *testing.T) {
 }
 
 // runTestWorker runs a worker of 20 devices against a real in-process server
-// (on admin for the backend API, when given) and returns its result.
-func runTestWorker(t *testing.T, srv *socketserver.Server, admin string, batch int) *Result {
+// (at addr, its TCP listener when empty; on admin for the backend API, when
+// given) and returns its result.
+func runTestWorker(t *testing.T, srv *socketserver.Server, addr, admin string, batch int) *Result {
 	t.Helper()
+	if addr == "" {
+		addr = srv.Addrs().TCP
+	}
 	if admin == "" {
 		admin = srv.Addrs().Admin
 	}
-	w := newWorker(WorkerSpec{DevicePrefix: "t", Devices: 20, Addrs: []string{srv.Addrs().TCP}, Admins: []string{admin},
+	w := newWorker(WorkerSpec{DevicePrefix: "t", Devices: 20, Addrs: []string{addr}, Admins: []string{admin},
 		SourceIPs: []string{"127.0.0.2"}, DeliverRate: 200, PublishRate: 200, Payload: 32, PostConcurrency: 4, PostBatch: batch,
 		ConnectTimeout: 10 * time.Second, Duration: time.Second, Settle: 10 * time.Second, APIToken: testToken})
 	var ready bool
@@ -94,7 +98,7 @@ const testToken = "bench-test-token"
 
 func startTestServer(t *testing.T) *socketserver.Server {
 	t.Helper()
-	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		ServerName: "server-a", InsecureNoAuth: true, APIToken: testToken}, store.NewMemory(), logr.Discard())
 	if err != nil {
 		t.Fatal(err)
@@ -109,9 +113,19 @@ func startTestServer(t *testing.T) *socketserver.Server {
 // A worker against a real in-process server: every device connects, and
 // every accepted message and publish is accounted for.
 func TestWorkerAccountsForEveryMessage(t *testing.T) {
-	r := runTestWorker(t, startTestServer(t), "", 1)
-	if r.AmbiguousSends != 0 || r.SendRetries != 0 || r.DuplicateAnswers != 0 {
-		t.Fatalf("ambiguous %d retries %d duplicates %d on a healthy server", r.AmbiguousSends, r.SendRetries, r.DuplicateAnswers)
+	for _, transport := range []string{"tcp", "ws", "sse"} {
+		t.Run(transport, func(t *testing.T) {
+			srv := startTestServer(t)
+			addr := map[string]string{"tcp": srv.Addrs().TCP, "ws": "ws://" + srv.Addrs().WS + "/ws",
+				"sse": "http://" + srv.Addrs().WS + "/sse"}[transport]
+			r := runTestWorker(t, srv, addr, "", 1)
+			if r.AmbiguousSends != 0 || r.SendRetries != 0 || r.DuplicateAnswers != 0 {
+				t.Fatalf("ambiguous %d retries %d duplicates %d on a healthy server", r.AmbiguousSends, r.SendRetries, r.DuplicateAnswers)
+			}
+			if r.GoroutinesReady <= r.GoroutinesBefore || r.ClientHeapReady == 0 {
+				t.Fatalf("client memory not measured: goroutines %d -> %d, heap %.0f", r.GoroutinesBefore, r.GoroutinesReady, r.ClientHeapReady)
+			}
+		})
 	}
 }
 
@@ -148,7 +162,7 @@ func TestWorkerResendsAmbiguousSends(t *testing.T) {
 				_, _ = io.Copy(w, resp.Body)
 			}))
 			defer flaky.Close()
-			r := runTestWorker(t, srv, flaky.Listener.Addr().String(), batch)
+			r := runTestWorker(t, srv, "", flaky.Listener.Addr().String(), batch)
 			if r.AmbiguousSends == 0 || r.SendRetries == 0 || r.DuplicateAnswers == 0 {
 				t.Fatalf("ambiguous %d retries %d duplicates %d: the faults did not show", r.AmbiguousSends, r.SendRetries, r.DuplicateAnswers)
 			}
@@ -179,6 +193,8 @@ func TestStormFlag(t *testing.T) {
 		{args: []string{"--spawn-servers", "1", "--storm=kill"}, err: "at least two servers"},
 		{args: []string{"--spawn-servers", "1", "--storm"}, err: "at least two servers"},
 		{args: []string{"--addrs", "a:1", "--admin-addrs", "a:2", "--storm"}, err: "at least two servers"},
+		{args: append(two, "--transport", "sse", "--storm=kill"), want: stormKill},
+		{args: append(two, "--transport", "grpc"), err: "tcp, ws or sse"},
 	} {
 		o, err := parseFlags(c.args)
 		switch {
@@ -354,6 +370,7 @@ func TestSourceIPs(t *testing.T) {
 		{[]string{"--addrs", "127.0.0.1:7000", "--admin-addrs", "127.0.0.1:9090"}, 1},
 		{[]string{"--addrs", "localhost:7000", "--admin-addrs", "localhost:9090"}, 1},
 		{[]string{"--transport", "ws", "--addrs", "127.0.0.1:8080", "--admin-addrs", "127.0.0.1:9090"}, 1},
+		{[]string{"--transport", "sse", "--addrs", "127.0.0.1:8080", "--admin-addrs", "127.0.0.1:9090"}, 1},
 		{[]string{"--addrs", "10.0.0.5:7000,127.0.0.1:7000", "--admin-addrs", "10.0.0.5:9090,127.0.0.1:9090"}, 0},
 		{[]string{"--addrs", "10.0.0.5:7000", "--admin-addrs", "10.0.0.5:9090", "--source-ips", "2"}, 2},
 	} {

@@ -1,5 +1,5 @@
 // Command socketbench is the load tool: it opens many device connections
-// (TCP or WebSocket) to one or more socketservers, drives backend messages
+// (TCP, WebSocket or SSE) to one or more socketservers, drives backend messages
 // and device publishes at set rates, optionally injects a fault mid-run
 // (--storm=drain|kill|restart), and prints a table: connections held, server
 // memory per connection, connect rate, resume time, throughput, end-to-end
@@ -93,8 +93,8 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("socketbench", flag.ContinueOnError)
 	fs.IntVar(&o.connections, "connections", 1000, "device connections to open")
-	fs.StringVar(&o.transport, "transport", "tcp", "tcp or ws")
-	fs.StringVar(&o.addrs, "addrs", "", "device addresses of existing servers, comma-separated (host:port; for ws host:port too)")
+	fs.StringVar(&o.transport, "transport", "tcp", "tcp, ws (WebSocket) or sse (Server-Sent Events: a GET stream, ACK and PUBLISH as POSTs)")
+	fs.StringVar(&o.addrs, "addrs", "", "device addresses of existing servers, comma-separated (host:port; for ws and sse the WebSocket listener's host:port)")
 	fs.StringVar(&o.admins, "admin-addrs", "", "admin addresses of those servers, same order")
 	fs.IntVar(&o.spawn, "spawn-servers", 0, "start this many socketservers on 127.0.0.1 (with a Redis) instead of --addrs")
 	fs.StringVar(&o.serverBin, "server-bin", "bin/socketserver", "socketserver binary for --spawn-servers")
@@ -135,8 +135,8 @@ func parseFlags(args []string) (*options, error) {
 	switch {
 	case o.connections < 1:
 		return nil, errors.New("--connections must be at least 1")
-	case o.transport != "tcp" && o.transport != "ws":
-		return nil, errors.New("--transport is tcp or ws")
+	case o.transport != "tcp" && o.transport != "ws" && o.transport != "sse":
+		return nil, errors.New("--transport is tcp, ws or sse")
 	case o.spawn == 0 && o.addrs == "":
 		return nil, errors.New("give --addrs and --admin-addrs, or --spawn-servers N")
 	case (o.storm == stormKill || o.storm == stormRestart) && o.spawn == 0:
@@ -310,7 +310,7 @@ func (b *bench) setup(ctx context.Context) error {
 			return err
 		}
 		for _, s := range b.servers {
-			if o.transport == "ws" {
+			if o.transport == "ws" || o.transport == "sse" {
 				hostPorts = append(hostPorts, s.addrs.WS)
 			} else {
 				hostPorts = append(hostPorts, s.addrs.TCP)
@@ -325,8 +325,11 @@ func (b *bench) setup(ctx context.Context) error {
 		}
 	}
 	for _, hp := range hostPorts {
-		if o.transport == "ws" {
+		switch o.transport {
+		case "ws":
 			hp = "ws://" + hp + "/ws"
+		case "sse":
+			hp = "http://" + hp + "/sse"
 		}
 		b.addrs = append(b.addrs, hp)
 	}
@@ -761,6 +764,12 @@ func (s *Summary) add(r *Result) {
 		}
 	}
 	t.DeliveredUnaccepted += r.DeliveredUnaccepted
+	t.ClientRSSBefore += r.ClientRSSBefore
+	t.ClientRSSReady += r.ClientRSSReady
+	t.ClientHeapBefore += r.ClientHeapBefore
+	t.ClientHeapReady += r.ClientHeapReady
+	t.GoroutinesBefore += r.GoroutinesBefore
+	t.GoroutinesReady += r.GoroutinesReady
 	t.Affected += r.Affected
 	t.Outages += r.Outages
 	t.Resumed += r.Resumed

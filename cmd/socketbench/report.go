@@ -30,6 +30,12 @@ func (b *bench) print(out io.Writer, s *Summary) {
 			m.Connections, byteSize(m.RSSReady), byteSize((m.RSSReady-m.RSSBefore)/m.Connections),
 			byteSize(m.HeapReady), byteSize((m.HeapReady-m.HeapBefore)/m.Connections))
 	}
+	if n := float64(s.Connected); n > 0 && s.ClientRSSReady > 0 {
+		row("load tool (devices)", "%d connected: RSS %s (%s/device over idle), Go heap %s (%s/device), %.1f goroutines/device",
+			s.Connected, byteSize(s.ClientRSSReady), byteSize((s.ClientRSSReady-s.ClientRSSBefore)/n),
+			byteSize(s.ClientHeapReady), byteSize((s.ClientHeapReady-s.ClientHeapBefore)/n),
+			float64(s.GoroutinesReady-s.GoroutinesBefore)/n)
+	}
 	if s.LoadSeconds > 0 {
 		row("deliveries/s", "%.0f (%d delivered in %.1fs of load; target %.0f/s)", float64(s.LoadDelivered)/s.LoadSeconds, s.LoadDelivered, s.LoadSeconds, o.deliverRate)
 		row("publishes/s", "%.0f (%d PUBACKed in %.1fs of load; target %.0f/s)", float64(s.LoadPublishAcked)/s.LoadSeconds, s.LoadPublishAcked, s.LoadSeconds, o.publishRate)

@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,7 +31,7 @@ type WorkerSpec struct {
 	DevicePrefix    string        `json:"device_prefix"`
 	FirstDevice     int           `json:"first_device"`
 	Devices         int           `json:"devices"`
-	Addrs           []string      `json:"addrs"` // host:port or ws:// URLs
+	Addrs           []string      `json:"addrs"` // host:port, ws:// or http://…/sse URLs
 	Admins          []string      `json:"admins"`
 	SourceIPs       []string      `json:"source_ips"`
 	ConnectRate     float64       `json:"connect_rate"`
@@ -94,6 +96,12 @@ type Result struct {
 	// AckedIDs: the PUBACKed publish ids of each device, which the
 	// coordinator looks up in the upstream stream.
 	AckedIDs map[string][]uint64 `json:",omitempty"`
+	// The load tool's own idle memory: before the first device and once
+	// every device connected (after a collection that returns freed
+	// memory to the system), and its goroutines, for the cost per device.
+	ClientRSSBefore, ClientRSSReady   float64
+	ClientHeapBefore, ClientHeapReady float64
+	GoroutinesBefore, GoroutinesReady int
 }
 
 // message is one line of a worker's stdout.
@@ -142,12 +150,15 @@ type benchDevice struct {
 	local *net.TCPAddr // source address
 	c     *client.Client
 	up    atomic.Bool
-	// Touched only on the client's Run goroutine (dial, events, messages).
+	// The device's server, and when the dial of its connection succeeded:
+	// SSE dials the connections of its POSTs on other goroutines.
+	hostMu   sync.Mutex
 	host     string
+	dialedAt time.Time
+	// Touched only on the client's Run goroutine (events, messages).
 	ever     bool
 	affected bool
 	downAt   time.Time // when it lost its connection; zero while connected
-	dialedAt time.Time // when the last dial succeeded
 
 	mu     sync.Mutex
 	posted uint64
@@ -297,8 +308,8 @@ func newWorker(spec WorkerSpec) *worker {
 		w.api[a] = &adminapi.Client{BaseURL: a, Token: spec.APIToken, HTTP: hc}
 	}
 	for _, a := range spec.Addrs {
-		if u, err := url.Parse(a); err == nil && u.Host != "" && strings.HasPrefix(a, "ws") {
-			a = u.Host
+		if u, err := url.Parse(a); err == nil && u.Host != "" && strings.Contains(a, "://") {
+			a = u.Host // ws:// or http://…/sse
 		}
 		w.hosts = append(w.hosts, a)
 	}
@@ -321,6 +332,8 @@ func (w *worker) run(ctx context.Context, loadNow <-chan struct{}, emit func(mes
 	devCtx, stopDevices := context.WithCancel(ctx)
 	var running sync.WaitGroup
 	defer func() { stopDevices(); running.Wait() }()
+
+	rssBefore, heapBefore, goroutinesBefore := memory()
 
 	// Connect phase: start devices at the connect rate, with a bounded
 	// number of handshakes outstanding.
@@ -356,6 +369,7 @@ func (w *worker) run(ctx context.Context, loadNow <-chan struct{}, emit func(mes
 		}
 	}
 	connectSeconds := time.Since(start).Seconds()
+	rssReady, heapReady, goroutinesReady := memory()
 	emit(message{Ready: ptr(report())})
 	select { // the coordinator measures idle memory meanwhile
 	case <-loadNow:
@@ -396,6 +410,8 @@ func (w *worker) run(ctx context.Context, loadNow <-chan struct{}, emit func(mes
 	}
 	r := w.result(connectSeconds, loadSeconds, loadDelivered, loadAcked)
 	r.LoadCPUSeconds = loadCPU
+	r.ClientRSSBefore, r.ClientHeapBefore, r.GoroutinesBefore = rssBefore, heapBefore, goroutinesBefore
+	r.ClientRSSReady, r.ClientHeapReady, r.GoroutinesReady = rssReady, heapReady, goroutinesReady
 	emit(message{Result: r})
 	<-ctx.Done()
 	return nil
@@ -419,22 +435,40 @@ func (w *worker) newDevice(i int, key []byte) *benchDevice {
 }
 
 // dial spreads devices over the servers and skips servers that sent GOAWAY
-// or refused a connection, as a Service skips unready pods.
+// or refused a connection, as a Service skips unready pods. A connected
+// SSE device dials its POSTs' connections to the server of its stream.
 func (d *benchDevice) dial(ctx context.Context, network, _ string) (net.Conn, error) {
-	d.host = d.w.servers.pick(d.w.hosts, d.pref, d.idx, time.Now())
+	d.hostMu.Lock()
+	session := !d.up.Load() || d.host == ""
+	if session {
+		d.host = d.w.servers.pick(d.w.hosts, d.pref, d.idx, time.Now())
+	}
+	host := d.host
+	d.hostMu.Unlock()
 	var nd net.Dialer
 	if d.local != nil {
 		nd.LocalAddr, nd.Control = d.local, bindNoPort
 	}
-	nc, err := nd.DialContext(ctx, network, d.host)
+	nc, err := nd.DialContext(ctx, network, host)
 	switch {
 	case err == nil:
-		d.dialedAt = time.Now()
-		d.w.servers.succeeded(d.host)
+		if session {
+			d.hostMu.Lock()
+			d.dialedAt = time.Now()
+			d.hostMu.Unlock()
+		}
+		d.w.servers.succeeded(host)
 	case ctx.Err() == nil: // refused, or reset by a dying server; not a slow one
-		d.w.servers.failed(d.host, time.Now())
+		d.w.servers.failed(host, time.Now())
 	}
 	return nc, err
+}
+
+// server returns the device's server and when its connection was dialed.
+func (d *benchDevice) server() (string, time.Time) {
+	d.hostMu.Lock()
+	defer d.hostMu.Unlock()
+	return d.host, d.dialedAt
 }
 
 func (d *benchDevice) onMessage(seq uint64, payload []byte) {
@@ -461,6 +495,7 @@ func (d *benchDevice) onPubAck(id uint64, payload []byte) {
 
 func (d *benchDevice) onEvent(ev client.Event) {
 	w := d.w
+	host, dialedAt := d.server()
 	if ev.Type == client.EventConnected {
 		d.up.Store(true)
 		w.connectedNow.Add(1)
@@ -471,7 +506,7 @@ func (d *benchDevice) onEvent(ev client.Event) {
 		if !d.downAt.IsZero() {
 			w.mu.Lock()
 			w.resLat.Record(ev.At.Sub(d.downAt))
-			w.helloLat.Record(ev.At.Sub(d.dialedAt))
+			w.helloLat.Record(ev.At.Sub(dialedAt))
 			w.mu.Unlock()
 			w.resumed.Add(1)
 			w.pendingResume.Add(-1)
@@ -504,11 +539,11 @@ func (d *benchDevice) onEvent(ev client.Event) {
 	w.mu.Unlock()
 	switch {
 	case ev.Reason == client.ReasonGoAway:
-		w.servers.goAway(d.host)
+		w.servers.goAway(host)
 	case ev.Reason == client.ReasonHandshake, ev.Reason == client.ReasonConnLost && !wasUp:
 		// Connected but never welcomed: a dying server's listener still
 		// accepts until the process is gone, then resets. It is not serving.
-		w.servers.failed(d.host, ev.At)
+		w.servers.failed(host, ev.At)
 	}
 }
 
@@ -860,4 +895,13 @@ func wait(ctx context.Context, d time.Duration) bool {
 	case <-time.After(d):
 		return true
 	}
+}
+
+// memory returns the worker's resident memory and Go heap in bytes, and its
+// goroutines, after a collection that returns freed memory to the system.
+func memory() (rssBytes, heapBytes float64, goroutines int) {
+	debug.FreeOSMemory()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return rss(), float64(ms.HeapInuse), runtime.NumGoroutine()
 }

@@ -5,9 +5,14 @@
 // (dropping the at-least-once duplicates), and keeps every upstream message
 // until the cluster has stored it.
 //
+// Transports: TCP, WebSocket and Server-Sent Events (a GET stream down,
+// ACK and PUBLISH as POSTs), chosen by the form of Config.Addr; the
+// guarantees are the same on each.
+//
 // Lifecycle: Run owns the connection. Per connection the Run goroutine is the
-// only reader and one writer goroutine is the only writer; everything they
-// share is guarded by the Client's mutex.
+// only reader and one writer goroutine is the only writer (over SSE it sends
+// each ACK and PUBLISH request on a goroutine of its own, one of each at a
+// time); everything they share is guarded by the Client's mutex.
 package client
 
 import (
@@ -28,8 +33,11 @@ import (
 
 // Config configures a Client. Zero durations take the documented defaults.
 type Config struct {
-	// Addr is "host:port" for the TCP listener (TLS when TLS is set), or
-	// "ws://host:port/ws" / "wss://host:port/ws" for WebSocket.
+	// Addr is "host:port" for the TCP listener (TLS when TLS is set),
+	// "ws://host:port/ws" / "wss://host:port/ws" for WebSocket, or
+	// "http://host:port/sse" / "https://host:port/sse" for Server-Sent
+	// Events (a GET stream down, HTTP POSTs for ACK and PUBLISH; on the
+	// WebSocket listener).
 	Addr   string
 	Device string
 	// Token is sent in every HELLO unless TokenFunc is set; TokenFunc is
@@ -48,8 +56,9 @@ type Config struct {
 	// OnState receives the session state of every WELCOME.
 	OnState func(state json.RawMessage)
 	// OnPubAck receives each published message once, when its PUBACK
-	// arrives, on the reading goroutine; payload is only valid during the
-	// call. An alternative to waiting on every Pending.
+	// arrives, on the reading goroutine (over SSE on the goroutine that
+	// sends PUBLISH requests, never while OnMessage runs); payload is only
+	// valid during the call. An alternative to waiting on every Pending.
 	OnPubAck func(id uint64, payload []byte)
 	// OnEvent receives connects and disconnects, on the Run goroutine.
 	OnEvent func(Event)
@@ -69,8 +78,10 @@ type Config struct {
 	// MaxFrameBytes bounds a frame read from the server (default 1 MiB).
 	MaxFrameBytes int
 
-	// Dial replaces the network dial (also under WebSocket), e.g. to pick
-	// among several servers; LocalAddr binds the source address otherwise.
+	// Dial replaces the network dial (also under WebSocket and SSE, where
+	// it also dials the connections of the ACK and PUBLISH requests, on
+	// other goroutines), e.g. to pick among several servers; LocalAddr
+	// binds the source address otherwise.
 	Dial      func(ctx context.Context, network, addr string) (net.Conn, error)
 	LocalAddr *net.TCPAddr
 	Logger    logr.Logger
@@ -122,6 +133,7 @@ const goAwayFloor = 10 * time.Millisecond
 // Client is one device. Create it with New, then call Run once.
 type Client struct {
 	cfg     Config
+	tr      transport
 	log     logr.Logger
 	started atomic.Bool
 	done    chan struct{} // closed when Run returns
@@ -135,14 +147,20 @@ type Client struct {
 	cur      *session      // the welcomed connection, if any
 	gen      uint64        // numbers connections
 	stats    Stats
+
+	// callbacks, when set, serialises OnMessage and OnPubAck, which SSE
+	// calls on two goroutines.
+	callbacks *sync.Mutex
 }
 
 // New returns a Client for cfg; nothing connects until Run.
 func New(cfg Config) *Client {
 	cfg.setDefaults()
-	return &Client{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), welcomed: make(chan struct{}),
+	c := &Client{cfg: cfg, log: cfg.Logger, done: make(chan struct{}), welcomed: make(chan struct{}),
 		lastSeq: cfg.LastSeq, window: make(chan struct{}, cfg.MaxInFlight),
 		stats: Stats{LastSeq: cfg.LastSeq, Errors: map[protocol.Code]uint64{}}}
+	c.tr = newTransport(c)
+	return c
 }
 
 // Run connects and keeps the device connected until ctx ends (returning
@@ -153,6 +171,9 @@ func (c *Client) Run(ctx context.Context) error {
 		return errors.New("client: Run called twice")
 	}
 	defer close(c.done)
+	if cl, ok := c.tr.(interface{ closeIdle() }); ok {
+		defer cl.closeIdle() // kept-alive connections of the SSE requests
+	}
 	attempt := 0
 	for {
 		end := c.connect(ctx)

@@ -44,7 +44,8 @@ func TestHTTPServerIsRecognised(t *testing.T) {
 			if he.Addr != addr || he.Status != "HTTP/1.1 400 Bad Request" {
 				t.Fatalf("HTTPResponseError %+v", he)
 			}
-			if msg := he.Error(); !strings.Contains(msg, "answered HTTP") || !strings.Contains(msg, "ws://"+addr+"/ws") {
+			if msg := he.Error(); !strings.Contains(msg, "answered HTTP") || !strings.Contains(msg, "ws://"+addr+"/ws") ||
+				!strings.Contains(msg, "http://"+addr+"/sse") {
 				t.Fatalf("error text %q", msg)
 			}
 		case <-timeout:

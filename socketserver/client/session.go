@@ -22,7 +22,8 @@ const (
 	ReasonGoAway    Reason = "goaway"
 	// ReasonServerError: an ERROR frame; Event.Code says which.
 	ReasonServerError Reason = "server_error"
-	// ReasonServerSilent: no frame for 2.5 heartbeat intervals although we PING.
+	// ReasonServerSilent: no frame for 2.5 heartbeat intervals although we
+	// PING (SSE: not even the stream's keepalive comment).
 	ReasonServerSilent  Reason = "server_silent"
 	ReasonConnLost      Reason = "connection_lost"
 	ReasonProtocolError Reason = "protocolError"
@@ -48,9 +49,7 @@ type sessionEnd struct {
 // session is one connection. The Run goroutine reads; writeLoop writes.
 type session struct {
 	c          *Client
-	nc         net.Conn
-	tr         protocol.Codec
-	first      *firstBytes // TCP only: the server's first bytes
+	link       link
 	gen        uint64
 	kick       chan struct{}
 	stop       chan struct{}
@@ -59,11 +58,15 @@ type session struct {
 
 	// Guarded by c.mu.
 	welcomed bool
+	epoch    uint64 // the WELCOME's session_epoch
 	extra    []byte // frames queued by the reader: HELLO, PONGs
 	ackSent  uint64
 	hb       time.Duration
 	nextPing time.Time
 	writeErr error
+	// ended: the sender learnt why the session is over (SSE: a POST
+	// answered session_taken_over); it ends the link, and the reader returns this.
+	ended *sessionEnd
 }
 
 func (s *session) wake() {
@@ -84,26 +87,19 @@ func (c *Client) connect(ctx context.Context) sessionEnd {
 	c.mu.Lock()
 	c.gen++
 	s := &session{c: c, gen: c.gen, kick: make(chan struct{}, 1), stop: make(chan struct{}), writerDone: make(chan struct{})}
+	s.ackSent = c.lastSeq
+	hello := protocol.Hello{Protocol: protocol.Version, Device: c.cfg.Device, Token: tok, LastSeq: c.lastSeq}
 	c.mu.Unlock()
-	nc, tr, first, err := c.dial(ctx, s.queueWSPong)
+	l, err := c.tr.dial(ctx, s, hello)
 	if err != nil {
 		c.mu.Lock()
 		c.stats.DialFailures++
 		c.mu.Unlock()
 		return sessionEnd{reason: ReasonDialFailed, err: err}
 	}
-	s.nc, s.tr, s.first = nc, tr, first
-
-	c.mu.Lock()
-	s.ackSent = c.lastSeq
-	hello := protocol.Hello{Protocol: protocol.Version, Device: c.cfg.Device, Token: tok, LastSeq: c.lastSeq}
-	s.extra = tr.AppendFrame(s.extra, protocol.TypeHello, protocol.MustJSON(hello))
-	if first != nil {
-		s.extra = tr.AppendFrame(s.extra, protocol.TypePing, httpProbe)
-	}
-	c.mu.Unlock()
-	_ = nc.SetReadDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
-	go s.writeLoop()
+	s.link = l
+	l.setReadDeadline(time.Now().Add(c.cfg.HandshakeTimeout))
+	go l.writeLoop(s)
 	s.wake()
 	stopWatch := context.AfterFunc(ctx, s.shutdown)
 	end := s.read(ctx)
@@ -115,7 +111,7 @@ func (c *Client) connect(ctx context.Context) sessionEnd {
 	case <-s.writerDone:
 	case <-time.After(finalFlushTimeout):
 	}
-	_ = nc.Close()
+	l.close()
 	<-s.writerDone
 	c.mu.Lock()
 	if c.cur == s {
@@ -131,17 +127,17 @@ func (s *session) read(ctx context.Context) sessionEnd {
 	silence := time.Duration(0)
 	pendingAcks := 0
 	for frames := 0; ; frames++ {
-		typ, body, err := s.tr.ReadFrame()
+		typ, body, err := s.link.readFrame()
 		if err != nil {
 			if frames == 0 && ctx.Err() == nil {
-				if herr := c.httpAnswer(s.first); herr != nil {
+				if herr := s.link.firstReadFailed(err); herr != nil {
 					return sessionEnd{reason: ReasonHandshake, err: herr}
 				}
 			}
 			return s.readFailed(ctx, err, silence != 0)
 		}
 		if silence != 0 {
-			_ = s.nc.SetReadDeadline(time.Now().Add(silence))
+			s.link.setReadDeadline(time.Now().Add(silence))
 		}
 		switch typ {
 		case protocol.TypeWelcome:
@@ -153,7 +149,7 @@ func (s *session) read(ctx context.Context) sessionEnd {
 				return protocolError(err.Error(), false)
 			}
 			silence = s.welcome(w)
-			_ = s.nc.SetReadDeadline(time.Now().Add(silence))
+			s.link.setReadDeadline(time.Now().Add(silence))
 		case protocol.TypeDeliver:
 			if silence == 0 {
 				return protocolError("DELIVER before WELCOME", false)
@@ -165,7 +161,7 @@ func (s *session) read(ctx context.Context) sessionEnd {
 			if s.deliver(seq, payload) {
 				pendingAcks++
 			}
-			if pendingAcks > 0 && (!s.tr.Buffered() || pendingAcks >= ackBurst) {
+			if pendingAcks > 0 && (!s.link.buffered() || pendingAcks >= ackBurst) {
 				pendingAcks = 0
 				s.wake()
 			}
@@ -176,10 +172,7 @@ func (s *session) read(ctx context.Context) sessionEnd {
 			}
 			c.pubAcked(id)
 		case protocol.TypePing:
-			c.mu.Lock()
-			s.extra = s.tr.AppendFrame(s.extra, protocol.TypePong, body)
-			c.mu.Unlock()
-			s.wake()
+			s.link.pong(s, body)
 		case protocol.TypePong:
 		case protocol.TypeGoAway:
 			var g protocol.GoAway
@@ -207,12 +200,14 @@ func protocolError(msg string, welcomed bool) sessionEnd {
 func (s *session) readFailed(ctx context.Context, err error, welcomed bool) sessionEnd {
 	c := s.c
 	c.mu.Lock()
-	werr := s.writeErr
+	werr, ended := s.writeErr, s.ended
 	c.mu.Unlock()
 	var ne net.Error
 	switch {
 	case ctx.Err() != nil:
 		return sessionEnd{reason: ReasonStopped, err: ctx.Err(), welcomed: welcomed}
+	case ended != nil:
+		return *ended
 	case werr != nil:
 		return sessionEnd{reason: ReasonConnLost, err: werr, welcomed: welcomed}
 	case !welcomed:
@@ -247,7 +242,7 @@ func (s *session) welcome(w protocol.Welcome) time.Duration {
 		c.stats.Resumes++
 	}
 	c.stats.LastWelcome, c.stats.LastWelcomeAt = w, now
-	s.welcomed, s.hb, s.nextPing = true, hb, now.Add(hb)
+	s.welcomed, s.epoch, s.hb, s.nextPing = true, w.SessionEpoch, hb, now.Add(hb)
 	c.cur = s
 	c.mu.Unlock()
 	s.wake() // retransmit what is unacknowledged
@@ -272,7 +267,13 @@ func (s *session) deliver(seq uint64, payload []byte) bool {
 		return false
 	}
 	if c.cfg.OnMessage != nil {
-		c.cfg.OnMessage(seq, payload)
+		if c.callbacks != nil {
+			c.callbacks.Lock()
+			c.cfg.OnMessage(seq, payload)
+			c.callbacks.Unlock()
+		} else {
+			c.cfg.OnMessage(seq, payload)
+		}
 	}
 	c.mu.Lock()
 	c.lastSeq = seq
@@ -280,91 +281,4 @@ func (s *session) deliver(seq uint64, payload []byte) bool {
 	c.stats.Delivered++
 	c.mu.Unlock()
 	return true
-}
-
-func (s *session) queueWSPong(payload []byte) {
-	s.c.mu.Lock()
-	s.extra = appendWSPong(s.extra, payload)
-	s.c.mu.Unlock()
-	s.wake()
-}
-
-// writeLoop is the only writer of the connection. It wakes on a kick, on
-// its timer (PING, PUBLISH retransmit) and on stop, when it writes the last
-// ACK and closes the connection.
-func (s *session) writeLoop() {
-	defer close(s.writerDone)
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	var buf []byte
-	for {
-		final := false
-		select {
-		case <-s.kick:
-		case <-timer.C:
-		case <-s.stop:
-			final = true
-		}
-		now := time.Now()
-		var next time.Time
-		buf, next = s.collect(buf[:0], now, final)
-		if len(buf) > 0 {
-			timeout := s.c.cfg.WriteTimeout
-			if final {
-				timeout = finalFlushTimeout
-			}
-			_ = s.nc.SetWriteDeadline(now.Add(timeout))
-			if _, err := s.nc.Write(buf); err != nil {
-				s.c.mu.Lock()
-				s.writeErr = err
-				s.c.mu.Unlock()
-				_ = s.nc.Close()
-				return
-			}
-		}
-		if final {
-			_ = s.nc.Close()
-			return
-		}
-		if !next.IsZero() {
-			timer.Reset(next.Sub(now))
-		}
-	}
-}
-
-// collect builds what is due now and returns when the writer must wake next.
-func (s *session) collect(buf []byte, now time.Time, final bool) ([]byte, time.Time) {
-	c := s.c
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	buf = append(buf, s.extra...)
-	s.extra = s.extra[:0]
-	if !s.welcomed {
-		return buf, time.Time{}
-	}
-	if c.lastSeq > s.ackSent {
-		buf = s.tr.AppendSeqFrame(buf, protocol.TypeAck, c.lastSeq, nil)
-		s.ackSent = c.lastSeq
-	}
-	if final {
-		return buf, time.Time{}
-	}
-	if !now.Before(s.nextPing) {
-		buf = s.tr.AppendFrame(buf, protocol.TypePing, nil)
-		s.nextPing = now.Add(s.hb)
-	}
-	next := s.nextPing
-	for _, p := range c.inflight {
-		if p.gen != s.gen || !now.Before(p.sentAt.Add(c.cfg.PubAckTimeout)) {
-			if !p.sentAt.IsZero() {
-				c.stats.Retransmits++
-			}
-			buf = s.tr.AppendSeqFrame(buf, protocol.TypePublish, p.id, p.payload)
-			p.gen, p.sentAt = s.gen, now
-		}
-		if d := p.sentAt.Add(c.cfg.PubAckTimeout); d.Before(next) {
-			next = d
-		}
-	}
-	return buf, next
 }

@@ -1,139 +1,66 @@
 package client
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"fmt"
-	"io"
 	"net"
 	"strings"
-
-	"github.com/gobwas/ws"
+	"time"
 
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 )
 
-const readBufferSize = 4096
-
-// webSocket reports whether Addr names the WebSocket listener.
-func (c *Client) webSocket() bool {
-	return strings.HasPrefix(c.cfg.Addr, "ws://") || strings.HasPrefix(c.cfg.Addr, "wss://")
+// transport is how the client reaches the cluster, chosen once by the form
+// of Config.Addr: "host:port" (TCP), "ws://…" or "wss://…" (WebSocket),
+// "http://…/sse" or "https://…/sse" (Server-Sent Events). Each transport is
+// one file (transport_*.go).
+type transport interface {
+	// dial makes one connection for s and sends hello, or arranges for the
+	// link's writer to send it. An error means no server was reached
+	// (ReasonDialFailed); a server that was reached but did not start the
+	// session answers through the link's first readFrame instead.
+	dial(ctx context.Context, s *session, hello protocol.Hello) (link, error)
 }
 
-// dial connects to addr and returns the connection with its framing and, on
-// TCP, the recorder of the first bytes the server sends. onWSPing receives
-// WebSocket-level pings, which must be answered through the writer.
-func (c *Client) dial(ctx context.Context, onWSPing func([]byte)) (net.Conn, protocol.Codec, *firstBytes, error) {
+// link is one connection as a session sees it: the Run goroutine reads
+// server frames from it, and its writeLoop is the only goroutine that
+// sends. TCP and WebSocket carry frames both ways (streamLink); SSE turns
+// the events of its stream into the same frames and sends ACK and PUBLISH
+// as HTTP requests.
+type link interface {
+	// readFrame returns the server's next frame; body is valid until the next call.
+	readFrame() (typ byte, body []byte, err error)
+	// buffered reports whether more input is already read, so that a
+	// burst of deliveries is acknowledged once, at its end.
+	buffered() bool
+	// setReadDeadline bounds the wait for the server's next bytes.
+	setReadDeadline(t time.Time)
+	// firstReadFailed turns a read failure before any frame into a more
+	// telling error (an HTTP answer on a TCP port), or returns nil.
+	firstReadFailed(err error) error
+	// pong answers a PING frame of the server.
+	pong(s *session, body []byte)
+	// writeLoop is the session's only sender; it closes s.writerDone when
+	// it returns, which it does soon after s.stop is closed (sending the
+	// last ACK first) or the link fails.
+	writeLoop(s *session)
+	// close ends the connection: a blocked readFrame returns, and so does writeLoop.
+	close()
+}
+
+// newTransport picks the transport of addr.
+func newTransport(c *Client) transport {
 	addr := c.cfg.Addr
-	if c.webSocket() {
-		d := ws.Dialer{Timeout: c.cfg.DialTimeout, Protocols: []string{protocol.Subprotocol},
-			TLSConfig: c.cfg.TLS, NetDial: c.netDial}
-		nc, br, _, err := d.Dial(ctx, addr)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		var src io.Reader = nc
-		if br != nil {
-			src = br // holds bytes the server sent right after the handshake
-		}
-		onControl := func(op ws.OpCode, p []byte) {
-			if op == ws.OpPing {
-				onWSPing(p)
-			}
-		}
-		// Clients mask what they send.
-		return nc, protocol.NewWSReader(src, c.cfg.MaxFrameBytes, readBufferSize, true, onControl), nil, nil
+	switch {
+	case strings.HasPrefix(addr, "ws://") || strings.HasPrefix(addr, "wss://"):
+		return wsTransport{c}
+	case strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://"):
+		return newSSETransport(c)
 	}
-	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-	defer cancel()
-	nc, err := c.netDial(dctx, "tcp", addr)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	if c.cfg.TLS != nil {
-		cfg := c.cfg.TLS.Clone()
-		if cfg.ServerName == "" {
-			cfg.ServerName, _, _ = net.SplitHostPort(addr)
-		}
-		tc := tls.Client(nc, cfg)
-		if err := tc.HandshakeContext(dctx); err != nil {
-			_ = nc.Close()
-			return nil, nil, nil, fmt.Errorf("tls handshake: %w", err)
-		}
-		nc = tc
-	}
-	first := &firstBytes{r: nc}
-	return nc, protocol.NewReader(first, c.cfg.MaxFrameBytes, readBufferSize), first, nil
+	return tcpTransport{c}
 }
 
-// httpProbe is the body of the PING sent right after HELLO on TCP. A v1
-// server echoes it in a PONG. An HTTP server, which waits for the end of its
-// request line before it answers anything, reads the line break as the end
-// of a malformed request and answers with an HTTP status at once, which
-// httpAnswer recognises; without it the device would only time out.
-var httpProbe = []byte("\r\n\r\n")
-
-// firstBytesKept is how much of the server's first bytes firstBytes keeps:
-// enough for an HTTP status line.
-const firstBytesKept = 64
-
-// firstBytes reads from a TCP connection and keeps the first bytes read.
-// Only the reading goroutine uses it.
-type firstBytes struct {
-	r    io.Reader
-	head []byte
-}
-
-func (f *firstBytes) Read(p []byte) (int, error) {
-	n, err := f.r.Read(p)
-	if room := firstBytesKept - len(f.head); room > 0 && n > 0 {
-		f.head = append(f.head, p[:min(n, room)]...)
-	}
-	return n, err
-}
-
-// httpAnswer returns an *HTTPResponseError when the server's first bytes
-// are an HTTP status line, or an HTML page (an HTTP/0.9 answer, which has
-// no status line), else nil. The framing would read "HTTP" as the length of
-// a frame of about 1.2 GB.
-func (c *Client) httpAnswer(f *firstBytes) error {
-	if f == nil {
-		return nil
-	}
-	head := f.head
-	if !bytes.HasPrefix(head, []byte("HTTP/")) {
-		head = bytes.TrimLeft(head, " \t\r\n")
-		lower := bytes.ToLower(head)
-		if !bytes.HasPrefix(lower, []byte("<!doctype html")) && !bytes.HasPrefix(lower, []byte("<html")) {
-			return nil
-		}
-	}
-	status, _, _ := bytes.Cut(head, []byte("\n"))
-	return &HTTPResponseError{Addr: c.cfg.Addr, Status: string(bytes.TrimRight(status, "\r")), TLS: c.cfg.TLS != nil}
-}
-
-// HTTPResponseError is the failure of a TCP connection whose server answered
-// with HTTP: Addr is an HTTP or WebSocket listener, not a protocol v1 TCP
-// listener. Run retries it like any failed connection; Event.Err carries it.
-type HTTPResponseError struct {
-	Addr string
-	// Status is the start of the answer's first line, e.g. "HTTP/1.1 400
-	// Bad Request" (or "<!DOCTYPE html>" from a server that took the HELLO
-	// for an HTTP/0.9 request).
-	Status string
-	// TLS: the connection was made with TLS (so the WebSocket URL is wss://).
-	TLS bool
-}
-
-func (e *HTTPResponseError) Error() string {
-	scheme := "ws"
-	if e.TLS {
-		scheme = "wss"
-	}
-	return fmt.Sprintf("the server at %s answered HTTP (%q): this is not a protocol v1 TCP port; for WebSocket use %s://%s/ws",
-		e.Addr, e.Status, scheme, e.Addr)
-}
+// readBufferSize is the read window of a TCP or WebSocket connection.
+const readBufferSize = 4096
 
 func (c *Client) netDial(ctx context.Context, network, addr string) (net.Conn, error) {
 	if c.cfg.Dial != nil {
@@ -146,8 +73,109 @@ func (c *Client) netDial(ctx context.Context, network, addr string) (net.Conn, e
 	return d.DialContext(ctx, network, addr)
 }
 
-// appendWSPong answers a WebSocket-level ping.
-func appendWSPong(dst []byte, payload []byte) []byte {
-	dst, start := protocol.AppendWSHeader(dst, ws.OpPong, len(payload), true)
-	return protocol.MaskFrom(append(dst, payload...), start)
+// streamLink is a connection that carries frames both ways on one socket
+// (TCP, WebSocket): writeLoop writes what collect builds.
+type streamLink struct {
+	nc    net.Conn
+	codec protocol.Codec
+	first *firstBytes // TCP only: the server's first bytes
+}
+
+func (l *streamLink) readFrame() (byte, []byte, error) { return l.codec.ReadFrame() }
+func (l *streamLink) buffered() bool                   { return l.codec.Buffered() }
+func (l *streamLink) setReadDeadline(t time.Time)      { _ = l.nc.SetReadDeadline(t) }
+func (l *streamLink) close()                           { _ = l.nc.Close() }
+
+func (l *streamLink) firstReadFailed(error) error {
+	if l.first == nil {
+		return nil
+	}
+	return l.first.httpAnswer()
+}
+
+func (l *streamLink) pong(s *session, body []byte) {
+	s.c.mu.Lock()
+	s.extra = l.codec.AppendFrame(s.extra, protocol.TypePong, body)
+	s.c.mu.Unlock()
+	s.wake()
+}
+
+// writeLoop is the only writer of the connection. It wakes on a kick, on
+// its timer (PING, PUBLISH retransmit) and on stop, when it writes the last
+// ACK and closes the connection.
+func (l *streamLink) writeLoop(s *session) {
+	defer close(s.writerDone)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var buf []byte
+	for {
+		final := false
+		select {
+		case <-s.kick:
+		case <-timer.C:
+		case <-s.stop:
+			final = true
+		}
+		now := time.Now()
+		var next time.Time
+		buf, next = l.collect(s, buf[:0], now, final)
+		if len(buf) > 0 {
+			timeout := s.c.cfg.WriteTimeout
+			if final {
+				timeout = finalFlushTimeout
+			}
+			_ = l.nc.SetWriteDeadline(now.Add(timeout))
+			if _, err := l.nc.Write(buf); err != nil {
+				s.c.mu.Lock()
+				s.writeErr = err
+				s.c.mu.Unlock()
+				_ = l.nc.Close()
+				return
+			}
+		}
+		if final {
+			_ = l.nc.Close()
+			return
+		}
+		if !next.IsZero() {
+			timer.Reset(next.Sub(now))
+		}
+	}
+}
+
+// collect builds what is due now and returns when the writer must wake next.
+func (l *streamLink) collect(s *session, buf []byte, now time.Time, final bool) ([]byte, time.Time) {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	buf = append(buf, s.extra...)
+	s.extra = s.extra[:0]
+	if !s.welcomed {
+		return buf, time.Time{}
+	}
+	if c.lastSeq > s.ackSent {
+		buf = l.codec.AppendSeqFrame(buf, protocol.TypeAck, c.lastSeq, nil)
+		s.ackSent = c.lastSeq
+	}
+	if final {
+		return buf, time.Time{}
+	}
+	if !now.Before(s.nextPing) {
+		buf = l.codec.AppendFrame(buf, protocol.TypePing, nil)
+		s.nextPing = now.Add(s.hb)
+	}
+	next := s.nextPing
+	for _, p := range c.inflight {
+		if p.gen != s.gen || !now.Before(p.sentAt.Add(c.cfg.PubAckTimeout)) {
+			if !p.sentAt.IsZero() {
+				c.stats.Retransmits++
+			}
+			buf = l.codec.AppendSeqFrame(buf, protocol.TypePublish, p.id, p.payload)
+			p.gen, p.sentAt = s.gen, now
+		}
+		if d := p.sentAt.Add(c.cfg.PubAckTimeout); d.Before(next) {
+			next = d
+		}
+	}
+	return buf, next
 }
