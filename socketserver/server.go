@@ -64,31 +64,49 @@ type Config struct {
 	HandshakeTimeout time.Duration
 }
 
+// DefaultConfig is the contract's defaults, in one place: the command's
+// flags show and take theirs from it, and New fills a zero field from it.
+func DefaultConfig() Config {
+	return Config{
+		TCPAddr: ":7000", WSAddr: ":8080", AdminAddr: ":9090",
+		HeartbeatInterval: 15 * time.Second, HelloTimeout: 10 * time.Second,
+		DrainTimeout: 60 * time.Second, DrainJitter: 10 * time.Second,
+		MaxFrameBytes: protocol.DefaultMaxFrameBytes, MaxPending: 10000, MaxPendingBytes: 16 << 20,
+		WriteTimeout: 10 * time.Second, StoreTimeout: 2 * time.Second, StatsInterval: 5 * time.Second,
+		IdempotencyWindow: 24 * time.Hour, AuditInterval: 15 * time.Second,
+		MaxHandshakes: 256, HandshakeTimeout: 5 * time.Second,
+	}
+}
+
+// setDefaults fills the fields whose zero value means "the default";
+// addresses (empty disables), DrainJitter and MaxPendingBytes (0 = none)
+// keep their zero.
 func (c *Config) setDefaults() {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
+	d := DefaultConfig()
+	def := func(v *time.Duration, dv time.Duration) {
+		if *v == 0 {
+			*v = dv
 		}
 	}
-	def(&c.HeartbeatInterval, 15*time.Second)
+	def(&c.HeartbeatInterval, d.HeartbeatInterval)
 	def(&c.HeartbeatTimeout, 3*c.HeartbeatInterval)
-	def(&c.HelloTimeout, 10*time.Second)
-	def(&c.DrainTimeout, 60*time.Second)
-	def(&c.WriteTimeout, 10*time.Second)
-	def(&c.StoreTimeout, 2*time.Second)
-	def(&c.StatsInterval, 5*time.Second)
-	def(&c.IdempotencyWindow, 24*time.Hour)
-	def(&c.AuditInterval, 15*time.Second)
-	def(&c.HandshakeTimeout, 5*time.Second)
+	def(&c.HelloTimeout, d.HelloTimeout)
+	def(&c.DrainTimeout, d.DrainTimeout)
+	def(&c.WriteTimeout, d.WriteTimeout)
+	def(&c.StoreTimeout, d.StoreTimeout)
+	def(&c.StatsInterval, d.StatsInterval)
+	def(&c.IdempotencyWindow, d.IdempotencyWindow)
+	def(&c.AuditInterval, d.AuditInterval)
+	def(&c.HandshakeTimeout, d.HandshakeTimeout)
 	c.HandshakeTimeout = min(c.HandshakeTimeout, c.HelloTimeout)
 	if c.MaxHandshakes == 0 {
-		c.MaxHandshakes = 256
+		c.MaxHandshakes = d.MaxHandshakes
 	}
 	if c.MaxFrameBytes == 0 {
-		c.MaxFrameBytes = protocol.DefaultMaxFrameBytes
+		c.MaxFrameBytes = d.MaxFrameBytes
 	}
 	if c.MaxPending == 0 {
-		c.MaxPending = 10000
+		c.MaxPending = d.MaxPending
 	}
 }
 
