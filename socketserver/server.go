@@ -25,6 +25,7 @@ import (
 // Config is the server's configuration; zero values take the contract's defaults.
 type Config struct {
 	TCPAddr, WSAddr, AdminAddr string
+	DisableSSE                 bool // no /sse paths on the WebSocket listener
 	ServerName                 string
 	AuthKey                    []byte
 	InsecureNoAuth             bool

@@ -83,3 +83,32 @@ spec:
 		}
 	}
 }
+
+// --sse-enabled defaults to true and, like every flag, can come from the
+// environment.
+func TestSSEFlag(t *testing.T) {
+	for _, tc := range []struct {
+		name, env string
+		args      []string
+		disabled  bool
+	}{
+		{"default", "", nil, false},
+		{"off", "", []string{"--sse-enabled=false"}, true},
+		{"on", "", []string{"--sse-enabled"}, false},
+		{"off from env", "false", nil, true},
+		{"flag wins over env", "false", []string{"--sse-enabled=true"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv("SOCKETSERVER_SSE_ENABLED", tc.env)
+			}
+			o, err := parseFlags(tc.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.cfg.DisableSSE != tc.disabled {
+				t.Errorf("DisableSSE %v, want %v", o.cfg.DisableSSE, tc.disabled)
+			}
+		})
+	}
+}

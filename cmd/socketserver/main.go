@@ -49,6 +49,8 @@ func parseFlags(args []string) (*options, error) {
 	c := &o.cfg
 	fs.StringVar(&c.TCPAddr, "tcp-addr", ":7000", "TCP listener for devices (length-prefixed frames); empty disables")
 	fs.StringVar(&c.WSAddr, "ws-addr", ":8080", "WebSocket listener for devices (GET /ws); empty disables")
+	var sseEnabled bool
+	fs.BoolVar(&sseEnabled, "sse-enabled", true, "serve Server-Sent Events (GET /sse, POST /sse/ack, /sse/publish) on the WebSocket listener")
 	fs.StringVar(&c.AdminAddr, "admin-addr", ":9090", "backend API, probes and metrics; never expose publicly")
 	fs.StringVar(&o.redisAddr, "redis-addr", "", "Redis address(es), comma-separated; empty runs on an embedded in-process store (single server)")
 	fs.StringVar(&o.redisPrefix, "redis-prefix", "scp", "prefix of every Redis key")
@@ -87,6 +89,7 @@ func parseFlags(args []string) (*options, error) {
 	if err := applyEnv(fs); err != nil {
 		return nil, err
 	}
+	c.DisableSSE = !sseEnabled
 	return o, nil
 }
 
