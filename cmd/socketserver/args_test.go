@@ -21,6 +21,7 @@ spec:
   listeners:
     tcp: {port: 7001}
     websocket: {port: 8443}
+    sse: {enabled: false}
     adminPort: 9091
     tls: {secretName: fleet-tls}
   redis:
@@ -53,6 +54,7 @@ spec:
 	}{
 		{"tcp addr", c.TCPAddr, ":7001"},
 		{"ws addr", c.WSAddr, ":8443"},
+		{"sse disabled", c.DisableSSE, true},
 		{"admin addr", c.AdminAddr, ":9091"},
 		{"redis addr", o.redisAddr, "s-0:26379,s-1:26379"},
 		{"redis mode", o.redisMode, "sentinel"},
@@ -81,6 +83,17 @@ spec:
 		if f.got == "" {
 			t.Errorf("%s not given (args %q)", f.name, args)
 		}
+	}
+
+	// SSE is on when the spec leaves it on: the operator then passes no
+	// flag, and the server's default must serve it.
+	sc.Spec.Listeners.SSE.Enabled = nil
+	args = resources.Args(&sc)
+	if o, err = parseFlags(args); err != nil {
+		t.Fatalf("the server refuses the operator's arguments %q: %v", args, err)
+	}
+	if o.cfg.DisableSSE {
+		t.Errorf("SSE disabled by the arguments %q of a spec that enables it", args)
 	}
 }
 
