@@ -280,6 +280,14 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
   listeners: {websocket: {path: /socket}}`, `unknown field "spec.listeners.websocket.path"`},
+		{"configurable sse path", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  listeners: {sse: {path: /events}}`, `unknown field "spec.listeners.sse.path"`},
+		{"sse on a port of its own", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  listeners: {sse: {port: 8081}}`, `unknown field "spec.listeners.sse.port"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := map[string]any{}
@@ -308,6 +316,65 @@ spec:
 	if ok.Spec.Drain.Timeout.Duration.Minutes() != 59 {
 		t.Errorf("drain %+v", ok.Spec.Drain)
 	}
+}
+
+// SSE is on by default and shares the WebSocket port; turning it off passes
+// --sse-enabled=false to the pods, turning it back on removes the flag.
+func TestSSEFollowsTheSpec(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	sc := socketCluster(t, c, ns, minimal)
+	if e := sc.Spec.Listeners.SSE.Enabled; e == nil || !*e {
+		t.Errorf("spec.listeners.sse.enabled %v, want the default true", e)
+	}
+	sseArgs := func(d *appsv1.Deployment) []string {
+		var out []string
+		for _, a := range d.Spec.Template.Spec.Containers[0].Args {
+			if strings.HasPrefix(a, "--sse-enabled") {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
+	d := deployment(t, c, ns, anyDeployment)
+	if a := sseArgs(d); len(a) != 0 {
+		t.Errorf("args %q: SSE is on by default, no flag expected", a)
+	}
+
+	patch := func(enabled bool) {
+		t.Helper()
+		p := fmt.Sprintf(`{"spec":{"listeners":{"sse":{"enabled":%t}}}}`, enabled)
+		if err := c.Patch(ctx, sc, client.RawPatch(types.MergePatchType, []byte(p))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	patch(false)
+	deployment(t, c, ns, func(d *appsv1.Deployment) error {
+		if a := sseArgs(d); !slices.Equal(a, []string{"--sse-enabled=false"}) {
+			return fmt.Errorf("SSE args %q, want --sse-enabled=false", a)
+		}
+		return nil
+	})
+	svc := &corev1.Service{}
+	if err := c.Get(ctx, key(ns, "edge"), svc); err != nil {
+		t.Fatal(err)
+	}
+	var ports []string
+	for _, p := range svc.Spec.Ports {
+		ports = append(ports, p.Name)
+	}
+	if !slices.Equal(ports, []string{"tcp", "ws"}) {
+		t.Errorf("public Service ports %v: SSE has no port of its own", ports)
+	}
+
+	patch(true)
+	deployment(t, c, ns, func(d *appsv1.Deployment) error {
+		if a := sseArgs(d); len(a) != 0 {
+			return fmt.Errorf("SSE args %q after enabling it again", a)
+		}
+		return nil
+	})
 }
 
 func TestSecretRotationRollsPods(t *testing.T) {

@@ -103,7 +103,8 @@ type SocketClusterSpec struct {
 	PodDisruptionBudget PodDisruptionBudgetSpec `json:"podDisruptionBudget,omitzero"`
 }
 
-// ListenersSpec sets the ports. The WebSocket path is always /ws (protocol v1).
+// ListenersSpec sets the ports. The WebSocket path is always /ws (protocol
+// v1); Server-Sent Events share the WebSocket port, at /sse.
 type ListenersSpec struct {
 	// +kubebuilder:default={}
 	// +optional
@@ -111,6 +112,13 @@ type ListenersSpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	WebSocket WebSocketListener `json:"websocket,omitzero"`
+	// SSE serves Server-Sent Events, for browsers and HTTP-only networks,
+	// on the WebSocket listener's port and TLS (no port of its own): the
+	// stream GET /sse, and POST /sse/ack and POST /sse/publish, which any
+	// pod answers. The paths are fixed.
+	// +kubebuilder:default={}
+	// +optional
+	SSE SSEListener `json:"sse,omitzero"`
 	// AdminPort serves the backend API, probes and metrics; it is never
 	// exposed by the public Service.
 	// +kubebuilder:default=9090
@@ -132,13 +140,23 @@ type TCPListener struct {
 	Port int32 `json:"port,omitempty"`
 }
 
-// WebSocketListener serves GET /ws.
+// WebSocketListener serves GET /ws, and Server-Sent Events (see sse) on
+// the same port.
 type WebSocketListener struct {
 	// +kubebuilder:default=8080
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=65535
 	// +optional
 	Port int32 `json:"port,omitempty"`
+}
+
+// SSEListener serves Server-Sent Events on the WebSocket listener.
+type SSEListener struct {
+	// Enabled serves the SSE paths; false answers them 404 (the WebSocket
+	// path /ws is not affected).
+	// +kubebuilder:default=true
+	// +optional
+	Enabled *bool `json:"enabled,omitempty"`
 }
 
 // TLSSpec names a kubernetes.io/tls Secret (tls.crt, tls.key).
@@ -318,7 +336,8 @@ type LoadBalancerProvider string
 // AWSNLB is the AWS Load Balancer Controller's NLB with IP targets.
 const AWSNLB LoadBalancerProvider = "aws-nlb"
 
-// ServiceSpec shapes the public Service (TCP and WebSocket ports only).
+// ServiceSpec shapes the public Service (the TCP port and the WebSocket
+// port, which serves SSE too; never the admin port).
 type ServiceSpec struct {
 	// +kubebuilder:default=LoadBalancer
 	// +kubebuilder:validation:Enum=LoadBalancer;NodePort;ClusterIP

@@ -21,6 +21,7 @@ spec:
   listeners:
     tcp: {port: 7001}
     websocket: {port: 8443}
+    sse: {enabled: false}
     adminPort: 9091
     tls: {secretName: fleet-tls}
   redis:
@@ -53,6 +54,7 @@ spec:
 	}{
 		{"tcp addr", c.TCPAddr, ":7001"},
 		{"ws addr", c.WSAddr, ":8443"},
+		{"sse disabled", c.DisableSSE, true},
 		{"admin addr", c.AdminAddr, ":9091"},
 		{"redis addr", o.redisAddr, "s-0:26379,s-1:26379"},
 		{"redis mode", o.redisMode, "sentinel"},
@@ -81,5 +83,45 @@ spec:
 		if f.got == "" {
 			t.Errorf("%s not given (args %q)", f.name, args)
 		}
+	}
+
+	// SSE is on when the spec leaves it on: the operator then passes no
+	// flag, and the server's default must serve it.
+	sc.Spec.Listeners.SSE.Enabled = nil
+	args = resources.Args(&sc)
+	if o, err = parseFlags(args); err != nil {
+		t.Fatalf("the server refuses the operator's arguments %q: %v", args, err)
+	}
+	if o.cfg.DisableSSE {
+		t.Errorf("SSE disabled by the arguments %q of a spec that enables it", args)
+	}
+}
+
+// --sse-enabled defaults to true and, like every flag, can come from the
+// environment.
+func TestSSEFlag(t *testing.T) {
+	for _, tc := range []struct {
+		name, env string
+		args      []string
+		disabled  bool
+	}{
+		{"default", "", nil, false},
+		{"off", "", []string{"--sse-enabled=false"}, true},
+		{"on", "", []string{"--sse-enabled"}, false},
+		{"off from env", "false", nil, true},
+		{"flag wins over env", "false", []string{"--sse-enabled=true"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.env != "" {
+				t.Setenv("SOCKETSERVER_SSE_ENABLED", tc.env)
+			}
+			o, err := parseFlags(tc.args)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o.cfg.DisableSSE != tc.disabled {
+				t.Errorf("DisableSSE %v, want %v", o.cfg.DisableSSE, tc.disabled)
+			}
+		})
 	}
 }

@@ -49,7 +49,9 @@ func parseFlags(args []string) (*options, error) {
 	c := &o.cfg
 	d := socketserver.DefaultConfig()
 	fs.StringVar(&c.TCPAddr, "tcp-addr", d.TCPAddr, "TCP listener for devices (length-prefixed frames); empty disables")
-	fs.StringVar(&c.WSAddr, "ws-addr", d.WSAddr, "WebSocket listener for devices (GET /ws); empty disables")
+	fs.StringVar(&c.WSAddr, "ws-addr", d.WSAddr, "WebSocket listener for devices (GET /ws, and GET /sse unless --sse-enabled=false); empty disables")
+	var sseEnabled bool
+	fs.BoolVar(&sseEnabled, "sse-enabled", !d.DisableSSE, "serve Server-Sent Events (GET /sse, POST /sse/ack, /sse/publish) on the WebSocket listener")
 	fs.StringVar(&c.AdminAddr, "admin-addr", d.AdminAddr, "backend API, probes and metrics; never expose publicly")
 	fs.StringVar(&o.redisAddr, "redis-addr", "", "Redis address(es), comma-separated; empty runs on an embedded in-process store (single server)")
 	fs.StringVar(&o.redisPrefix, "redis-prefix", "scp", "prefix of every Redis key")
@@ -88,6 +90,7 @@ func parseFlags(args []string) (*options, error) {
 	if err := applyEnv(fs); err != nil {
 		return nil, err
 	}
+	c.DisableSSE = !sseEnabled
 	return o, nil
 }
 

@@ -184,12 +184,24 @@ func Args(sc *v1alpha1.SocketCluster) []string {
 			"--tls-cert-file="+path.Join(tlsDir, corev1.TLSCertKey),
 			"--tls-key-file="+path.Join(tlsDir, corev1.TLSPrivateKeyKey))
 	}
+	// Only when off: the server serves SSE by default, and the pods of
+	// existing SocketClusters keep their arguments (no roll on upgrade).
+	if !SSEEnabled(sc) {
+		args = append(args, "--sse-enabled=false")
+	}
 	return args
+}
+
+// SSEEnabled tells whether the SocketCluster serves Server-Sent Events on its
+// WebSocket port (spec.listeners.sse.enabled, true unless set to false).
+func SSEEnabled(sc *v1alpha1.SocketCluster) bool {
+	return sc.Spec.Listeners.SSE.Enabled == nil || *sc.Spec.Listeners.SSE.Enabled
 }
 
 // DevicePorts are the listeners devices connect to, open to everyone (the
 // NetworkPolicy admits them from anywhere). Every listener but the admin
-// port belongs here.
+// port belongs here. "ws" serves WebSocket and SSE: SSE has no port of its
+// own.
 func DevicePorts(sc *v1alpha1.SocketCluster) []corev1.ContainerPort {
 	l := &sc.Spec.Listeners
 	return []corev1.ContainerPort{

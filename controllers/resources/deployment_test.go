@@ -145,7 +145,7 @@ spec:
   image: registry.example/socketserver:2
   podLabels: {team: iot, app.kubernetes.io/instance: hijack}
   podAnnotations: {a: b, sockets.socketcluster.io/secret-hash: user}
-  listeners: {tcp: {port: 7443}, websocket: {port: 443}, adminPort: 9000, tls: {secretName: edge-tls}}
+  listeners: {tcp: {port: 7443}, websocket: {port: 443}, sse: {enabled: false}, adminPort: 9000, tls: {secretName: edge-tls}}
   redis:
     mode: sentinel
     masterName: mymaster
@@ -181,6 +181,7 @@ spec:
 		"--auth-key-file=/etc/socketserver/device-key/hs256",
 		"--api-token-file=/etc/socketserver/api-token/token",
 		"--tls-cert-file=/etc/socketserver/tls/tls.crt", "--tls-key-file=/etc/socketserver/tls/tls.key",
+		"--sse-enabled=false",
 	}
 	if !reflect.DeepEqual(c.Args, want) {
 		t.Errorf("args\n got %q\nwant %q", c.Args, want)
@@ -250,6 +251,49 @@ spec:
 		if strings.HasPrefix(a, "--auth-key-file") {
 			t.Errorf("unexpected %s", a)
 		}
+	}
+}
+
+// SSE is on unless spec.listeners.sse.enabled is false; only then is the
+// flag passed, so the pods of SocketClusters that do not set it keep their
+// arguments. It shares the WebSocket port: no port of its own.
+func TestSSE(t *testing.T) {
+	for _, tc := range []struct {
+		name, listeners string
+		enabled         bool
+	}{
+		{"default", "", true},
+		{"enabled", "  listeners: {sse: {enabled: true}}\n", true},
+		{"empty", "  listeners: {sse: {}}\n", true},
+		{"disabled", "  listeners: {sse: {enabled: false}}\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc := defaulted(t, minimal+tc.listeners)
+			if got := resources.SSEEnabled(sc); got != tc.enabled {
+				t.Errorf("SSEEnabled %v, want %v", got, tc.enabled)
+			}
+			c := container(t, resources.Deployment(sc, "img", ""))
+			var sse []string
+			for _, a := range c.Args {
+				if strings.HasPrefix(a, "--sse-enabled") {
+					sse = append(sse, a)
+				}
+			}
+			want := []string(nil)
+			if !tc.enabled {
+				want = []string{"--sse-enabled=false"}
+			}
+			if !reflect.DeepEqual(sse, want) {
+				t.Errorf("SSE args %q, want %q (all args %q)", sse, want, c.Args)
+			}
+			var names []string
+			for _, p := range c.Ports {
+				names = append(names, p.Name)
+			}
+			if !reflect.DeepEqual(names, []string{"tcp", "ws", "admin"}) {
+				t.Errorf("ports %v: SSE is served on the ws port", names)
+			}
+		})
 	}
 }
 

@@ -25,8 +25,8 @@ const (
 	AnnotationAWSHealthPath  = awsPrefix + "healthcheck-path"
 )
 
-// Service is the public entry point: the TCP and WebSocket listeners only,
-// never the admin API.
+// Service is the public entry point: the TCP listener and the WebSocket
+// listener (port "ws", WebSocket and SSE), never the admin API.
 func Service(sc *v1alpha1.SocketCluster) *corev1.Service {
 	spec := &sc.Spec.Service
 	svc := &corev1.Service{

@@ -108,6 +108,9 @@ func TestChartOnAPIServer(t *testing.T) {
 		if replicas, _, _ := unstructured.NestedInt64(minimal.Object, "spec", "replicas"); replicas != 3 {
 			t.Errorf("spec.replicas defaulted to %d, want 3 from the CRD schema", replicas)
 		}
+		if sse, found, _ := unstructured.NestedBool(minimal.Object, "spec", "listeners", "sse", "enabled"); !found || !sse {
+			t.Errorf("spec.listeners.sse.enabled defaulted to %v (set: %v), want true from the CRD schema", sse, found)
+		}
 
 		for name, tc := range map[string]struct {
 			spec map[string]any
