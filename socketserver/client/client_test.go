@@ -20,12 +20,15 @@ import (
 )
 
 func TestDeliveryInOrderAndAcked(t *testing.T) {
-	for _, transport := range []string{"tcp", "ws"} {
+	for _, transport := range []string{"tcp", "ws", "sse"} {
 		t.Run(transport, func(t *testing.T) {
 			s := startServer(t, "server-a", store.NewMemory(), nil)
 			addr := s.Addrs().TCP
-			if transport == "ws" {
+			switch transport {
+			case "ws":
 				addr = "ws://" + s.Addrs().WS + "/ws"
+			case "sse":
+				addr = sseAddr(s.Addrs().WS)
 			}
 			// Half the messages wait in the outbox, half arrive live.
 			for i := 1; i <= 50; i++ {

@@ -20,35 +20,6 @@ import (
 // sseAddr is the SSE address of a server (its WebSocket listener).
 func sseAddr(hostPort string) string { return "http://" + hostPort + "/sse" }
 
-func TestSSEDeliveryInOrderAndAcked(t *testing.T) {
-	s := startServer(t, "server-a", store.NewMemory(), nil)
-	for i := 1; i <= 50; i++ { // half wait in the outbox, half arrive live
-		post(t, s, "kiosk-sse", fmt.Sprintf("m%d", i))
-	}
-	d := runDevice(t, client.Config{Addr: sseAddr(s.Addrs().WS), Device: "kiosk-sse"})
-	w := d.waitConnected(t, 1).Welcome
-	if w.Server != "server-a" || w.Resumed || w.SessionEpoch == 0 {
-		t.Fatalf("unexpected WELCOME %+v", w)
-	}
-	for i := 51; i <= 100; i++ {
-		post(t, s, "kiosk-sse", fmt.Sprintf("m%d", i))
-	}
-	assertInOrder(t, d, 100)
-	eventually(t, "pending 0", func() bool {
-		info := getDevice(t, s, "kiosk-sse")
-		return info.Pending == 0 && info.AckedSeq == d.Stats().LastSeq
-	})
-	if st := d.Stats(); st.Delivered != 100 || st.Duplicates != 0 {
-		t.Fatalf("stats %+v", st)
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if id, err := d.Publish(ctx, []byte("hello upstream")); err != nil || id != 1 {
-		t.Fatalf("Publish = %d, %v; want id 1", id, err)
-	}
-}
-
 // Payloads that are not single-line text travel as they are: line feeds
 // (several data lines), carriage returns, binary and empty (deliver64).
 func TestSSEPayloadsArriveIntact(t *testing.T) {

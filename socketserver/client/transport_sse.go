@@ -471,11 +471,10 @@ func (l *sseLink) writeLoop(s *session) {
 			now := time.Now()
 			if r.ack {
 				ackBusy = false
-				if r.status == http.StatusNoContent || r.status == http.StatusOK {
-					c.mu.Lock()
-					s.ackSent = max(s.ackSent, r.seq)
-					c.mu.Unlock()
-				} else if wait, end := r.outcome("/ack", sseAckRetry); end != nil {
+				if l.acked(s, r) {
+					break
+				}
+				if wait, end := r.outcome("/ack", sseAckRetry); end != nil {
 					l.end(s, *end)
 				} else {
 					ackAt = now.Add(wait)
@@ -555,6 +554,17 @@ func (l *sseLink) writeLoop(s *session) {
 }
 
 // pubAcked completes a stored PUBLISH; OnPubAck must not run while OnMessage does.
+// acked records the seq of an ACK the server stored; false: not stored.
+func (l *sseLink) acked(s *session, r postResult) bool {
+	if r.status != http.StatusNoContent && r.status != http.StatusOK {
+		return false
+	}
+	s.c.mu.Lock()
+	s.ackSent = max(s.ackSent, r.seq)
+	s.c.mu.Unlock()
+	return true
+}
+
 func (l *sseLink) pubAcked(id uint64) {
 	c := l.t.c
 	c.callbacks.Lock()
@@ -575,11 +585,7 @@ func (l *sseLink) finalAck(s *session, ackBusy bool, results <-chan postResult) 
 		case r := <-results:
 			if r.ack {
 				ackBusy = false
-				if r.status == http.StatusNoContent || r.status == http.StatusOK {
-					c.mu.Lock()
-					s.ackSent = max(s.ackSent, r.seq)
-					c.mu.Unlock()
-				}
+				l.acked(s, r)
 			}
 		case <-wait.C:
 			return
