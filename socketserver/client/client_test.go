@@ -61,34 +61,50 @@ func TestDeliveryInOrderAndAcked(t *testing.T) {
 	}
 }
 
+// The network to the first server goes away while messages keep coming
+// through the other; the device resumes there with last_seq and gets each
+// message once, also those sent afterwards through the first server.
 func TestResumeOnAnotherServer(t *testing.T) {
-	_, a, b := redisPair(t, nil)
-	p := newProxy(t, a.Addrs().TCP)
-	d := runDevice(t, client.Config{Addr: p.addr(), Device: "pos-7"})
-	if w := d.waitConnected(t, 1).Welcome; w.Server != "server-a" {
-		t.Fatalf("first connection went to %q", w.Server)
-	}
-	for i := 1; i <= 10; i++ {
-		post(t, a, "pos-7", fmt.Sprintf("m%d", i))
-	}
-	assertInOrder(t, d, 10)
+	for _, transport := range []string{"tcp", "sse"} {
+		t.Run(transport, func(t *testing.T) {
+			_, a, b := redisPair(t, nil)
+			listener := func(s *socketserver.Server) string { return s.Addrs().TCP }
+			addr := func(hostPort string) string { return hostPort }
+			if transport == "sse" {
+				listener = func(s *socketserver.Server) string { return s.Addrs().WS }
+				addr = sseAddr
+			}
+			device := "pos-7-" + transport
+			p := newProxy(t, listener(a))
+			d := runDevice(t, client.Config{Addr: addr(p.addr()), Device: device})
+			if w := d.waitConnected(t, 1).Welcome; w.Server != "server-a" {
+				t.Fatalf("first connection went to %q", w.Server)
+			}
+			for i := 1; i <= 10; i++ {
+				post(t, a, device, fmt.Sprintf("m%d", i))
+			}
+			assertInOrder(t, d, 10)
 
-	// The network goes away; messages keep coming through the other server.
-	p.setTarget("")
-	p.cut()
-	eventually(t, "disconnect", func() bool { return len(d.eventsOf(client.EventDisconnected)) > 0 })
-	for i := 11; i <= 30; i++ {
-		post(t, b, "pos-7", fmt.Sprintf("m%d", i))
-	}
-	p.setTarget(b.Addrs().TCP)
-	w := d.waitConnected(t, 2).Welcome
-	if w.Server != "server-b" || !w.Resumed {
-		t.Fatalf("second WELCOME %+v, want resumed on server-b", w)
-	}
-	assertInOrder(t, d, 30)
-	eventually(t, "pending 0", func() bool { return getDevice(t, b, "pos-7").Pending == 0 })
-	if st := d.Stats(); st.Reconnects != 1 || st.Resumes != 1 {
-		t.Fatalf("stats %+v", st)
+			p.setTarget("")
+			p.cut()
+			eventually(t, "disconnect", func() bool { return len(d.eventsOf(client.EventDisconnected)) > 0 })
+			for i := 11; i <= 30; i++ {
+				post(t, b, device, fmt.Sprintf("m%d", i))
+			}
+			p.setTarget(listener(b))
+			w := d.waitConnected(t, 2).Welcome
+			if w.Server != "server-b" || !w.Resumed {
+				t.Fatalf("second WELCOME %+v, want resumed on server-b", w)
+			}
+			for i := 31; i <= 40; i++ {
+				post(t, a, device, fmt.Sprintf("m%d", i))
+			}
+			assertInOrder(t, d, 40)
+			eventually(t, "pending 0", func() bool { return getDevice(t, b, device).Pending == 0 })
+			if st := d.Stats(); st.Reconnects != 1 || st.Resumes != 1 || st.Delivered != 40 {
+				t.Fatalf("stats %+v", st)
+			}
+		})
 	}
 }
 

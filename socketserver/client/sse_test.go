@@ -36,42 +36,6 @@ func TestSSEPayloadsArriveIntact(t *testing.T) {
 	}
 }
 
-// The network goes away under an SSE device; messages keep coming through
-// the other server; the device resumes there with last_seq and gets each
-// message once.
-func TestSSEResumeOnAnotherServer(t *testing.T) {
-	_, a, b := redisPair(t, nil)
-	p := newProxy(t, a.Addrs().WS)
-	d := runDevice(t, client.Config{Addr: sseAddr(p.addr()), Device: "pos-sse-7"})
-	if w := d.waitConnected(t, 1).Welcome; w.Server != "server-a" {
-		t.Fatalf("first connection went to %q", w.Server)
-	}
-	for i := 1; i <= 10; i++ {
-		post(t, a, "pos-sse-7", fmt.Sprintf("m%d", i))
-	}
-	assertInOrder(t, d, 10)
-
-	p.setTarget("")
-	p.cut()
-	eventually(t, "disconnect", func() bool { return len(d.eventsOf(client.EventDisconnected)) > 0 })
-	for i := 11; i <= 30; i++ {
-		post(t, b, "pos-sse-7", fmt.Sprintf("m%d", i))
-	}
-	p.setTarget(b.Addrs().WS)
-	w := d.waitConnected(t, 2).Welcome
-	if w.Server != "server-b" || !w.Resumed {
-		t.Fatalf("second WELCOME %+v, want resumed on server-b", w)
-	}
-	for i := 31; i <= 40; i++ {
-		post(t, a, "pos-sse-7", fmt.Sprintf("m%d", i))
-	}
-	assertInOrder(t, d, 40)
-	eventually(t, "pending 0", func() bool { return getDevice(t, b, "pos-sse-7").Pending == 0 })
-	if st := d.Stats(); st.Reconnects != 1 || st.Resumes != 1 || st.Delivered != 40 {
-		t.Fatalf("stats %+v", st)
-	}
-}
-
 // routeDial sends every connection (the stream's and the POSTs') to the
 // first server that is usable, like a Service in front of the pods: down
 // reports a server that must not get new connections.
