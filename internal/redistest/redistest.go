@@ -60,9 +60,21 @@ func start(t testing.TB, persistent bool, extra ...string) *Server {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	s := &Server{t: t, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: t.TempDir(), persistent: persistent, extra: extra}
+	// Not t.TempDir: a background rewrite forked by the server can still be
+	// writing into the directory just after the kill, and t.TempDir fails
+	// the test when its RemoveAll meets a file created meanwhile.
+	dir, err := os.MkdirTemp("", "redistest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{t: t, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, persistent: persistent, extra: extra}
+	t.Cleanup(func() {
+		s.Kill()
+		for i := 0; os.RemoveAll(dir) != nil && i < 50; i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
 	s.Restart()
-	t.Cleanup(s.Kill)
 	return s
 }
 
@@ -78,6 +90,9 @@ func (s *Server) Restart() {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	}
 	cmd := exec.Command(Binary(s.t), append(args, s.extra...)...)
+	// Its own process group, so that Kill also ends the children it forks
+	// for AOF rewrites and snapshots.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		s.t.Fatal(err)
@@ -111,7 +126,7 @@ func (s *Server) Kill() {
 	if s.cmd == nil {
 		return
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGKILL)
+	_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 	_ = s.cmd.Wait()
 	s.cmd = nil
 }
