@@ -22,7 +22,7 @@ envtest-assets: ## Build kube-apiserver and etcd for envtest from the Go module 
 	@K8S_VERSION=$(K8S_VERSION) COMPONENTS="kube-apiserver kubectl" hack/build-k8s-binaries.sh >/dev/null
 
 .PHONY: test
-test: envtest-assets verify-generated test-js ## Run every test (unit, race, Redis, envtest, JavaScript client, kiosk in Chromium) and print the summary.
+test: envtest-assets verify-generated verify-proto test-js ## Run every test (unit, race, Redis, envtest, JavaScript client, kiosk in Chromium) and print the summary.
 	KUBEBUILDER_ASSETS=$$(K8S_VERSION=$(K8S_VERSION) COMPONENTS="kube-apiserver kubectl" hack/build-k8s-binaries.sh) \
 	HELM=$$(hack/helm.sh) \
 	$(GOTESTSUM) --format pkgname-and-test-fails -- -race -timeout 30m $(TEST_PKGS)
@@ -71,6 +71,16 @@ verify-generated: ## Fail when the committed generated files differ from what ma
 	diff -ru config/crd/bases $$tmp/crd && diff -u config/rbac/role.yaml $$tmp/rbac/role.yaml && \
 	diff -u api/v1alpha1/zz_generated.deepcopy.go $$tmp/object/zz_generated.deepcopy.go || \
 	{ echo "generated files are stale: run make manifests generate and commit the result" >&2; exit 1; }
+
+.PHONY: proto
+proto: ## Generate the Go code of proto/ (socketserver/scpv1); needs protoc (apt-get install protobuf-compiler).
+	hack/protoc.sh
+
+.PHONY: verify-proto
+verify-proto: ## Fail when the committed Go code of proto/ differs from what make proto would write.
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && hack/protoc.sh $$tmp && \
+	diff -ru socketserver/scpv1 $$tmp/socketserver/scpv1 || \
+	{ echo "generated protobuf code is stale: run make proto and commit the result" >&2; exit 1; }
 
 .PHONY: run
 run: ## Run the operator against the current kubeconfig's cluster (install the CRD first).
