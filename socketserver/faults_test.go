@@ -94,7 +94,7 @@ func serverBinary(t *testing.T) string {
 }
 
 type proc struct {
-	cmd              *exec.Cmd
+	cmd                    *exec.Cmd
 	tcp, grpc, admin, name string
 	exited                 chan error
 }
