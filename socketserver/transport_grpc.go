@@ -49,8 +49,11 @@ func (s *Server) grpcOptions() []grpc.ServerOption {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxMsg),
 		grpc.MaxSendMsgSize(maxMsg),
-		// One device per connection: its streams come one after another.
-		grpc.MaxConcurrentStreams(1),
+		// A device holds one stream; a few more leave room for the health
+		// and reflection calls that tools make on the same connection
+		// (grpcurl keeps its reflection stream open during the call).
+		// Each stream counts as a connection against --max-connections.
+		grpc.MaxConcurrentStreams(grpcMaxStreams),
 		grpc.ConnectionTimeout(s.cfg.HandshakeTimeout),
 		// The protocol's PINGs are the heartbeat; HTTP/2 pings more often
 		// than twice per heartbeat interval are abuse (too_many_pings).
@@ -75,6 +78,7 @@ func (s *Server) grpcOptions() []grpc.ServerOption {
 }
 
 const (
+	grpcMaxStreams  = 4
 	grpcReadBuffer  = 4 << 10
 	grpcWriteBuffer = 16 << 10
 )
