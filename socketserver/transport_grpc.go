@@ -62,12 +62,18 @@ func (s *Server) grpcOptions() []grpc.ServerOption {
 		// the server probes a silent connection as the heartbeat sweep would.
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: s.cfg.HelloTimeout,
 			Time: s.cfg.HeartbeatTimeout, Timeout: s.cfg.HeartbeatInterval}),
-		// Idle memory (README, performance): a connection's read and write
-		// buffers are most of it. Reads go through a small buffer; the
-		// write buffer is taken from a pool only while a write is flushed.
-		grpc.ReadBufferSize(grpcReadBuffer),
-		grpc.WriteBufferSize(grpcWriteBuffer),
-		grpc.SharedWriteBuffer(true),
+		// Idle memory (README, performance; 2,000 idle devices, against
+		// gRPC's defaults): no write buffer saves 3.4 KiB RSS (30 KiB of
+		// heap, mostly never touched) per connection, as each HTTP/2 frame
+		// is then written at once (a pooled SharedWriteBuffer saves about as
+		// much RSS, a third less heap); no read buffer saves 1.3 KiB RSS.
+		// Devices send and receive little, so the extra syscalls under a
+		// burst cost less than the buffers of every idle device.
+		grpc.ReadBufferSize(0),
+		grpc.WriteBufferSize(0),
+		// Fixed windows save nothing when idle; they turn off gRPC's
+		// bandwidth estimation, which grows them up to 16 MiB under load:
+		// what a device that stops reading can make the server buffer.
 		grpc.InitialWindowSize(window),
 		grpc.InitialConnWindowSize(window),
 	}
@@ -77,11 +83,8 @@ func (s *Server) grpcOptions() []grpc.ServerOption {
 	return opts
 }
 
-const (
-	grpcMaxStreams  = 4
-	grpcReadBuffer  = 4 << 10
-	grpcWriteBuffer = 16 << 10
-)
+// grpcMaxStreams bounds the streams of one connection.
+const grpcMaxStreams = 4
 
 // startGRPC binds the gRPC listener and serves scp.v1.Device, the health
 // service and, when configured, reflection.
