@@ -120,6 +120,7 @@ func TestGRPCSession(t *testing.T) {
 func TestGRPCRefusals(t *testing.T) {
 	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
 		c.HelloTimeout = 300 * time.Millisecond
+		c.HeartbeatInterval = 200 * time.Millisecond
 		c.MaxFrameBytes = 1024
 	})
 	addr := srv.Addrs().GRPC
@@ -148,6 +149,11 @@ func TestGRPCRefusals(t *testing.T) {
 		_ = l.send(protocol.TypePing, nil)
 		l.expect(t, protocol.TypePong)
 		l.expectError(t, protocol.CodeHelloTimeout)
+	})
+	t.Run("heartbeat timeout", func(t *testing.T) {
+		l := grpcDial(t, addr)
+		l.welcome(t, "silent", 0, token("silent", time.Hour))
+		l.expectError(t, protocol.CodeHeartbeatTimeout)
 	})
 	t.Run("frame too large", func(t *testing.T) {
 		l := grpcDial(t, addr)

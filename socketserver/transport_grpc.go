@@ -181,8 +181,9 @@ func (*grpcTransport) name() string { return grpcName }
 func (t *grpcTransport) ReadFrame() (byte, []byte, error) {
 	var m scpv1.ClientFrame
 	if err := t.gc.stream.RecvMsg(&m); err != nil {
-		// A message above the size limit: gRPC ends the call itself
-		// (RESOURCE_EXHAUSTED), so no ERROR can follow.
+		// A message above the size limit ends the call in gRPC itself
+		// (RESOURCE_EXHAUSTED): no ERROR can follow. One that does not
+		// unmarshal is a bad frame, as a body that does not parse.
 		if status.Code(err) == codes.Internal && strings.Contains(err.Error(), "unmarshal") {
 			return 0, nil, protocol.Errorf(protocol.CodeBadFrame, "ClientFrame does not parse")
 		}
