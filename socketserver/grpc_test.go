@@ -173,6 +173,37 @@ func TestGRPCRefusals(t *testing.T) {
 	})
 }
 
+// Over --max-connections a new gRPC connection is closed at once (no
+// answer can precede the HTTP/2 handshake); once a device leaves, the
+// next one gets in.
+func TestGRPCConnectionLimit(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.MaxConnections = 1 })
+	first := grpcDial(t, srv.Addrs().GRPC)
+	first.welcome(t, "d1", 0, token("d1", time.Hour))
+	// The call fails when it starts, or at its first read.
+	second, err := dialGRPCLink(srv.Addrs().GRPC)
+	if err == nil {
+		defer second.close()
+		_ = second.send(protocol.TypeHello, protocol.MustJSON(protocol.Hello{Protocol: 1, Device: "d2", Token: token("d2", time.Hour)}))
+		_, err = second.stream.Recv()
+	}
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("over the limit: %v, want UNAVAILABLE", err)
+	}
+	first.close()
+	// The server sees the first connection end a moment later.
+	eventually(t, "a new device admitted", func() bool {
+		l, err := dialGRPCLink(srv.Addrs().GRPC)
+		if err != nil {
+			return false
+		}
+		defer l.close()
+		_ = l.send(protocol.TypeHello, protocol.MustJSON(protocol.Hello{Protocol: 1, Device: "d3", Token: token("d3", time.Hour)}))
+		typ, _, err := l.read()
+		return err == nil && typ == protocol.TypeWelcome
+	})
+}
+
 // Takeover across transports: a device on gRPC is taken over by its HELLO
 // over TCP on another server, and takes the session back over gRPC.
 func TestGRPCTakeoverAcrossTransports(t *testing.T) {

@@ -105,8 +105,48 @@ func (s *Server) startGRPC() error {
 		reflection.Register(gs)
 	}
 	s.grpc = gs
-	go func() { _ = gs.Serve(l) }()
+	go func() { _ = gs.Serve(&grpcListener{Listener: l, srv: s}) }()
 	return nil
+}
+
+// grpcListener closes new connections at once while the server is full or
+// as many gRPC connections are open as it may hold: a connection counts
+// as a device connection only once its stream starts, and those without a
+// stream (closed after the hello timeout) must not eat the descriptors
+// of the other listeners. As on TLS, no answer can precede the handshake.
+type grpcListener struct {
+	net.Listener
+	srv  *Server
+	open atomic.Int64
+}
+
+func (l *grpcListener) Accept() (net.Conn, error) {
+	for {
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		s := l.srv
+		if s.maxConns > 0 && (s.Connections() >= s.maxConns || l.open.Load() >= int64(s.maxConns)) {
+			s.metrics.closes.WithLabelValues(ReasonRejected.String()).Inc()
+			_ = nc.Close()
+			continue
+		}
+		l.open.Add(1)
+		return &countedConn{Conn: nc, open: &l.open}, nil
+	}
+}
+
+// countedConn leaves its listener's count when closed.
+type countedConn struct {
+	net.Conn
+	open *atomic.Int64
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.open.Add(-1) })
+	return c.Conn.Close()
 }
 
 // grpcNotReady mirrors /readyz in the health service once draining.
