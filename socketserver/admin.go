@@ -33,6 +33,9 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("POST "+adminapi.PathUpstreamAck, s.guard(s.ackUpstream))
 	mux.HandleFunc("POST "+adminapi.PathDrain, s.guard(s.postDrain))
 	mux.HandleFunc("POST "+adminapi.PathShed, s.guard(s.postShed))
+	mux.HandleFunc("GET "+adminapi.PathServer, s.guard(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, adminapi.ServerInfo{Name: s.cfg.ServerName, Connections: s.Connections(), Draining: s.Draining()})
+	}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.draining.Load() {

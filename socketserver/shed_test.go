@@ -106,6 +106,9 @@ func TestShed(t *testing.T) {
 		t.Fatalf("shed 0: %v", err)
 	}
 	api := adminClient(srv, tok)
+	if info, err := api.Server(context.Background()); err != nil || info != (adminapi.ServerInfo{Name: "pod-a", Connections: n}) {
+		t.Fatalf("GET /v1/server: %+v %v", info, err)
+	}
 	res, err := api.Shed(context.Background(), 4)
 	if err != nil || res != (adminapi.ShedStarted{Shed: 4, Connections: n}) {
 		t.Fatalf("shed 4: %+v %v", res, err)
@@ -161,6 +164,9 @@ func TestShed(t *testing.T) {
 	srv.DrainAfter(time.Hour)
 	if res, err := api.Shed(context.Background(), 1); err != nil || res.Shed != 0 {
 		t.Fatalf("shed while draining: %+v %v", res, err)
+	}
+	if info, err := api.Server(context.Background()); err != nil || !info.Draining || info.Connections != 1 {
+		t.Fatalf("GET /v1/server while draining: %+v %v", info, err)
 	}
 }
 

@@ -156,6 +156,14 @@ type DrainDone struct {
 	Remaining int `json:"remaining"`
 }
 
+// ServerInfo answers GET /v1/server: this server's name (the pod's),
+// its open connections, and whether it drains (it is unready then).
+type ServerInfo struct {
+	Name        string `json:"name"`
+	Connections int    `json:"connections"`
+	Draining    bool   `json:"draining"`
+}
+
 // ShedRequest is the body of POST /shed: send GOAWAY to Count of the
 // server's connections (paced like a drain, with the same jittered
 // reconnect hints) while the server stays ready, so that their devices
@@ -209,6 +217,7 @@ const (
 	PathUpstreamAck = "/v1/upstream/ack"
 	PathDrain       = "/drain"
 	PathShed        = "/shed"
+	PathServer      = "/v1/server"
 )
 
 // DrainQuery is the path and query of POST /drain: delay is how long the

@@ -181,6 +181,14 @@ func (c *Client) DrainAfter(ctx context.Context, delay time.Duration, wait bool)
 	return out.Remaining, err
 }
 
+// Server returns the server's name, connections and drain state
+// (GET /v1/server).
+func (c *Client) Server(ctx context.Context) (ServerInfo, error) {
+	var out ServerInfo
+	err := c.call(ctx, http.MethodGet, PathServer, nil, nil, http.StatusOK, &out)
+	return out, err
+}
+
 // Shed asks the server to send GOAWAY to count of its connections while it
 // stays ready (POST /shed); the GOAWAYs go out paced after it answers.
 func (c *Client) Shed(ctx context.Context, count int) (ShedStarted, error) {
