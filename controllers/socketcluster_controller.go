@@ -382,8 +382,9 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 	} else {
 		p.Error = reconcileErr
 	}
-	conds = append(conds, conditions.Degraded(sc, obs.deploy, p))
+	conds = append(conds, conditions.Degraded(sc, obs.deploy, p), conditions.TimingsSafe(sc))
 	prevDegraded := meta.FindStatusCondition(before.Status.Conditions, v1alpha1.ConditionDegraded)
+	prevTimings := meta.FindStatusCondition(before.Status.Conditions, v1alpha1.ConditionTimingsSafe)
 	for _, c := range conds {
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
@@ -394,6 +395,11 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 		} else if prevDegraded != nil {
 			r.Recorder.Eventf(sc, nil, corev1.EventTypeNormal, "Recovered", "Reconcile", "no longer degraded (was %s)", prevDegraded.Reason)
 		}
+	}
+	// A risky timing is warned about once per change of what is risky.
+	if now := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionTimingsSafe); now.Status == metav1.ConditionFalse &&
+		(prevTimings == nil || prevTimings.Message != now.Message) {
+		r.Recorder.Eventf(sc, nil, corev1.EventTypeWarning, now.Reason, "Validate", "%s", now.Message)
 	}
 	if equality.Semantic.DeepEqual(before.Status, sc.Status) {
 		return nil

@@ -21,6 +21,7 @@ type metrics struct {
 	publishes   *prometheus.CounterVec
 	goaways     prometheus.Counter
 	drains      prometheus.Counter
+	shed        prometheus.Counter
 	errors      *prometheus.CounterVec
 	closes      *prometheus.CounterVec
 	storeErrors *prometheus.CounterVec
@@ -57,6 +58,8 @@ func newMetrics(transports []string) *metrics {
 			Help: "GOAWAY frames sent."}),
 		drains: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "drains_total",
 			Help: "Drains started."}),
+		shed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "shed_total",
+			Help: "Sessions picked by POST /shed to move to other pods (rebalancing)."}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "errors_total",
 			Help: "ERROR frames sent, by code."}, []string{"code"}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "closes_total",
@@ -70,7 +73,7 @@ func newMetrics(transports []string) *metrics {
 			[]string{"command"}),
 	}
 	m.reg.MustRegister(m.connections, m.hellos, m.resumes, m.reclaims, m.fenced, m.warnings, m.deliveries, m.acks, m.publishes, m.goaways,
-		m.drains, m.errors, m.closes, m.storeErrors, m.enqueued, m.redis,
+		m.drains, m.shed, m.errors, m.closes, m.storeErrors, m.enqueued, m.redis,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	for _, t := range transports {
 		m.connections.WithLabelValues(t)

@@ -122,8 +122,11 @@ type Server struct {
 	metrics  *metrics
 	maxConns int
 
-	draining  atomic.Bool
+	draining  atomic.Bool // unready: set when a drain is asked for
+	goingAway atomic.Bool // GOAWAYs started: set after the drain's delay
 	drainOnce sync.Once
+	drainNow  chan struct{} // closed to end a drain's delay early
+	nowOnce   sync.Once
 	drainDone chan struct{}
 
 	sessions registry
@@ -172,7 +175,7 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 		return nil, fmt.Errorf("max handshakes %d is below 1", cfg.MaxHandshakes)
 	}
 	s := &Server{cfg: cfg, store: st, log: log, auth: auth, metrics: newMetrics(transportNames()),
-		drainDone: make(chan struct{}), conns: map[*conn]struct{}{},
+		drainDone: make(chan struct{}), drainNow: make(chan struct{}), conns: map[*conn]struct{}{},
 		handshakes: make(chan struct{}, cfg.MaxHandshakes)}
 	s.maxConns = connectionCeiling(cfg.MaxConnections)
 	s.sessions.init()
@@ -568,17 +571,41 @@ func (s *Server) publishStats(ctx context.Context) {
 	}
 }
 
-// Draining reports whether a drain has started.
+// Draining reports whether a drain has started (the server is unready),
+// whether or not its delay has passed.
 func (s *Server) Draining() bool { return s.draining.Load() }
 
-// Drain starts draining (once) and returns a channel closed when no
-// connection remains or the drain timeout passed.
-func (s *Server) Drain() <-chan struct{} {
+// Drain starts draining at once (or ends the delay of a drain that waits)
+// and returns a channel closed when no connection remains or the drain
+// timeout passed.
+func (s *Server) Drain() <-chan struct{} { return s.DrainAfter(0) }
+
+// DrainAfter makes the server unready at once and sends the first GOAWAY
+// after delay: meanwhile it serves its connections and accepts new ones,
+// while the load balancer notices and stops sending it any. Only the first
+// call's delay counts, except that Drain ends it early. The channel is
+// closed when no connection remains or the drain timeout passed after
+// the delay.
+func (s *Server) DrainAfter(delay time.Duration) <-chan struct{} {
+	if delay <= 0 {
+		s.nowOnce.Do(func() { close(s.drainNow) })
+	}
 	s.drainOnce.Do(func() {
 		s.draining.Store(true)
 		s.metrics.drains.Inc()
-		s.log.Info("draining", "connections", s.Connections(), "timeout", s.cfg.DrainTimeout.String())
-		go s.drain()
+		s.log.Info("draining", "connections", s.Connections(), "delay", delay.String(), "timeout", s.cfg.DrainTimeout.String())
+		go func() {
+			t := time.NewTimer(delay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-s.drainNow:
+			case <-s.ctx.Done():
+				close(s.drainDone)
+				return
+			}
+			s.drain()
+		}()
 	})
 	return s.drainDone
 }
@@ -587,29 +614,11 @@ func (s *Server) Drain() <-chan struct{} {
 // DrainRate per second or spread over the first 80% of the drain timeout.
 func (s *Server) drain() {
 	defer close(s.drainDone)
+	s.goingAway.Store(true)
 	start := time.Now()
 	deadline := start.Add(s.cfg.DrainTimeout)
-	sessions := s.sessions.all()
-	var interval time.Duration
-	switch {
-	case s.cfg.DrainRate > 0:
-		interval = time.Duration(float64(time.Second) / s.cfg.DrainRate)
-	case len(sessions) > 1:
-		interval = s.cfg.DrainTimeout * 8 / 10 / time.Duration(len(sessions))
-	}
-	for i, sess := range sessions {
-		if i > 0 && interval > 0 {
-			// Pace against the schedule, not per sleep, so timer slack
-			// does not add up over thousands of connections.
-			if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
-				select {
-				case <-time.After(wait):
-				case <-s.ctx.Done():
-					return
-				}
-			}
-		}
-		sess.goAway()
+	if !s.goAwayPaced(s.sessions.all(), nil) {
+		return
 	}
 	for time.Now().Before(deadline) {
 		for _, sess := range s.sessions.all() {
@@ -636,6 +645,64 @@ func (s *Server) drain() {
 	for _, c := range left {
 		c.close(ReasonDrained)
 	}
+}
+
+// goAwayPaced sends GOAWAY to sessions, the first at once, then at
+// DrainRate per second or spread over the first 80% of the drain timeout.
+// It returns false when the server stops, or when stop (if not nil) is
+// closed, before the last.
+func (s *Server) goAwayPaced(sessions []*session, stop <-chan struct{}) bool {
+	start := time.Now()
+	var interval time.Duration
+	switch {
+	case s.cfg.DrainRate > 0:
+		interval = time.Duration(float64(time.Second) / s.cfg.DrainRate)
+	case len(sessions) > 1:
+		interval = s.cfg.DrainTimeout * 8 / 10 / time.Duration(len(sessions))
+	}
+	for i, sess := range sessions {
+		if i > 0 && interval > 0 {
+			// Pace against the schedule, not per sleep, so timer slack
+			// does not add up over thousands of connections.
+			if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-s.ctx.Done():
+					return false
+				case <-stop:
+					return false
+				}
+			}
+		}
+		sess.goAway()
+	}
+	return true
+}
+
+// Shed sends GOAWAY to up to n of this server's sessions, paced like a
+// drain, while the server stays ready: the devices reconnect through the
+// load balancer and spread over the other pods. It returns how many
+// sessions it picked (none while draining); a drain that starts meanwhile
+// takes over the rest.
+func (s *Server) Shed(n int) int {
+	if s.draining.Load() {
+		return 0 // the drain moves every device
+	}
+	var kept []*session
+	for _, sess := range s.sessions.all() {
+		if len(kept) == n {
+			break
+		}
+		if sess.pickForShed() {
+			kept = append(kept, sess)
+		}
+	}
+	if len(kept) > 0 {
+		s.metrics.shed.Add(float64(len(kept)))
+		s.log.Info("shedding connections", "count", len(kept), "connections", s.Connections())
+		go s.goAwayPaced(kept, s.drainNow)
+	}
+	return len(kept)
 }
 
 // Shutdown stops listening, closes every connection and waits for them to

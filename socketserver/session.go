@@ -41,6 +41,7 @@ type session struct {
 	behind  bool // the store may hold seqs > sent that are not queued
 	pumping bool
 	goaway  bool
+	shed    bool   // picked by a Shed, which sends the GOAWAY
 	sent    uint64 // highest seq queued for this device
 }
 
@@ -122,7 +123,7 @@ func (s *session) hello(body []byte) error {
 		srv.metrics.hellos.WithLabelValues(string(protocol.CodeUnauthorized)).Inc()
 		return protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
 	}
-	if srv.draining.Load() {
+	if srv.goingAway.Load() {
 		srv.metrics.hellos.WithLabelValues("goaway").Inc()
 		s.goAway()
 		return nil
@@ -169,7 +170,7 @@ func (s *session) hello(body []byte) error {
 		loser.takenOver()
 	}
 	// A drain that started while the store answered has not seen this connection.
-	if srv.draining.Load() {
+	if srv.goingAway.Load() {
 		s.goAway()
 	}
 	return nil
@@ -363,6 +364,18 @@ func (s *session) pump() {
 // when it leaves or after a grace period.
 // The drain calls it again for every session while it waits, so the
 // already-sent check comes before any work.
+// pickForShed marks s as picked by a Shed; false if a GOAWAY was sent or
+// another Shed picked it.
+func (s *session) pickForShed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.goaway || s.shed {
+		return false
+	}
+	s.shed = true
+	return true
+}
+
 func (s *session) goAway() {
 	c := s.c
 	s.mu.Lock()
