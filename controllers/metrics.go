@@ -22,8 +22,8 @@ func init() { metrics.Registry.MustRegister(conditionGauge) }
 
 var conditionStatuses = []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse, metav1.ConditionUnknown}
 
-// recordConditions sets the condition gauge from sc's status as written.
-func recordConditions(sc *v1alpha1.SocketCluster) {
+// RecordConditions sets the condition gauge from sc's status as written.
+func RecordConditions(sc *v1alpha1.SocketCluster) {
 	for _, c := range sc.Status.Conditions {
 		for _, s := range conditionStatuses {
 			v := 0.0

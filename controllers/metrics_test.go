@@ -45,10 +45,10 @@ func TestConditionMetric(t *testing.T) {
 		{Type: v1alpha1.ConditionDegraded, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonSecretMissing},
 		{Type: v1alpha1.ConditionAvailable, Status: metav1.ConditionFalse, Reason: v1alpha1.ReasonDeploymentNotFound},
 	}
-	recordConditions(sc)
+	RecordConditions(sc)
 	other := sc.DeepCopy()
 	other.Name = "b"
-	recordConditions(other)
+	RecordConditions(other)
 	for typ, want := range map[string]metav1.ConditionStatus{v1alpha1.ConditionDegraded: metav1.ConditionTrue, v1alpha1.ConditionAvailable: metav1.ConditionFalse} {
 		for _, s := range conditionStatuses {
 			if v, w := conditionValue("metrics-unit", "a", typ, s), map[bool]float64{true: 1}[s == want]; v != w {
@@ -58,7 +58,7 @@ func TestConditionMetric(t *testing.T) {
 	}
 	// Recovery moves the 1 to the new status.
 	sc.Status.Conditions[0].Status = metav1.ConditionFalse
-	recordConditions(sc)
+	RecordConditions(sc)
 	if conditionValue("metrics-unit", "a", v1alpha1.ConditionDegraded, metav1.ConditionTrue) != 0 ||
 		conditionValue("metrics-unit", "a", v1alpha1.ConditionDegraded, metav1.ConditionFalse) != 1 {
 		t.Fatal("Degraded did not follow the status")

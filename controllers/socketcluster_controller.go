@@ -408,7 +408,7 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 			return err
 		}
 	}
-	recordConditions(sc)
+	RecordConditions(sc)
 	return nil
 }
 

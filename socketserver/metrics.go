@@ -44,6 +44,7 @@ type metrics struct {
 	drainDelay    prometheus.Gauge
 	storeUp       prometheus.Gauge
 	resumeFails   *prometheus.CounterVec
+	helloLatency  prometheus.Histogram
 }
 
 // Label values seeded at start, so that every series a rule or a
@@ -53,6 +54,9 @@ var (
 	helloResults   = append([]string{"accepted", "goaway"}, codeStrings()...)
 	publishResults = []string{"stored", "duplicate", "failed"}
 	storeOps       = []string{"ack", "audit", "enqueue", "pending", "reclaim", "stats"}
+	backendStatus  = []string{"202", "413", "429", "503"}
+	// Redis commands: scripts and pipelines carry every per-device operation.
+	redisCommands = []string{"script", "pipeline"}
 	// resumeFailureReasons: the store failed a HELLO that carried a
 	// last_seq, or accepted it without a session to resume (the store lost it).
 	resumeFailureReasons = []string{"unavailable", "session_lost"}
@@ -121,13 +125,16 @@ func newMetrics(transports []string, draining func() bool, maxConns int, drainTi
 		resumeFails: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "resume_failures_total",
 			Help: "HELLOs carrying a last_seq that did not resume: unavailable (the store failed), session_lost (the store had no session to resume)."},
 			[]string{"reason"}),
+		helloLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "hello_seconds",
+			Help:    "Time from a HELLO to its WELCOME being queued (token check and store), accepted HELLOs only.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 	}
 	gaugeFunc := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help}, f)
 	}
 	m.reg.MustRegister(m.connections, m.hellos, m.resumes, m.reclaims, m.fenced, m.warnings, m.deliveries, m.acks, m.publishes, m.goaways,
 		m.drains, m.shed, m.errors, m.closes, m.storeErrors, m.enqueued, m.redis,
-		m.outboxPending, m.outboxOldest, m.drainStarted, m.drainDelay, m.storeUp, m.resumeFails,
+		m.outboxPending, m.outboxOldest, m.drainStarted, m.drainDelay, m.storeUp, m.resumeFails, m.helloLatency,
 		gaugeFunc("draining", "1 while the server drains (unready, in its delay or sending GOAWAYs).", func() float64 { return b2f(draining()) }),
 		gaugeFunc("drain_timeout_seconds", "The drain timeout: connections that remain this long after the first GOAWAY are closed.",
 			func() float64 { return drainTimeout.Seconds() }),
@@ -149,6 +156,10 @@ func newMetrics(transports []string, draining func() bool, maxConns int, drainTi
 	seed(m.publishes, publishResults)
 	seed(m.storeErrors, storeOps)
 	seed(m.resumeFails, resumeFailureReasons)
+	seed(m.enqueued, backendStatus)
+	for _, c := range redisCommands {
+		m.redis.WithLabelValues(c)
+	}
 	for _, r := range closeReasons {
 		m.closes.WithLabelValues(r)
 	}

@@ -134,6 +134,7 @@ func (s *session) ping(body []byte) error {
 func (s *session) hello(body []byte) error {
 	c := s.c
 	srv := c.srv
+	start := time.Now()
 	h, err := protocol.ParseHello(body)
 	if err != nil {
 		srv.metrics.hellos.WithLabelValues(string(protocol.CodeOf(err))).Inc()
@@ -188,6 +189,7 @@ func (s *session) hello(body []byte) error {
 	c.w.push(func(dst []byte) []byte { return c.tr.AppendFrame(dst, protocol.TypeWelcome, welcome) })
 	s.kickLocked()
 	s.mu.Unlock()
+	srv.metrics.helloLatency.Observe(time.Since(start).Seconds())
 	// From here the heartbeat sweep watches lastRead; a parked connection
 	// has no read in progress that a deadline could end.
 	c.lastRead.Store(time.Now().UnixNano())
