@@ -23,7 +23,7 @@ func TestOperationsMetrics(t *testing.T) {
 	_, body := api(t, srv, "GET", "/metrics", "")
 	for _, s := range []string{`socketserver_errors_total{code="heartbeat_timeout"} 0`, `socketserver_resume_failures_total{reason="unavailable"} 0`,
 		`socketserver_store_errors_total{op="audit"} 0`, `socketserver_closes_total{reason="timeout"} 0`, "socketserver_draining 0",
-		"socketserver_drain_started_timestamp_seconds 0", "socketserver_drain_timeout_seconds 5", "socketserver_store_up 1", "process_max_fds "} {
+		"socketserver_drain_started_timestamp_seconds 0", "socketserver_drain_delay_seconds 0", "socketserver_drain_timeout_seconds 5", "socketserver_store_up 1", "process_max_fds "} {
 		if !strings.Contains(body, s) {
 			t.Errorf("/metrics lacks %q", s)
 		}
@@ -73,10 +73,14 @@ func TestOperationsMetrics(t *testing.T) {
 	}
 
 	before := float64(time.Now().Unix())
-	if code, _ := api(t, srv, "POST", "/drain", ""); code/100 != 2 {
+	// A drain with a delay is draining (unready) from its start.
+	if code, _ := api(t, srv, "POST", "/drain?delay=30s", ""); code/100 != 2 {
 		t.Fatalf("drain: %d", code)
 	}
 	eventually(t, "draining", func() bool { return metric(t, srv, "socketserver_draining") == 1 })
+	if d := metric(t, srv, "socketserver_drain_delay_seconds"); d != 30 {
+		t.Fatalf("drain delay %v, want 30", d)
+	}
 	if ts := metric(t, srv, "socketserver_drain_started_timestamp_seconds"); ts < before {
 		t.Fatalf("drain started at %v, before the drain (%v)", ts, before)
 	}
