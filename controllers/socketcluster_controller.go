@@ -85,11 +85,13 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	if err := r.Client.Get(ctx, req.NamespacedName, sc); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.redis.Forget(req.String())
+			forgetConditions(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !sc.DeletionTimestamp.IsZero() {
 		r.redis.Forget(req.String())
+		forgetConditions(req.NamespacedName)
 		return ctrl.Result{}, nil // the garbage collector removes what it owns
 	}
 
@@ -401,10 +403,13 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 		(prevTimings == nil || prevTimings.Message != now.Message) {
 		r.Recorder.Eventf(sc, nil, corev1.EventTypeWarning, now.Reason, "Validate", "%s", now.Message)
 	}
-	if equality.Semantic.DeepEqual(before.Status, sc.Status) {
-		return nil
+	if !equality.Semantic.DeepEqual(before.Status, sc.Status) {
+		if err := r.Client.Status().Patch(ctx, sc, client.MergeFrom(before)); err != nil {
+			return err
+		}
 	}
-	return r.Client.Status().Patch(ctx, sc, client.MergeFrom(before))
+	RecordConditions(sc)
+	return nil
 }
 
 // SetupWithManager watches SocketClusters, what they own, and the Secrets

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
+	"github.com/socketcluster/socketcluster/controllers"
 	"github.com/socketcluster/socketcluster/controllers/resources"
 )
 
@@ -635,6 +636,14 @@ func TestStatusFollowsTheDeployment(t *testing.T) {
 			conditionIs(sc, v1alpha1.ConditionAvailable, metav1.ConditionFalse, v1alpha1.ReasonMinimumReplicasUnavailable),
 			conditionIs(sc, v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRolloutInProgress),
 		)
+	})
+	// The metric follows the status the operator wrote.
+	eventually(t, "condition metric", func() error {
+		if controllers.ConditionValue(ns, "edge", v1alpha1.ConditionAvailable, metav1.ConditionFalse) != 1 ||
+			controllers.ConditionValue(ns, "edge", v1alpha1.ConditionAvailable, metav1.ConditionTrue) != 0 {
+			return errors.New("socketcluster_condition does not show Available=False")
+		}
+		return nil
 	})
 }
 

@@ -174,10 +174,11 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 	if cfg.MaxHandshakes < 1 {
 		return nil, fmt.Errorf("max handshakes %d is below 1", cfg.MaxHandshakes)
 	}
-	s := &Server{cfg: cfg, store: st, log: log, auth: auth, metrics: newMetrics(transportNames()),
+	s := &Server{cfg: cfg, store: st, log: log, auth: auth,
 		drainDone: make(chan struct{}), drainNow: make(chan struct{}), conns: map[*conn]struct{}{},
 		handshakes: make(chan struct{}, cfg.MaxHandshakes)}
 	s.maxConns = connectionCeiling(cfg.MaxConnections)
+	s.metrics = newMetrics(transportNames(), s.draining.Load, s.maxConns, cfg.DrainTimeout)
 	s.sessions.init()
 	s.connIDs.Store(rand.Uint64() >> 1)
 	return s, nil
@@ -452,9 +453,14 @@ func (s *Server) auditLoop() {
 }
 
 // audit compares each session's epoch with the store's; pump re-reads
-// every outbox, else only those of restored sessions.
+// every outbox, else only those of restored sessions. It also sums the
+// backlog of the devices held here for the metrics.
 func (s *Server) audit(pump bool) {
 	sessions := s.sessions.all()
+	now := time.Now()
+	var pending uint64
+	var oldest time.Duration
+	failed := false
 	const batch = 500
 	for i := 0; i < len(sessions); i += batch {
 		part := sessions[i:min(i+batch, len(sessions))]
@@ -463,22 +469,36 @@ func (s *Server) audit(pump bool) {
 			devices[j] = sess.device
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
-		epochs, err := s.store.Epochs(ctx, devices)
+		infos, err := s.store.Audit(ctx, devices)
 		cancel()
+		if err != nil {
+			failed = true
+			if s.ctx.Err() == nil {
+				s.metrics.storeErrors.WithLabelValues("audit").Inc()
+			}
+		}
 		for j, sess := range part {
 			switch {
 			case err != nil:
 				if pump {
 					sess.resync()
 				}
-			case epochs[j] > sess.epoch:
+			case infos[j].Epoch > sess.epoch:
 				sess.takenOver()
-			case epochs[j] < sess.epoch:
+			case infos[j].Epoch < sess.epoch:
 				sess.reclaim() // the store lost it; reclaim re-reads the outbox
-			case pump:
-				sess.resync()
+			default:
+				pending += infos[j].Pending
+				oldest = max(oldest, sess.backlogAge(infos[j], now))
+				if pump {
+					sess.resync()
+				}
 			}
 		}
+	}
+	if !failed { // a partial sum would read as a drop in the backlog
+		s.metrics.outboxPending.Set(float64(pending))
+		s.metrics.outboxOldest.Set(oldest.Seconds())
 	}
 }
 
@@ -566,9 +586,12 @@ func (s *Server) publishStats(ctx context.Context) {
 	defer cancel()
 	st := store.ServerStats{Connections: int64(s.Connections()), Draining: s.draining.Load(),
 		UpdatedUnixMs: time.Now().UnixMilli(), StoreWarnings: s.Warnings()}
-	if err := s.store.PublishStats(ctx, s.cfg.ServerName, st); err != nil && ctx.Err() == nil {
+	err := s.store.PublishStats(ctx, s.cfg.ServerName, st)
+	// A timeout is a store error too; only a stopping server's is not.
+	if err != nil && s.ctx.Err() == nil {
 		s.metrics.storeErrors.WithLabelValues("stats").Inc()
 	}
+	s.metrics.storeUp.Set(b2f(err == nil))
 }
 
 // Draining reports whether a drain has started (the server is unready),
@@ -593,6 +616,8 @@ func (s *Server) DrainAfter(delay time.Duration) <-chan struct{} {
 	s.drainOnce.Do(func() {
 		s.draining.Store(true)
 		s.metrics.drains.Inc()
+		s.metrics.drainStarted.Set(float64(time.Now().UnixMilli()) / 1e3)
+		s.metrics.drainDelay.Set(max(delay, 0).Seconds())
 		s.log.Info("draining", "connections", s.Connections(), "delay", delay.String(), "timeout", s.cfg.DrainTimeout.String())
 		go func() {
 			t := time.NewTimer(delay)
