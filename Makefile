@@ -32,6 +32,10 @@ test-js: ## Build the JavaScript client (clients/js) and run its Node tests, aga
 	$(GO) build -o bin/ ./cmd/socketserver
 	cd clients/js && npm ci --no-audit --no-fund && SOCKETSERVER_BIN=$(CURDIR)/bin/socketserver npm test
 
+.PHONY: test-monitoring
+test-monitoring: ## The alerts' promtool tests, the dashboard's queries, and a real Prometheus scraping real socketservers (needs prometheus: apt-get install prometheus).
+	$(GO) test -race -count=1 ./test/monitoring/
+
 .PHONY: fuzz
 fuzz: ## Fuzz the frame decoder for FUZZTIME (default 1m).
 	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime $(or $(FUZZTIME),1m) ./socketserver/protocol/
@@ -146,10 +150,12 @@ helm-template: ## Render the chart (VALUES=file adds a values file).
 	@HELM=$$(hack/helm.sh) && $$HELM template socketcluster $(CHART) --namespace socketcluster-system $(if $(VALUES),--values $(VALUES))
 
 .PHONY: chart-sync
-chart-sync: ## Copy the generated CRDs and manager RBAC rules from config/ into the chart (run after make manifests).
+chart-sync: ## Copy the generated CRDs and manager RBAC rules, the alerts and the dashboard from config/ into the chart.
 	rm -f $(CHART)/files/crds/*.yaml
 	cp config/crd/bases/*.yaml $(CHART)/files/crds/
 	cp config/rbac/role.yaml $(CHART)/files/rbac/role.yaml
+	cp config/prometheus/rules.yaml $(CHART)/files/prometheus/rules.yaml
+	cp config/grafana/socketcluster-dashboard.json $(CHART)/files/grafana/socketcluster-dashboard.json
 
 ##@ Local cluster (real Pods on this machine; needs root)
 

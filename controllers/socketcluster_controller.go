@@ -85,11 +85,13 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	if err := r.Client.Get(ctx, req.NamespacedName, sc); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.redis.Forget(req.String())
+			forgetConditions(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !sc.DeletionTimestamp.IsZero() {
 		r.redis.Forget(req.String())
+		forgetConditions(req.NamespacedName)
 		return ctrl.Result{}, nil // the garbage collector removes what it owns
 	}
 
@@ -382,8 +384,9 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 	} else {
 		p.Error = reconcileErr
 	}
-	conds = append(conds, conditions.Degraded(sc, obs.deploy, p))
+	conds = append(conds, conditions.Degraded(sc, obs.deploy, p), conditions.TimingsSafe(sc))
 	prevDegraded := meta.FindStatusCondition(before.Status.Conditions, v1alpha1.ConditionDegraded)
+	prevTimings := meta.FindStatusCondition(before.Status.Conditions, v1alpha1.ConditionTimingsSafe)
 	for _, c := range conds {
 		meta.SetStatusCondition(&st.Conditions, c)
 	}
@@ -395,10 +398,18 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 			r.Recorder.Eventf(sc, nil, corev1.EventTypeNormal, "Recovered", "Reconcile", "no longer degraded (was %s)", prevDegraded.Reason)
 		}
 	}
-	if equality.Semantic.DeepEqual(before.Status, sc.Status) {
-		return nil
+	// A risky timing is warned about once per change of what is risky.
+	if now := meta.FindStatusCondition(st.Conditions, v1alpha1.ConditionTimingsSafe); now.Status == metav1.ConditionFalse &&
+		(prevTimings == nil || prevTimings.Message != now.Message) {
+		r.Recorder.Eventf(sc, nil, corev1.EventTypeWarning, now.Reason, "Validate", "%s", now.Message)
 	}
-	return r.Client.Status().Patch(ctx, sc, client.MergeFrom(before))
+	if !equality.Semantic.DeepEqual(before.Status, sc.Status) {
+		if err := r.Client.Status().Patch(ctx, sc, client.MergeFrom(before)); err != nil {
+			return err
+		}
+	}
+	RecordConditions(sc)
+	return nil
 }
 
 // SetupWithManager watches SocketClusters, what they own, and the Secrets

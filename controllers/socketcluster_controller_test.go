@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
+	"github.com/socketcluster/socketcluster/controllers"
 	"github.com/socketcluster/socketcluster/controllers/resources"
 )
 
@@ -100,8 +101,8 @@ func TestCreateMakesOwnedObjects(t *testing.T) {
 	if *d.Spec.Replicas != 3 || d.Spec.Template.Spec.Containers[0].Image != defaultImage {
 		t.Errorf("replicas %d image %s", *d.Spec.Replicas, d.Spec.Template.Spec.Containers[0].Image)
 	}
-	if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 105 {
-		t.Errorf("grace period %d", g)
+	if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 5+60+15 {
+		t.Errorf("grace period %d, want the generic preStop wait 5 + drain 60 + 15", g)
 	}
 	if d.Spec.Template.Annotations[resources.AnnotationSecretHash] == "" {
 		t.Error("no secret hash on the pod template")
@@ -243,7 +244,58 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 		{"grace period over an hour", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
-  drain: {timeout: 59m, deregistrationDelay: 46s}`, "must not exceed 3600s"},
+  drain: {timeout: 59m, preStopWait: 46s}`, "terminationGracePeriodSeconds, which must not exceed 3600s"},
+		{"grace period over an hour with the generic wait", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {timeout: 3581s}`, "drain.preStopWait (default by load balancer: aws-nlb 130s, gke 30s, azure 20s, none 5s) + drain.timeout + 15s"},
+		{"grace period over an hour with the aws-nlb wait", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {timeout: 3456s}
+  service: {loadBalancer: {provider: aws-nlb}}`, "must not exceed 3600s"},
+		{"grace period over an hour with the gke wait", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {timeout: 3556s}
+  service: {loadBalancer: {provider: gke}}`, "must not exceed 3600s"},
+		{"grace period over an hour with the azure wait", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {timeout: 3566s}
+  service: {loadBalancer: {provider: azure}}`, "must not exceed 3600s"},
+		{"unknown load balancer", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  service: {loadBalancer: {provider: digitalocean}}`, `supported values: "aws-nlb", "gke", "azure"`},
+		{"heartbeat beyond the NLB idle timeout", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  heartbeat: {interval: 350s, timeout: 15m}
+  service: {loadBalancer: {provider: aws-nlb}}`, "heartbeat.interval must be below 350s: the NLB drops a TCP flow that is idle for 350s"},
+		{"heartbeat beyond the Azure idle timeout", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  heartbeat: {interval: 100m, timeout: 5h}
+  service: {loadBalancer: {provider: azure}}`, "heartbeat.interval must be below 100m, the longest TCP idle timeout an Azure load balancer can be given"},
+		{"deregistration delay within the aws-nlb wait", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {deregistrationDelay: 130s}
+  service: {loadBalancer: {provider: aws-nlb}}`, "drain.deregistrationDelay must be longer than drain.preStopWait (default 130s)"},
+		{"deregistration delay within an explicit wait", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {deregistrationDelay: 200s, preStopWait: 200s}
+  service: {loadBalancer: {provider: aws-nlb}}`, "the NLB would reset every connection of a terminating pod before it sends its first GOAWAY"},
+		{"deregistration delay over an hour", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {deregistrationDelay: 61m}`, "drain.deregistrationDelay must not exceed 3600s"},
+		{"bad preStop wait", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {preStopWait: 2 minutes}`, "spec.drain.preStopWait in body should match"},
 		{"same ports", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
@@ -309,17 +361,81 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 		})
 	}
 
-	// The limit itself is allowed: 3585s + 15s = 3600s.
-	ok := socketCluster(t, c, ns, `
-metadata: {name: longest-drain}
-spec:
-  redis: {addresses: [r:6379]}
-  auth: {insecureNoAuth: true}
-  drain: {timeout: 59m, deregistrationDelay: 45s}
-`)
-	if ok.Spec.Drain.Timeout.Duration.Minutes() != 59 {
-		t.Errorf("drain %+v", ok.Spec.Drain)
+	// The limits themselves are allowed: 3585s + 15s = 3600s.
+	for name, spec := range map[string]string{
+		"longest-drain": `
+  drain: {timeout: 59m, preStopWait: 45s}`,
+		"longest-generic-drain": `
+  drain: {timeout: 3580s}`,
+		"longest-aws-drain": `
+  drain: {timeout: 3455s, deregistrationDelay: 3600s}
+  heartbeat: {interval: 349s, timeout: 20m}
+  service: {loadBalancer: {provider: aws-nlb}}`,
+		"longest-azure-heartbeat": `
+  heartbeat: {interval: 99m, timeout: 5h}
+  service: {loadBalancer: {provider: azure}}`,
+		"delay-beyond-an-explicit-wait": `
+  drain: {preStopWait: 150s, deregistrationDelay: 151s}
+  service: {loadBalancer: {provider: aws-nlb}}`,
+		"delay-without-aws": `
+  drain: {deregistrationDelay: 1s}
+  service: {loadBalancer: {provider: gke}}`,
+	} {
+		socketCluster(t, c, ns, "metadata: {name: "+name+"}\nspec:\n  redis: {addresses: [r:6379]}\n  auth: {insecureNoAuth: true}"+spec+"\n")
 	}
+}
+
+// A legal but risky spec gets TimingsSafe=False and a Warning event;
+// fixing it turns the condition back to True.
+func TestRiskyTimingsWarn(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	socketCluster(t, c, ns, minimal+`
+  drain: {preStopWait: 60s}
+  service: {loadBalancer: {provider: aws-nlb}}
+`)
+	sc := &v1alpha1.SocketCluster{}
+	eventually(t, "TimingsSafe=False", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		return conditionIs(sc, v1alpha1.ConditionTimingsSafe, metav1.ConditionFalse, v1alpha1.ReasonPreStopWaitTooShort)
+	})
+	events := &corev1.EventList{}
+	eventually(t, "warning event", func() error {
+		if err := c.List(ctx, events, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Reason == v1alpha1.ReasonPreStopWaitTooShort && e.Type == corev1.EventTypeWarning && e.InvolvedObject.Name == "edge" &&
+				strings.Contains(e.Message, "about 2 minutes") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no PreStopWaitTooShort event in %d events", len(events.Items))
+	})
+	d := deployment(t, c, ns, anyDeployment)
+	if cmd := d.Spec.Template.Spec.Containers[0].Lifecycle.PreStop.Exec.Command; cmd[len(cmd)-1] != "--delay=1m0s" {
+		t.Errorf("preStop %v", cmd)
+	}
+
+	patchSpec(t, c, ns, "edge", `{"drain":{"preStopWait":null}}`)
+	eventually(t, "TimingsSafe=True", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
+			return err
+		}
+		return conditionIs(sc, v1alpha1.ConditionTimingsSafe, metav1.ConditionTrue, v1alpha1.ReasonTimingsSafe)
+	})
+	eventually(t, "the default AWS wait in the pods", func() error {
+		if err := c.Get(ctx, key(ns, "edge"), d); err != nil {
+			return err
+		}
+		if g := *d.Spec.Template.Spec.TerminationGracePeriodSeconds; g != 130+60+15 {
+			return fmt.Errorf("grace period %d", g)
+		}
+		return nil
+	})
 }
 
 // SSE is on by default and shares the WebSocket port; turning it off passes
@@ -524,6 +640,14 @@ func TestStatusFollowsTheDeployment(t *testing.T) {
 			conditionIs(sc, v1alpha1.ConditionAvailable, metav1.ConditionFalse, v1alpha1.ReasonMinimumReplicasUnavailable),
 			conditionIs(sc, v1alpha1.ConditionProgressing, metav1.ConditionTrue, v1alpha1.ReasonRolloutInProgress),
 		)
+	})
+	// The metric follows the status the operator wrote.
+	eventually(t, "condition metric", func() error {
+		if controllers.ConditionValue(ns, "edge", v1alpha1.ConditionAvailable, metav1.ConditionFalse) != 1 ||
+			controllers.ConditionValue(ns, "edge", v1alpha1.ConditionAvailable, metav1.ConditionTrue) != 0 {
+			return errors.New("socketcluster_condition does not show Available=False")
+		}
+		return nil
 	})
 }
 

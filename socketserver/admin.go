@@ -32,6 +32,10 @@ func (s *Server) adminHandler() http.Handler {
 	mux.HandleFunc("GET "+adminapi.PathUpstream, s.guard(s.getUpstream))
 	mux.HandleFunc("POST "+adminapi.PathUpstreamAck, s.guard(s.ackUpstream))
 	mux.HandleFunc("POST "+adminapi.PathDrain, s.guard(s.postDrain))
+	mux.HandleFunc("POST "+adminapi.PathShed, s.guard(s.postShed))
+	mux.HandleFunc("GET "+adminapi.PathServer, s.guard(func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, adminapi.ServerInfo{Name: s.cfg.ServerName, Connections: s.Connections(), Draining: s.Draining()})
+	}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if s.draining.Load() {
@@ -375,7 +379,16 @@ func (s *Server) ackUpstream(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) postDrain(w http.ResponseWriter, r *http.Request) {
-	done := s.Drain()
+	var delay time.Duration
+	if v := r.URL.Query().Get("delay"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			writeError(w, http.StatusBadRequest, adminapi.CodeBadQuery, "delay must be a duration such as 30s")
+			return
+		}
+		delay = d
+	}
+	done := s.DrainAfter(delay)
 	if wait, _ := strconv.ParseBool(r.URL.Query().Get("wait")); !wait {
 		writeJSON(w, http.StatusAccepted, adminapi.DrainStarted{Status: "draining"})
 		return
@@ -390,6 +403,18 @@ func (s *Server) postDrain(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	writeJSON(w, http.StatusOK, adminapi.DrainDone{Remaining: s.Connections()})
+}
+
+// postShed moves some of this server's devices elsewhere without draining it.
+func (s *Server) postShed(w http.ResponseWriter, r *http.Request) {
+	var req adminapi.ShedRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 4096))
+	if err := dec.Decode(&req); err != nil || dec.More() || req.Count < 1 {
+		writeError(w, http.StatusBadRequest, adminapi.CodeBadBody, `want {"count":N} with N >= 1`)
+		return
+	}
+	held := s.Connections()
+	writeJSON(w, http.StatusAccepted, adminapi.ShedStarted{Shed: s.Shed(req.Count), Connections: held})
 }
 
 // dropBody makes net/http close the connection after the answer instead

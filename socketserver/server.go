@@ -128,8 +128,11 @@ type Server struct {
 	metrics  *metrics
 	maxConns int
 
-	draining  atomic.Bool
+	draining  atomic.Bool // unready: set when a drain is asked for
+	goingAway atomic.Bool // GOAWAYs started: set after the drain's delay
 	drainOnce sync.Once
+	drainNow  chan struct{} // closed to end a drain's delay early
+	nowOnce   sync.Once
 	drainDone chan struct{}
 
 	sessions registry
@@ -179,10 +182,11 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 	if cfg.MaxHandshakes < 1 {
 		return nil, fmt.Errorf("max handshakes %d is below 1", cfg.MaxHandshakes)
 	}
-	s := &Server{cfg: cfg, store: st, log: log, auth: auth, metrics: newMetrics(transportNames()),
-		drainDone: make(chan struct{}), conns: map[*conn]struct{}{},
+	s := &Server{cfg: cfg, store: st, log: log, auth: auth,
+		drainDone: make(chan struct{}), drainNow: make(chan struct{}), conns: map[*conn]struct{}{},
 		handshakes: make(chan struct{}, cfg.MaxHandshakes)}
 	s.maxConns = connectionCeiling(cfg.MaxConnections)
+	s.metrics = newMetrics(transportNames(), s.draining.Load, s.maxConns, cfg.DrainTimeout)
 	s.sessions.init()
 	s.connIDs.Store(rand.Uint64() >> 1)
 	return s, nil
@@ -462,9 +466,14 @@ func (s *Server) auditLoop() {
 }
 
 // audit compares each session's epoch with the store's; pump re-reads
-// every outbox, else only those of restored sessions.
+// every outbox, else only those of restored sessions. It also sums the
+// backlog of the devices held here for the metrics.
 func (s *Server) audit(pump bool) {
 	sessions := s.sessions.all()
+	now := time.Now()
+	var pending uint64
+	var oldest time.Duration
+	failed := false
 	const batch = 500
 	for i := 0; i < len(sessions); i += batch {
 		part := sessions[i:min(i+batch, len(sessions))]
@@ -473,22 +482,36 @@ func (s *Server) audit(pump bool) {
 			devices[j] = sess.device
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.StoreTimeout)
-		epochs, err := s.store.Epochs(ctx, devices)
+		infos, err := s.store.Audit(ctx, devices)
 		cancel()
+		if err != nil {
+			failed = true
+			if s.ctx.Err() == nil {
+				s.metrics.storeErrors.WithLabelValues("audit").Inc()
+			}
+		}
 		for j, sess := range part {
 			switch {
 			case err != nil:
 				if pump {
 					sess.resync()
 				}
-			case epochs[j] > sess.epoch:
+			case infos[j].Epoch > sess.epoch:
 				sess.takenOver()
-			case epochs[j] < sess.epoch:
+			case infos[j].Epoch < sess.epoch:
 				sess.reclaim() // the store lost it; reclaim re-reads the outbox
-			case pump:
-				sess.resync()
+			default:
+				pending += infos[j].Pending
+				oldest = max(oldest, sess.backlogAge(infos[j], now))
+				if pump {
+					sess.resync()
+				}
 			}
 		}
+	}
+	if !failed { // a partial sum would read as a drop in the backlog
+		s.metrics.outboxPending.Set(float64(pending))
+		s.metrics.outboxOldest.Set(oldest.Seconds())
 	}
 }
 
@@ -576,23 +599,52 @@ func (s *Server) publishStats(ctx context.Context) {
 	defer cancel()
 	st := store.ServerStats{Connections: int64(s.Connections()), Draining: s.draining.Load(),
 		UpdatedUnixMs: time.Now().UnixMilli(), StoreWarnings: s.Warnings()}
-	if err := s.store.PublishStats(ctx, s.cfg.ServerName, st); err != nil && ctx.Err() == nil {
+	err := s.store.PublishStats(ctx, s.cfg.ServerName, st)
+	// A timeout is a store error too; only a stopping server's is not.
+	if err != nil && s.ctx.Err() == nil {
 		s.metrics.storeErrors.WithLabelValues("stats").Inc()
 	}
+	s.metrics.storeUp.Set(b2f(err == nil))
 }
 
-// Draining reports whether a drain has started.
+// Draining reports whether a drain has started (the server is unready),
+// whether or not its delay has passed.
 func (s *Server) Draining() bool { return s.draining.Load() }
 
-// Drain starts draining (once) and returns a channel closed when no
-// connection remains or the drain timeout passed.
-func (s *Server) Drain() <-chan struct{} {
+// Drain starts draining at once (or ends the delay of a drain that waits)
+// and returns a channel closed when no connection remains or the drain
+// timeout passed.
+func (s *Server) Drain() <-chan struct{} { return s.DrainAfter(0) }
+
+// DrainAfter makes the server unready at once and sends the first GOAWAY
+// after delay: meanwhile it serves its connections and accepts new ones,
+// while the load balancer notices and stops sending it any. Only the first
+// call's delay counts, except that Drain ends it early. The channel is
+// closed when no connection remains or the drain timeout passed after
+// the delay.
+func (s *Server) DrainAfter(delay time.Duration) <-chan struct{} {
+	if delay <= 0 {
+		s.nowOnce.Do(func() { close(s.drainNow) })
+	}
 	s.drainOnce.Do(func() {
 		s.draining.Store(true)
 		s.grpcNotReady()
 		s.metrics.drains.Inc()
-		s.log.Info("draining", "connections", s.Connections(), "timeout", s.cfg.DrainTimeout.String())
-		go s.drain()
+		s.metrics.drainStarted.Set(float64(time.Now().UnixMilli()) / 1e3)
+		s.metrics.drainDelay.Set(max(delay, 0).Seconds())
+		s.log.Info("draining", "connections", s.Connections(), "delay", delay.String(), "timeout", s.cfg.DrainTimeout.String())
+		go func() {
+			t := time.NewTimer(delay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-s.drainNow:
+			case <-s.ctx.Done():
+				close(s.drainDone)
+				return
+			}
+			s.drain()
+		}()
 	})
 	return s.drainDone
 }
@@ -601,32 +653,14 @@ func (s *Server) Drain() <-chan struct{} {
 // DrainRate per second or spread over the first 80% of the drain timeout.
 func (s *Server) drain() {
 	defer close(s.drainDone)
+	s.goingAway.Store(true)
 	start := time.Now()
 	deadline := start.Add(s.cfg.DrainTimeout)
 	// Once every device had its GOAWAY frame and left (or the timeout
 	// passed), gRPC's own graceful stop ends what remains of its connections.
 	defer s.stopGRPC(deadline)
-	sessions := s.sessions.all()
-	var interval time.Duration
-	switch {
-	case s.cfg.DrainRate > 0:
-		interval = time.Duration(float64(time.Second) / s.cfg.DrainRate)
-	case len(sessions) > 1:
-		interval = s.cfg.DrainTimeout * 8 / 10 / time.Duration(len(sessions))
-	}
-	for i, sess := range sessions {
-		if i > 0 && interval > 0 {
-			// Pace against the schedule, not per sleep, so timer slack
-			// does not add up over thousands of connections.
-			if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
-				select {
-				case <-time.After(wait):
-				case <-s.ctx.Done():
-					return
-				}
-			}
-		}
-		sess.goAway()
+	if !s.goAwayPaced(s.sessions.all(), nil) {
+		return
 	}
 	for time.Now().Before(deadline) {
 		for _, sess := range s.sessions.all() {
@@ -653,6 +687,64 @@ func (s *Server) drain() {
 	for _, c := range left {
 		c.close(ReasonDrained)
 	}
+}
+
+// goAwayPaced sends GOAWAY to sessions, the first at once, then at
+// DrainRate per second or spread over the first 80% of the drain timeout.
+// It returns false when the server stops, or when stop (if not nil) is
+// closed, before the last.
+func (s *Server) goAwayPaced(sessions []*session, stop <-chan struct{}) bool {
+	start := time.Now()
+	var interval time.Duration
+	switch {
+	case s.cfg.DrainRate > 0:
+		interval = time.Duration(float64(time.Second) / s.cfg.DrainRate)
+	case len(sessions) > 1:
+		interval = s.cfg.DrainTimeout * 8 / 10 / time.Duration(len(sessions))
+	}
+	for i, sess := range sessions {
+		if i > 0 && interval > 0 {
+			// Pace against the schedule, not per sleep, so timer slack
+			// does not add up over thousands of connections.
+			if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
+				select {
+				case <-time.After(wait):
+				case <-s.ctx.Done():
+					return false
+				case <-stop:
+					return false
+				}
+			}
+		}
+		sess.goAway()
+	}
+	return true
+}
+
+// Shed sends GOAWAY to up to n of this server's sessions, paced like a
+// drain, while the server stays ready: the devices reconnect through the
+// load balancer and spread over the other pods. It returns how many
+// sessions it picked (none while draining); a drain that starts meanwhile
+// takes over the rest.
+func (s *Server) Shed(n int) int {
+	if s.draining.Load() {
+		return 0 // the drain moves every device
+	}
+	var kept []*session
+	for _, sess := range s.sessions.all() {
+		if len(kept) == n {
+			break
+		}
+		if sess.pickForShed() {
+			kept = append(kept, sess)
+		}
+	}
+	if len(kept) > 0 {
+		s.metrics.shed.Add(float64(len(kept)))
+		s.log.Info("shedding connections", "count", len(kept), "connections", s.Connections())
+		go s.goAwayPaced(kept, s.drainNow)
+	}
+	return len(kept)
 }
 
 // Shutdown stops listening, closes every connection and waits for them to

@@ -41,7 +41,28 @@ type session struct {
 	behind  bool // the store may hold seqs > sent that are not queued
 	pumping bool
 	goaway  bool
+	shed    bool   // picked by a Shed, which sends the GOAWAY
 	sent    uint64 // highest seq queued for this device
+	// The audit's view of the outbox: the ACK it last saw with messages
+	// pending, and since when (zero: nothing pending).
+	auditAcked   uint64
+	pendingSince time.Time
+}
+
+// backlogAge records what an audit found for this device and returns how
+// long its ACK has not moved while messages were pending: the oldest
+// pending message is at least that old.
+func (s *session) backlogAge(a store.AuditInfo, now time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case a.Pending == 0:
+		s.pendingSince = time.Time{}
+		return 0
+	case s.pendingSince.IsZero() || a.AckedSeq != s.auditAcked:
+		s.pendingSince, s.auditAcked = now, a.AckedSeq
+	}
+	return now.Sub(s.pendingSince)
 }
 
 // frame handles one frame; false means the connection is finished.
@@ -113,6 +134,7 @@ func (s *session) ping(body []byte) error {
 func (s *session) hello(body []byte) error {
 	c := s.c
 	srv := c.srv
+	start := time.Now()
 	h, err := protocol.ParseHello(body)
 	if err != nil {
 		srv.metrics.hellos.WithLabelValues(string(protocol.CodeOf(err))).Inc()
@@ -122,7 +144,7 @@ func (s *session) hello(body []byte) error {
 		srv.metrics.hellos.WithLabelValues(string(protocol.CodeUnauthorized)).Inc()
 		return protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
 	}
-	if srv.draining.Load() {
+	if srv.goingAway.Load() {
 		srv.metrics.hellos.WithLabelValues("goaway").Inc()
 		s.goAway()
 		return nil
@@ -132,6 +154,9 @@ func (s *session) hello(body []byte) error {
 	cancel()
 	if err != nil {
 		srv.metrics.hellos.WithLabelValues(string(protocol.CodeUnavailable)).Inc()
+		if h.LastSeq > 0 {
+			srv.metrics.resumeFails.WithLabelValues("unavailable").Inc()
+		}
 		srv.log.V(1).Info("hello failed: store unavailable", "device", h.Device, "err", err.Error())
 		c.fail(protocol.CodeUnavailable, "session store unavailable; retry later", retryAfter(), ReasonRejected)
 		// The HELLO may still have been applied (a timeout is an unknown
@@ -144,6 +169,9 @@ func (s *session) hello(body []byte) error {
 	srv.metrics.hellos.WithLabelValues("accepted").Inc()
 	if sess.Resumed {
 		srv.metrics.resumes.Inc()
+	} else if h.LastSeq > 0 {
+		// The device had a session that the store no longer knows.
+		srv.metrics.resumeFails.WithLabelValues("session_lost").Inc()
 	}
 	s.device, s.epoch = h.Device, sess.Epoch
 	s.pubHigh.Store(sess.LastPublishID)
@@ -161,6 +189,7 @@ func (s *session) hello(body []byte) error {
 	c.w.push(func(dst []byte) []byte { return c.tr.AppendFrame(dst, protocol.TypeWelcome, welcome) })
 	s.kickLocked()
 	s.mu.Unlock()
+	srv.metrics.helloLatency.Observe(time.Since(start).Seconds())
 	// From here the heartbeat sweep watches lastRead; a parked connection
 	// has no read in progress that a deadline could end.
 	c.lastRead.Store(time.Now().UnixNano())
@@ -169,7 +198,7 @@ func (s *session) hello(body []byte) error {
 		loser.takenOver()
 	}
 	// A drain that started while the store answered has not seen this connection.
-	if srv.draining.Load() {
+	if srv.goingAway.Load() {
 		s.goAway()
 	}
 	return nil
@@ -363,6 +392,18 @@ func (s *session) pump() {
 // when it leaves or after a grace period.
 // The drain calls it again for every session while it waits, so the
 // already-sent check comes before any work.
+// pickForShed marks s as picked by a Shed; false if a GOAWAY was sent or
+// another Shed picked it.
+func (s *session) pickForShed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.goaway || s.shed {
+		return false
+	}
+	s.shed = true
+	return true
+}
+
 func (s *session) goAway() {
 	c := s.c
 	s.mu.Lock()

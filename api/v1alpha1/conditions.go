@@ -14,6 +14,10 @@ const (
 	// store can lose data (e.g. Redis without persistence, or a
 	// maxmemory-policy that evicts keys), Unknown without fresh reports.
 	ConditionStoreDurable = "StoreDurable"
+	// ConditionTimingsSafe is False when the drain and heartbeat timings are
+	// valid but risky with the load balancer: devices may be reset, or sent
+	// back to the pod that drains (docs/load-balancers.md).
+	ConditionTimingsSafe = "TimingsSafe"
 )
 
 // Reasons of the Available condition.
@@ -51,4 +55,20 @@ const (
 	ReasonStoreDurable     = "StoreDurable"
 	ReasonStoreMayLoseData = "StoreMayLoseData"
 	ReasonNoServerStats    = "NoServerStats"
+)
+
+// Reasons of the TimingsSafe condition. When several apply, the reason is
+// the first in this order and the message names them all.
+const (
+	ReasonTimingsSafe = "TimingsSafe"
+	// ReasonPreStopWaitTooShort: the first GOAWAY comes before the load
+	// balancer stopped sending new connections, so devices may reconnect
+	// to the pod that drains.
+	ReasonPreStopWaitTooShort = "PreStopWaitTooShort"
+	// ReasonDeregistrationDelayTooShort: the AWS NLB resets a pod's
+	// connections before its grace period ends, i.e. possibly mid-drain.
+	ReasonDeregistrationDelayTooShort = "DeregistrationDelayTooShort"
+	// ReasonHeartbeatNearIdleTimeout: the heartbeat interval is within 20%
+	// of the load balancer's idle timeout; a late ping drops the flow.
+	ReasonHeartbeatNearIdleTimeout = "HeartbeatNearIdleTimeout"
 )

@@ -14,7 +14,10 @@ import (
 // +kubebuilder:validation:XValidation:rule="self.listeners.tcp.port != self.listeners.websocket.port && self.listeners.tcp.port != self.listeners.adminPort && self.listeners.websocket.port != self.listeners.adminPort",message="listeners.tcp.port, listeners.websocket.port and listeners.adminPort must all be different",fieldPath=.listeners
 // +kubebuilder:validation:XValidation:rule="!has(self.listeners.grpc) || !has(self.listeners.grpc.enabled) || !self.listeners.grpc.enabled || !has(self.listeners.grpc.port) || (self.listeners.grpc.port != self.listeners.tcp.port && self.listeners.grpc.port != self.listeners.websocket.port && self.listeners.grpc.port != self.listeners.adminPort)",message="listeners.grpc.port must differ from listeners.tcp.port, listeners.websocket.port and listeners.adminPort",fieldPath=.listeners
 // +kubebuilder:validation:XValidation:rule="duration(self.heartbeat.timeout) > duration(self.heartbeat.interval)",message="heartbeat.timeout must be longer than heartbeat.interval, or healthy devices get disconnected",fieldPath=.heartbeat.timeout
-// +kubebuilder:validation:XValidation:rule="duration(self.drain.deregistrationDelay) + duration(self.drain.timeout) <= duration('3585s')",message="drain.deregistrationDelay + drain.timeout + 15s becomes the pods' terminationGracePeriodSeconds, which must not exceed 3600s: shorten drain.timeout or drain.deregistrationDelay",fieldPath=.drain
+// +kubebuilder:validation:XValidation:rule="(has(self.drain.preStopWait) ? duration(self.drain.preStopWait) : !has(self.service.loadBalancer) ? duration('5s') : self.service.loadBalancer.provider == 'aws-nlb' ? duration('130s') : self.service.loadBalancer.provider == 'gke' ? duration('30s') : self.service.loadBalancer.provider == 'azure' ? duration('20s') : duration('5s')) + duration(self.drain.timeout) <= duration('3585s')",message="drain.preStopWait (default by load balancer: aws-nlb 130s, gke 30s, azure 20s, none 5s) + drain.timeout + 15s becomes the pods' terminationGracePeriodSeconds, which must not exceed 3600s: shorten drain.timeout or drain.preStopWait",fieldPath=.drain
+// +kubebuilder:validation:XValidation:rule="!has(self.service.loadBalancer) || self.service.loadBalancer.provider != 'aws-nlb' || duration(self.heartbeat.interval) < duration('350s')",message="with service.loadBalancer.provider aws-nlb, heartbeat.interval must be below 350s: the NLB drops a TCP flow that is idle for 350s",fieldPath=.heartbeat.interval
+// +kubebuilder:validation:XValidation:rule="!has(self.service.loadBalancer) || self.service.loadBalancer.provider != 'azure' || duration(self.heartbeat.interval) < duration('100m')",message="with service.loadBalancer.provider azure, heartbeat.interval must be below 100m, the longest TCP idle timeout an Azure load balancer can be given",fieldPath=.heartbeat.interval
+// +kubebuilder:validation:XValidation:rule="(oldSelf.hasValue() && has(oldSelf.value().drain.deregistrationDelay) && has(self.drain.deregistrationDelay) && oldSelf.value().drain.deregistrationDelay == self.drain.deregistrationDelay && has(oldSelf.value().drain.preStopWait) == has(self.drain.preStopWait) && (!has(self.drain.preStopWait) || oldSelf.value().drain.preStopWait == self.drain.preStopWait) && has(oldSelf.value().service.loadBalancer) == has(self.service.loadBalancer) && (!has(self.service.loadBalancer) || oldSelf.value().service.loadBalancer.provider == self.service.loadBalancer.provider)) || !has(self.drain.deregistrationDelay) || !has(self.service.loadBalancer) || self.service.loadBalancer.provider != 'aws-nlb' || duration(self.drain.deregistrationDelay) > (has(self.drain.preStopWait) ? duration(self.drain.preStopWait) : !has(self.service.loadBalancer) ? duration('5s') : self.service.loadBalancer.provider == 'aws-nlb' ? duration('130s') : self.service.loadBalancer.provider == 'gke' ? duration('30s') : self.service.loadBalancer.provider == 'azure' ? duration('20s') : duration('5s'))",message="with service.loadBalancer.provider aws-nlb, drain.deregistrationDelay must be longer than drain.preStopWait (default 130s): the NLB would reset every connection of a terminating pod before it sends its first GOAWAY. Remove drain.deregistrationDelay to get the grace period",fieldPath=.drain.deregistrationDelay,optionalOldSelf=true
 // +kubebuilder:validation:XValidation:rule="!((self.rollout.maxSurge == 0 || self.rollout.maxSurge == '0%') && (self.rollout.maxUnavailable == 0 || self.rollout.maxUnavailable == '0%'))",message="rollout.maxSurge and rollout.maxUnavailable cannot both be 0: a rollout could then never replace a pod",fieldPath=.rollout
 // +kubebuilder:validation:XValidation:rule="self.service.type != 'ClusterIP' || !has(self.service.externalTrafficPolicy)",message="service.externalTrafficPolicy applies only to LoadBalancer and NodePort Services",fieldPath=.service.externalTrafficPolicy
 // +kubebuilder:validation:XValidation:rule="self.service.type == 'LoadBalancer' || (!has(self.service.loadBalancerSourceRanges) && !has(self.service.loadBalancer))",message="service.loadBalancer and service.loadBalancerSourceRanges apply only to type LoadBalancer",fieldPath=.service
@@ -305,7 +308,7 @@ type HeartbeatSpec struct {
 }
 
 // DrainSpec sets how a terminating pod hands its connections to the others.
-// The pod's terminationGracePeriodSeconds is deregistrationDelay + timeout + 15s.
+// The pod's terminationGracePeriodSeconds is preStopWait + timeout + 15s.
 type DrainSpec struct {
 	// Timeout is how long a pod sends GOAWAYs before it closes what is left.
 	// +kubebuilder:default="60s"
@@ -325,13 +328,25 @@ type DrainSpec struct {
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +optional
 	Jitter metav1.Duration `json:"jitter,omitzero"`
-	// DeregistrationDelay is the load balancer's: how long it keeps routing
-	// to a target after it started deregistering it.
-	// +kubebuilder:default="30s"
+	// PreStopWait is how long a terminating pod keeps serving its
+	// connections, already unready, while the load balancer stops sending
+	// it new ones, before its first GOAWAY: devices told to reconnect then
+	// land on other pods. Empty means the load balancer's default: aws-nlb
+	// 130s (the AWS Load Balancer Controller takes about 2 minutes to stop
+	// routing to a deregistered target), gke 30s, azure 20s, none 5s.
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +optional
-	DeregistrationDelay metav1.Duration `json:"deregistrationDelay,omitzero"`
+	PreStopWait *metav1.Duration `json:"preStopWait,omitempty"`
+	// DeregistrationDelay overrides the AWS target group's deregistration
+	// delay (aws-nlb only): how long the NLB keeps a deregistered target's
+	// connections before it resets them. Empty means the pods' grace period,
+	// so that the NLB never cuts a pod that is still draining.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('3600s')",message="drain.deregistrationDelay must not exceed 3600s, the longest an AWS target group allows"
+	// +optional
+	DeregistrationDelay *metav1.Duration `json:"deregistrationDelay,omitempty"`
 }
 
 // RolloutSpec is the Deployment's rolling update. The default never lowers
@@ -349,12 +364,19 @@ type RolloutSpec struct {
 	MinReadySeconds int32 `json:"minReadySeconds,omitempty"`
 }
 
-// LoadBalancerProvider selects a preset of Service annotations.
-// +kubebuilder:validation:Enum=aws-nlb
+// LoadBalancerProvider selects a preset of Service annotations and the
+// drain timings that go with that load balancer (docs/load-balancers.md).
+// +kubebuilder:validation:Enum=aws-nlb;gke;azure
 type LoadBalancerProvider string
 
-// AWSNLB is the AWS Load Balancer Controller's NLB with IP targets.
-const AWSNLB LoadBalancerProvider = "aws-nlb"
+const (
+	// AWSNLB is the AWS Load Balancer Controller's NLB with IP targets.
+	AWSNLB LoadBalancerProvider = "aws-nlb"
+	// GKE is GKE's backend service-based external passthrough Network Load Balancer.
+	GKE LoadBalancerProvider = "gke"
+	// Azure is the Azure cloud provider's Standard Load Balancer.
+	Azure LoadBalancerProvider = "azure"
+)
 
 // ServiceSpec shapes the public Service (the TCP port and the WebSocket
 // port, which serves SSE too; never the admin port).

@@ -250,11 +250,14 @@ func run(args []string) int {
 }
 
 // drainCommand asks the server on --admin-addr to drain and waits until it
-// has no connection left (the server bounds the wait by its drain timeout).
+// has no connection left (the server bounds the wait by --delay plus its
+// drain timeout). The server turns unready at once and sends its first
+// GOAWAY after --delay.
 func drainCommand(args []string) int {
 	fs := flag.NewFlagSet("socketserver drain", flag.ContinueOnError)
 	addr := fs.String("admin-addr", "127.0.0.1:9090", "admin address of the server to drain")
 	tokenFile := fs.String("api-token-file", "", "file holding the backend API token")
+	delay := fs.Duration("delay", 0, "how long the server stays up, unready, before its first GOAWAY (the load balancer's time to stop sending it new connections)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -276,7 +279,7 @@ func drainCommand(args []string) int {
 		return 1
 	}
 	api := adminapi.Client{BaseURL: net.JoinHostPort(host, port), Token: string(token)}
-	remaining, err := api.Drain(context.Background(), true)
+	remaining, err := api.DrainAfter(context.Background(), *delay, true)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "drain:", err)
 		return 1

@@ -2,7 +2,6 @@ package resources
 
 import (
 	"fmt"
-	"math"
 	"path"
 	"strings"
 	"time"
@@ -66,7 +65,7 @@ func Deployment(sc *v1alpha1.SocketCluster, image, secretHash string) *appsv1.De
 				Spec: corev1.PodSpec{
 					Containers:                    []corev1.Container{container(sc, image)},
 					Volumes:                       volumes(sc),
-					TerminationGracePeriodSeconds: ptr.To(TerminationGracePeriodSeconds(spec.Drain)),
+					TerminationGracePeriodSeconds: ptr.To(Seconds(TimingsFor(sc).GracePeriod)),
 					SecurityContext: &corev1.PodSecurityContext{
 						RunAsNonRoot:   ptr.To(true),
 						RunAsUser:      ptr.To[int64](nonRootUID),
@@ -93,17 +92,13 @@ func Deployment(sc *v1alpha1.SocketCluster, image, secretHash string) *appsv1.De
 	}
 }
 
-// TerminationGracePeriodSeconds leaves time for the load balancer to stop
-// sending new connections, then for the drain, then to exit.
-func TerminationGracePeriodSeconds(d v1alpha1.DrainSpec) int64 {
-	total := d.DeregistrationDelay.Duration + d.Timeout.Duration + DrainMargin
-	return int64(math.Ceil(total.Seconds()))
-}
-
 func container(sc *v1alpha1.SocketCluster, image string) corev1.Container {
 	spec := &sc.Spec
 	admin := fmt.Sprint(spec.Listeners.AdminPort)
-	preStop := []string{"/socketserver", "drain", "--admin-addr=127.0.0.1:" + admin, "--api-token-file=" + apiTokenFile(sc)}
+	// Unready at once, GOAWAYs only after the wait: the load balancer
+	// stops sending new connections here before devices are told to leave.
+	preStop := []string{"/socketserver", "drain", "--admin-addr=127.0.0.1:" + admin, "--api-token-file=" + apiTokenFile(sc),
+		"--delay=" + TimingsFor(sc).PreStopWait.String()}
 	env := []corev1.EnvVar{{
 		Name:      "POD_NAME",
 		ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}},
@@ -130,8 +125,9 @@ func container(sc *v1alpha1.SocketCluster, image string) corev1.Container {
 		VolumeMounts:   volumeMounts(sc),
 		ReadinessProbe: httpProbe("/readyz", 5, 2),
 		LivenessProbe:  httpProbe("/healthz", 10, 3),
-		// The drain runs before SIGTERM: devices get GOAWAY and move to
-		// other pods while this one still serves them.
+		// The drain runs before SIGTERM: the pod turns unready, waits for
+		// the load balancer, then devices get GOAWAY and move to other pods
+		// while this one still serves them.
 		Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Exec: &corev1.ExecAction{Command: preStop}}},
 		SecurityContext: &corev1.SecurityContext{
 			RunAsNonRoot:             ptr.To(true),

@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -53,8 +52,8 @@ func TestDeploymentDefaults(t *testing.T) {
 	if pod.Annotations[resources.AnnotationSecretHash] != "hash1" {
 		t.Errorf("secret hash annotation %v", pod.Annotations)
 	}
-	if g := *pod.Spec.TerminationGracePeriodSeconds; g != 30+60+15 {
-		t.Errorf("grace %d, want deregistration 30 + drain 60 + 15", g)
+	if g := *pod.Spec.TerminationGracePeriodSeconds; g != 5+60+15 {
+		t.Errorf("grace %d, want the generic preStop wait 5 + drain 60 + 15", g)
 	}
 
 	c := container(t, d)
@@ -86,7 +85,7 @@ func TestDeploymentDefaults(t *testing.T) {
 	if len(c.Env) != 1 || c.Env[0].Name != "POD_NAME" || c.Env[0].ValueFrom.FieldRef.FieldPath != "metadata.name" {
 		t.Errorf("env %+v, want only POD_NAME from the downward API", c.Env)
 	}
-	if !reflect.DeepEqual(c.Lifecycle.PreStop.Exec.Command, []string{"/socketserver", "drain", "--admin-addr=127.0.0.1:9090", "--api-token-file=/etc/socketserver/api-token/token"}) {
+	if !reflect.DeepEqual(c.Lifecycle.PreStop.Exec.Command, []string{"/socketserver", "drain", "--admin-addr=127.0.0.1:9090", "--api-token-file=/etc/socketserver/api-token/token", "--delay=5s"}) {
 		t.Errorf("preStop %v, want the drain authenticated with the generated token", c.Lifecycle.PreStop.Exec.Command)
 	}
 	// Without apiTokenSecretRef the pods mount the Secret the operator generates.
@@ -157,7 +156,7 @@ spec:
     deviceKeySecretRef: {name: device-key, key: hs256}
     apiTokenSecretRef: {name: api, key: token}
   heartbeat: {interval: 20s, timeout: 1m}
-  drain: {timeout: 2m, rate: 50, jitter: 5s, deregistrationDelay: 1.5s}
+  drain: {timeout: 2m, rate: 50, jitter: 5s, preStopWait: 1.5s}
   maxFrameBytes: 1024
   maxConnectionsPerPod: 100000
   maxPendingPerDevice: 50
@@ -186,7 +185,7 @@ spec:
 	if !reflect.DeepEqual(c.Args, want) {
 		t.Errorf("args\n got %q\nwant %q", c.Args, want)
 	}
-	if !reflect.DeepEqual(c.Lifecycle.PreStop.Exec.Command, []string{"/socketserver", "drain", "--admin-addr=127.0.0.1:9000", "--api-token-file=/etc/socketserver/api-token/token"}) {
+	if !reflect.DeepEqual(c.Lifecycle.PreStop.Exec.Command, []string{"/socketserver", "drain", "--admin-addr=127.0.0.1:9000", "--api-token-file=/etc/socketserver/api-token/token", "--delay=1.5s"}) {
 		t.Errorf("preStop %v", c.Lifecycle.PreStop.Exec.Command)
 	}
 	var pw *corev1.EnvVar
@@ -314,23 +313,6 @@ func TestTopologySpread(t *testing.T) {
 	sc.Spec.TopologySpreadConstraints = own
 	if got := resources.Deployment(sc, "img", "").Spec.Template.Spec.TopologySpreadConstraints; !reflect.DeepEqual(got, own) {
 		t.Errorf("user constraints replaced: %+v", got)
-	}
-}
-
-func TestTerminationGracePeriodSeconds(t *testing.T) {
-	for _, tc := range []struct {
-		dereg, timeout time.Duration
-		want           int64
-	}{
-		{30 * time.Second, 60 * time.Second, 105},
-		{0, 0, 15},
-		{500 * time.Millisecond, time.Second, 17},
-		{25 * time.Minute, 34*time.Minute + 45*time.Second, 3600},
-	} {
-		d := v1alpha1.DrainSpec{DeregistrationDelay: metav1.Duration{Duration: tc.dereg}, Timeout: metav1.Duration{Duration: tc.timeout}}
-		if got := resources.TerminationGracePeriodSeconds(d); got != tc.want {
-			t.Errorf("%v + %v: %d, want %d", tc.dereg, tc.timeout, got, tc.want)
-		}
 	}
 }
 

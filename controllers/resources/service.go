@@ -2,7 +2,6 @@ package resources
 
 import (
 	"fmt"
-	"math"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,6 +22,18 @@ const (
 	AnnotationAWSHealthPort  = awsPrefix + "healthcheck-port"
 	AnnotationAWSHealthPath  = awsPrefix + "healthcheck-path"
 )
+
+// GKE annotation of the gke preset: a backend service-based external
+// passthrough Network Load Balancer, the kind that supports connection
+// draining and the health checks kube-proxy answers for
+// externalTrafficPolicy Local.
+const AnnotationGKEL4RBS = "cloud.google.com/l4-rbs"
+
+// Azure cloud provider annotation of the azure preset. TCP reset on idle is
+// always on for a Standard Load Balancer (the annotation that turned it off
+// was removed from the cloud provider), so devices see a reset rather than
+// a silent drop.
+const AnnotationAzureIdleTimeout = "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout"
 
 // Service is the public entry point: the TCP listener, the WebSocket
 // listener (port "ws", WebSocket and SSE) and the gRPC one when enabled,
@@ -46,8 +57,13 @@ func Service(sc *v1alpha1.SocketCluster) *corev1.Service {
 		}
 	}
 	var preset map[string]string
-	if spec.LoadBalancer != nil && spec.LoadBalancer.Provider == v1alpha1.AWSNLB {
+	switch Provider(sc) {
+	case v1alpha1.AWSNLB:
 		preset = awsNLBAnnotations(sc)
+	case v1alpha1.GKE:
+		preset = gkeAnnotations()
+	case v1alpha1.Azure:
+		preset = azureAnnotations(sc)
 	}
 	if a := merge(preset, spec.Annotations); len(a) > 0 {
 		svc.Annotations = a
@@ -56,10 +72,13 @@ func Service(sc *v1alpha1.SocketCluster) *corev1.Service {
 }
 
 // awsNLBAnnotations ask for an NLB sending straight to pod IPs, that keeps a
-// draining pod's connections for the deregistration delay and then closes
-// them, and that health-checks readiness, which turns 503 when a pod drains.
+// draining pod's connections for the deregistration delay (by default the
+// whole grace period) and then resets them, and that health-checks
+// readiness, which turns 503 as soon as a pod starts its preStop wait.
+// Client IPs are preserved (not proxy protocol v2: the servers do not parse
+// its header); cross-zone balancing keeps pods in every zone equally loaded.
 func awsNLBAnnotations(sc *v1alpha1.SocketCluster) map[string]string {
-	delay := int64(math.Ceil(sc.Spec.Drain.DeregistrationDelay.Seconds()))
+	delay := Seconds(TimingsFor(sc).DeregistrationDelay)
 	return map[string]string{
 		AnnotationAWSType:       "external",
 		AnnotationAWSTargetType: "ip",
@@ -72,4 +91,14 @@ func awsNLBAnnotations(sc *v1alpha1.SocketCluster) map[string]string {
 		AnnotationAWSHealthPort:  fmt.Sprint(sc.Spec.Listeners.AdminPort),
 		AnnotationAWSHealthPath:  "/readyz",
 	}
+}
+
+func gkeAnnotations() map[string]string {
+	return map[string]string{AnnotationGKEL4RBS: "enabled"}
+}
+
+// azureAnnotations raise the TCP idle timeout above the heartbeat timeout,
+// so a device's pings always keep its flow alive.
+func azureAnnotations(sc *v1alpha1.SocketCluster) map[string]string {
+	return map[string]string{AnnotationAzureIdleTimeout: fmt.Sprint(AzureIdleTimeoutMinutes(sc))}
 }

@@ -47,7 +47,7 @@ func TestServiceClusterIPHasNoTrafficPolicy(t *testing.T) {
 
 func TestServiceAWSNLBPreset(t *testing.T) {
 	sc := defaulted(t, minimal+`
-  drain: {deregistrationDelay: 45s}
+  drain: {deregistrationDelay: 300s}
   service:
     loadBalancer: {provider: aws-nlb}
     loadBalancerSourceRanges: [10.0.0.0/8]
@@ -60,7 +60,7 @@ func TestServiceAWSNLBPreset(t *testing.T) {
 		"service.beta.kubernetes.io/aws-load-balancer-type":            "external",
 		"service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
 		"service.beta.kubernetes.io/aws-load-balancer-scheme":          "internal", // the user's wins
-		"service.beta.kubernetes.io/aws-load-balancer-target-group-attributes": "deregistration_delay.timeout_seconds=45," +
+		"service.beta.kubernetes.io/aws-load-balancer-target-group-attributes": "deregistration_delay.timeout_seconds=300," +
 			"deregistration_delay.connection_termination.enabled=true,preserve_client_ip.enabled=true",
 		"service.beta.kubernetes.io/aws-load-balancer-attributes":                        "load_balancing.cross_zone.enabled=true",
 		"service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled": "true",
@@ -74,6 +74,53 @@ func TestServiceAWSNLBPreset(t *testing.T) {
 	}
 	if !reflect.DeepEqual(svc.Spec.LoadBalancerSourceRanges, []string{"10.0.0.0/8"}) {
 		t.Errorf("source ranges %v", svc.Spec.LoadBalancerSourceRanges)
+	}
+}
+
+// Without an explicit delay the NLB keeps a pod's connections for its
+// whole grace period: preStop wait 130s + drain 60s + 15s.
+func TestServiceAWSNLBDelayIsTheGracePeriod(t *testing.T) {
+	sc := defaulted(t, minimal+`
+  service: {loadBalancer: {provider: aws-nlb}}
+`)
+	got := resources.Service(sc).Annotations[resources.AnnotationAWSTargetGroup]
+	if want := "deregistration_delay.timeout_seconds=205,deregistration_delay.connection_termination.enabled=true,preserve_client_ip.enabled=true"; got != want {
+		t.Errorf("target group attributes %q, want %q", got, want)
+	}
+}
+
+func TestServiceGKEPreset(t *testing.T) {
+	sc := defaulted(t, minimal+`
+  service:
+    loadBalancer: {provider: gke}
+    annotations: {example.com/team: iot}
+`)
+	want := map[string]string{"cloud.google.com/l4-rbs": "enabled", "example.com/team": "iot"}
+	if got := resources.Service(sc).Annotations; !reflect.DeepEqual(got, want) {
+		t.Errorf("annotations %v, want %v", got, want)
+	}
+	if p := resources.Service(sc).Spec.ExternalTrafficPolicy; p != corev1.ServiceExternalTrafficPolicyLocal {
+		t.Errorf("policy %s: Local keeps client IPs and lets the health check follow readiness", p)
+	}
+}
+
+func TestServiceAzurePreset(t *testing.T) {
+	for _, tc := range []struct{ heartbeat, user, want string }{
+		{"", "", "4"}, // 45s heartbeat timeout: Azure's minimum
+		{"heartbeat: {interval: 5m, timeout: 15m}", "", "15"}, // above the heartbeat timeout
+		{"", "30", "30"}, // the user's wins
+	} {
+		spec := minimal + "  service: {loadBalancer: {provider: azure}}\n"
+		if tc.heartbeat != "" {
+			spec += "  " + tc.heartbeat + "\n"
+		}
+		if tc.user != "" {
+			spec = minimal + "  service: {loadBalancer: {provider: azure}, annotations: {service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout: \"" + tc.user + "\"}}\n"
+		}
+		got := resources.Service(defaulted(t, spec)).Annotations
+		if want := map[string]string{"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout": tc.want}; !reflect.DeepEqual(got, want) {
+			t.Errorf("%q %q: annotations %v, want %v", tc.heartbeat, tc.user, got, want)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"net/url"
 	"strconv"
+	"time"
 )
 
 // HeaderIdempotencyKey names the request header that makes
@@ -150,9 +151,33 @@ type DrainStarted struct {
 }
 
 // DrainDone answers POST /drain?wait=1 (200) once no connection remains
-// or the drain timeout passed.
+// or the drain timeout passed (after the delay, with ?delay=).
 type DrainDone struct {
 	Remaining int `json:"remaining"`
+}
+
+// ServerInfo answers GET /v1/server: this server's name (the pod's),
+// its open connections, and whether it drains (it is unready then).
+type ServerInfo struct {
+	Name        string `json:"name"`
+	Connections int    `json:"connections"`
+	Draining    bool   `json:"draining"`
+}
+
+// ShedRequest is the body of POST /shed: send GOAWAY to Count of the
+// server's connections (paced like a drain, with the same jittered
+// reconnect hints) while the server stays ready, so that their devices
+// reconnect through the load balancer, mostly to other pods.
+type ShedRequest struct {
+	Count int `json:"count"`
+}
+
+// ShedStarted answers POST /shed (202): how many connections were picked
+// (fewer than asked when the server holds fewer, or some already got a
+// GOAWAY) and how many it held when asked.
+type ShedStarted struct {
+	Shed        int `json:"shed"`
+	Connections int `json:"connections"`
 }
 
 // UpstreamEntry is one device message of the embedded store's upstream.
@@ -191,7 +216,26 @@ const (
 	PathUpstream    = "/v1/upstream"
 	PathUpstreamAck = "/v1/upstream/ack"
 	PathDrain       = "/drain"
+	PathShed        = "/shed"
+	PathServer      = "/v1/server"
 )
+
+// DrainQuery is the path and query of POST /drain: delay is how long the
+// server stays up, unready, before its first GOAWAY; wait answers once the
+// drain is over.
+func DrainQuery(delay time.Duration, wait bool) string {
+	q := url.Values{}
+	if delay > 0 {
+		q.Set("delay", delay.String())
+	}
+	if wait {
+		q.Set("wait", "1")
+	}
+	if len(q) == 0 {
+		return PathDrain
+	}
+	return PathDrain + "?" + q.Encode()
+}
 
 // DevicePath is the path of GET /v1/devices/{device}.
 func DevicePath(device string) string { return "/v1/devices/" + url.PathEscape(device) }

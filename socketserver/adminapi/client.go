@@ -167,12 +167,35 @@ func (c *Client) SetState(ctx context.Context, device string, state any) error {
 // when no connection remains or the drain timeout passed, with the
 // connections left then; without, remaining is 0.
 func (c *Client) Drain(ctx context.Context, wait bool) (remaining int, err error) {
+	return c.DrainAfter(ctx, 0, wait)
+}
+
+// DrainAfter is Drain with a delay: the server turns unready at once and
+// sends its first GOAWAY after delay (the pod's preStop wait).
+func (c *Client) DrainAfter(ctx context.Context, delay time.Duration, wait bool) (remaining int, err error) {
 	if !wait {
-		return 0, c.call(ctx, http.MethodPost, PathDrain, nil, nil, http.StatusAccepted, &DrainStarted{})
+		return 0, c.call(ctx, http.MethodPost, DrainQuery(delay, false), nil, nil, http.StatusAccepted, &DrainStarted{})
 	}
 	var out DrainDone
-	err = c.call(ctx, http.MethodPost, PathDrain+"?wait=1", nil, nil, http.StatusOK, &out)
+	err = c.call(ctx, http.MethodPost, DrainQuery(delay, true), nil, nil, http.StatusOK, &out)
 	return out.Remaining, err
+}
+
+// Server returns the server's name, connections and drain state
+// (GET /v1/server).
+func (c *Client) Server(ctx context.Context) (ServerInfo, error) {
+	var out ServerInfo
+	err := c.call(ctx, http.MethodGet, PathServer, nil, nil, http.StatusOK, &out)
+	return out, err
+}
+
+// Shed asks the server to send GOAWAY to count of its connections while it
+// stays ready (POST /shed); the GOAWAYs go out paced after it answers.
+func (c *Client) Shed(ctx context.Context, count int) (ShedStarted, error) {
+	body, _ := json.Marshal(ShedRequest{Count: count})
+	var out ShedStarted
+	err := c.call(ctx, http.MethodPost, PathShed, http.Header{"Content-Type": {"application/json"}}, body, http.StatusAccepted, &out)
+	return out, err
 }
 
 // ReadUpstream reads up to limit entries with a seq above after from the

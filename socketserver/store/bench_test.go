@@ -3,6 +3,7 @@ package store_test
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver/store"
@@ -49,5 +50,62 @@ func BenchmarkStore(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkRedisMemory measures what Redis holds per device session and
+// per pending message (100-byte payload): INFO memory's used_memory before
+// and after each step, over 10,000 devices; and MEMORY USAGE of one
+// device's keys, an idempotency key among them. Run it once:
+// go test -run '^$' -bench RedisMemory -benchtime 1x ./socketserver/store/
+func BenchmarkRedisMemory(b *testing.B) {
+	const devices, perDevice = 10000, 10
+	for range b.N {
+		r := redistest.Start(b)
+		rdb := r.Client()
+		st := store.NewRedis(rdb, "m")
+		used := func() float64 {
+			info, err := rdb.InfoMap(ctx, "memory").Result()
+			if err != nil {
+				b.Fatal(err)
+			}
+			var n float64
+			fmt.Sscan(info["Memory"]["used_memory"], &n)
+			return n
+		}
+		device := func(i int) string { return fmt.Sprintf("device-%06d", i) }
+		payload := make([]byte, 100)
+		start := used()
+		for i := range devices {
+			if _, err := st.Hello(ctx, device(i), store.Holder{Server: "socketcluster-7d9f8b6c5-x2x4q", Conn: uint64(i)}, 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		sessions := used()
+		for i := range devices {
+			msgs := make([]store.Outgoing, perDevice)
+			for j := range msgs {
+				msgs[j] = store.Outgoing{Payload: payload}
+			}
+			if _, err := st.EnqueueBatch(ctx, device(i), msgs, store.Limits{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		pending := used()
+		for i := range devices {
+			if _, err := store.Enqueue(ctx, st, device(i), store.Outgoing{Payload: payload, Key: fmt.Sprintf("order-%010d", i)},
+				store.Limits{KeyTTL: 24 * time.Hour}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric((sessions-start)/devices, "B/session")
+		b.ReportMetric((pending-sessions)/(devices*perDevice), "B/pending-msg")
+		for _, k := range []string{"m:{device-000000}:s", "m:{device-000000}:q", "m:{device-000000}:k:order-0000000000"} {
+			n, err := rdb.MemoryUsage(ctx, k).Result()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Logf("MEMORY USAGE %s = %d bytes (%d messages of 100 bytes in the outbox)", k, n, perDevice+1)
+		}
 	}
 }

@@ -272,13 +272,13 @@ func (m *Memory) Release(_ context.Context, device string, h Holder) error {
 	return nil
 }
 
-func (m *Memory) Epochs(_ context.Context, devices []string) ([]uint64, error) {
+func (m *Memory) Audit(_ context.Context, devices []string) ([]AuditInfo, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]uint64, len(devices))
+	out := make([]AuditInfo, len(devices))
 	for i, dv := range devices {
 		if d := m.devices[dv]; d != nil {
-			out[i] = d.epoch
+			out[i] = AuditInfo{Epoch: d.epoch, AckedSeq: d.acked, Pending: d.seq - d.acked}
 		}
 	}
 	return out, nil

@@ -397,20 +397,23 @@ func (r *Redis) Release(ctx context.Context, device string, h Holder) error {
 	return r.batch.run(ctx, releaseScript, []string{r.sessionKey(device)}, h.Server, strconv.FormatUint(h.Conn, 10)).Err()
 }
 
-func (r *Redis) Epochs(ctx context.Context, devices []string) ([]uint64, error) {
-	cmds := make([]*redis.StringCmd, len(devices))
+func (r *Redis) Audit(ctx context.Context, devices []string) ([]AuditInfo, error) {
+	cmds := make([]*redis.SliceCmd, len(devices))
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, d := range devices {
-			cmds[i] = p.HGet(ctx, r.sessionKey(d), "epoch")
+			cmds[i] = p.HMGet(ctx, r.sessionKey(d), "epoch", "acked", "seq")
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if err != nil {
 		return nil, err
 	}
-	out := make([]uint64, len(devices))
+	out := make([]AuditInfo, len(devices))
 	for i, c := range cmds {
-		out[i], _ = strconv.ParseUint(c.Val(), 10, 64)
+		v := c.Val()
+		num := func(j int) uint64 { s, _ := v[j].(string); n, _ := strconv.ParseUint(s, 10, 64); return n }
+		acked, seq := num(1), num(2)
+		out[i] = AuditInfo{Epoch: num(0), AckedSeq: acked, Pending: seq - min(acked, seq)}
 	}
 	return out, nil
 }

@@ -83,6 +83,13 @@ type DeviceInfo struct {
 	State        json.RawMessage `json:"state"`
 }
 
+// AuditInfo is what Audit reports about one device.
+type AuditInfo struct {
+	Epoch    uint64
+	AckedSeq uint64
+	Pending  uint64
+}
+
 // Handler receives what other servers (or this one) send to this server.
 // Calls come from one goroutine and must not block.
 type Handler interface {
@@ -126,9 +133,10 @@ type Store interface {
 	Reclaim(ctx context.Context, device string, h Holder, epoch, pubID uint64) error
 	// Release gives up ownership if h still holds the device.
 	Release(ctx context.Context, device string, h Holder) error
-	// Epochs returns the current epoch of each device (0: the store does
-	// not know the session).
-	Epochs(ctx context.Context, devices []string) ([]uint64, error)
+	// Audit returns each device's epoch (0: the store does not know the
+	// session), cumulative ACK and number of unacknowledged messages, for
+	// the server's periodic check of the sessions it holds.
+	Audit(ctx context.Context, devices []string) ([]AuditInfo, error)
 	SetState(ctx context.Context, device string, state json.RawMessage) error
 	Device(ctx context.Context, device string) (DeviceInfo, error)
 	// Subscribe routes notifications for server to h until ctx ends.

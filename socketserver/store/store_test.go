@@ -120,6 +120,10 @@ func TestOutboxAckAndLastSeq(t *testing.T) {
 		if ms, _ := st.Pending(ctx, "d", 0, 100); fmt.Sprint(rel(base, ms)) != "[5]" {
 			t.Fatalf("pending after ack 4: %v", rel(base, ms))
 		}
+		// The audit sees the same cursor and backlog as the device's readers.
+		if a, err := st.Audit(ctx, []string{"d"}); err != nil || a[0] != (store.AuditInfo{Epoch: s.Epoch, AckedSeq: base + 4, Pending: 1}) {
+			t.Fatalf("audit after ack 4: %+v %v", a, err)
+		}
 		// A last_seq below the outbox (from an older outbox) acknowledges nothing.
 		if s := hello(t, st, "d", "a", 3); s.AckedSeq != base+4 {
 			t.Fatalf("old last_seq moved the ack to %d", s.AckedSeq-base)
@@ -236,8 +240,8 @@ func TestFencing(t *testing.T) {
 		if info, _ := st.Device(ctx, "d"); info.Connected || info.Server != "" {
 			t.Fatalf("release did not disconnect: %+v", info)
 		}
-		if e, _ := st.Epochs(ctx, []string{"d", "nobody"}); e[0] != cur.Epoch || e[1] != 0 {
-			t.Fatalf("epochs: %v", e)
+		if a, _ := st.Audit(ctx, []string{"d", "nobody"}); a[0].Epoch != cur.Epoch || a[1] != (store.AuditInfo{}) {
+			t.Fatalf("audit: %+v", a)
 		}
 	})
 }

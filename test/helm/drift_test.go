@@ -9,8 +9,8 @@ import (
 )
 
 // TestChartCopiesMatchConfig keeps the chart's copies of the generated CRDs
-// and RBAC rules identical to config/, which controller-gen writes from the
-// operator's markers.
+// and RBAC rules (controller-gen writes them from the operator's markers),
+// the alerts and the dashboard identical to config/.
 func TestChartCopiesMatchConfig(t *testing.T) {
 	const fix = "run make chart-sync"
 	crds := func(dir string) []string {
@@ -27,7 +27,11 @@ func TestChartCopiesMatchConfig(t *testing.T) {
 	if !slices.Equal(generated, copied) {
 		t.Fatalf("chart CRDs %v, config/crd/bases %v: %s", copied, generated, fix)
 	}
-	pairs := map[string]string{filepath.Join(configDir, "rbac", "role.yaml"): filepath.Join(chartDir, "files", "rbac", "role.yaml")}
+	pairs := map[string]string{
+		filepath.Join(configDir, "rbac", "role.yaml"):                       filepath.Join(chartDir, "files", "rbac", "role.yaml"),
+		filepath.Join(configDir, "prometheus", "rules.yaml"):                filepath.Join(chartDir, "files", "prometheus", "rules.yaml"),
+		filepath.Join(configDir, "grafana", "socketcluster-dashboard.json"): filepath.Join(chartDir, "files", "grafana", "socketcluster-dashboard.json"),
+	}
 	for _, name := range generated {
 		pairs[filepath.Join(configDir, "crd", "bases", name)] = filepath.Join(chartDir, "files", "crds", name)
 	}

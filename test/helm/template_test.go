@@ -2,6 +2,7 @@ package helm
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -309,6 +310,34 @@ func TestOptionalKnobs(t *testing.T) {
 		if (o.GetKind() == "Service" || o.GetKind() == "Deployment") && len(o.GetName()) > 63 {
 			t.Errorf("%s name %q is longer than 63 characters", o.GetKind(), o.GetName())
 		}
+	}
+}
+
+// The alerts and the dashboard (off by default: see the default case of
+// TestTemplate) are config/'s, the dashboard with the sidecar's label.
+func TestMonitoringKnobs(t *testing.T) {
+	objs := render(t, "--set", "prometheusRule.enabled=true", "--set", "prometheusRule.labels.release=kps",
+		"--set", "grafanaDashboard.enabled=true", "--set", "grafanaDashboard.namespace=monitoring", "--set", "metrics.podMonitor.enabled=true")
+	rule := only(t, objs, "PrometheusRule", releaseNamespace)
+	want := readYAMLFile(t, filepath.Join(configDir, "prometheus", "rules.yaml"))
+	if !reflect.DeepEqual(rule.Object["spec"], want.Object["spec"]) {
+		t.Error("the chart's PrometheusRule spec differs from config/prometheus/rules.yaml")
+	}
+	if rule.GetLabels()["release"] != "kps" {
+		t.Errorf("prometheusRule.labels not applied: %v", rule.GetLabels())
+	}
+	cm := only(t, objs, "ConfigMap", "monitoring")
+	dashboard, err := os.ReadFile(filepath.Join(configDir, "grafana", "socketcluster-dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _, _ := unstructured.NestedString(cm.Object, "data", "socketcluster-dashboard.json")
+	if cm.GetLabels()["grafana_dashboard"] != "1" || strings.TrimSpace(data) != strings.TrimSpace(string(dashboard)) {
+		t.Errorf("dashboard ConfigMap: labels %v, data equal to config/grafana: %v", cm.GetLabels(), strings.TrimSpace(data) == strings.TrimSpace(string(dashboard)))
+	}
+	pm := only(t, objs, "PodMonitor", releaseNamespace)
+	if all, _, _ := unstructured.NestedBool(pm.Object, "spec", "namespaceSelector", "any"); !all {
+		t.Error("the PodMonitor does not watch every namespace")
 	}
 }
 
