@@ -15,14 +15,14 @@ all: build
 
 .PHONY: run-server
 run-server: ## Run a socketserver on the embedded store, on 127.0.0.1, without device or API auth (development only).
-	$(GO) run ./cmd/socketserver --insecure-no-auth --insecure-no-api-auth --tcp-addr 127.0.0.1:7000 --ws-addr 127.0.0.1:8080 --admin-addr 127.0.0.1:9090
+	$(GO) run ./cmd/socketserver --insecure-no-auth --insecure-no-api-auth --tcp-addr 127.0.0.1:7000 --ws-addr 127.0.0.1:8080 --grpc-addr 127.0.0.1:7001 --grpc-reflection --admin-addr 127.0.0.1:9090
 
 .PHONY: envtest-assets
 envtest-assets: ## Build kube-apiserver and etcd for envtest from the Go module proxy (cached).
 	@K8S_VERSION=$(K8S_VERSION) COMPONENTS="kube-apiserver kubectl" hack/build-k8s-binaries.sh >/dev/null
 
 .PHONY: test
-test: envtest-assets verify-generated test-js ## Run every test (unit, race, Redis, envtest, JavaScript client, kiosk in Chromium) and print the summary.
+test: envtest-assets verify-generated verify-proto test-js ## Run every test (unit, race, Redis, envtest, JavaScript client, kiosk in Chromium) and print the summary.
 	KUBEBUILDER_ASSETS=$$(K8S_VERSION=$(K8S_VERSION) COMPONENTS="kube-apiserver kubectl" hack/build-k8s-binaries.sh) \
 	HELM=$$(hack/helm.sh) \
 	$(GOTESTSUM) --format pkgname-and-test-fails -- -race -timeout 30m $(TEST_PKGS)
@@ -76,6 +76,16 @@ verify-generated: ## Fail when the committed generated files differ from what ma
 	diff -u api/v1alpha1/zz_generated.deepcopy.go $$tmp/object/zz_generated.deepcopy.go || \
 	{ echo "generated files are stale: run make manifests generate and commit the result" >&2; exit 1; }
 
+.PHONY: proto
+proto: ## Generate the Go code of proto/ (socketserver/scpv1); needs protoc (apt-get install protobuf-compiler).
+	hack/protoc.sh
+
+.PHONY: verify-proto
+verify-proto: ## Fail when the committed Go code of proto/ differs from what make proto would write.
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && hack/protoc.sh $$tmp && \
+	diff -ru socketserver/scpv1 $$tmp/socketserver/scpv1 || \
+	{ echo "generated protobuf code is stale: run make proto and commit the result" >&2; exit 1; }
+
 .PHONY: run
 run: ## Run the operator against the current kubeconfig's cluster (install the CRD first).
 	SOCKETSERVER_IMAGE=$${SOCKETSERVER_IMAGE:-$(IMG)} $(GO) run ./cmd/manager --metrics-bind-address=127.0.0.1:8082 --metrics-secure=false --health-probe-bind-address=:8083
@@ -113,9 +123,9 @@ bench: ## Go benchmarks, then a bounded load run against servers and a Redis it 
 BENCH_MEMORY_STEPS ?= 1000 5000 10000 19000
 
 .PHONY: bench-memory
-bench-memory: ## Idle memory per connection at each of BENCH_MEMORY_STEPS connections, TCP, WebSocket and SSE (needs redis-server).
+bench-memory: ## Idle memory per connection at each of BENCH_MEMORY_STEPS connections, TCP, WebSocket, SSE and gRPC (needs redis-server).
 	$(GO) build -o bin/ ./cmd/socketserver ./cmd/socketbench
-	@for t in tcp ws sse; do for n in $(BENCH_MEMORY_STEPS); do \
+	@for t in tcp ws sse grpc; do for n in $(BENCH_MEMORY_STEPS); do \
 	  printf '%-4s %6d  ' $$t $$n; \
 	  bin/socketbench --spawn-servers 1 --server-bin bin/socketserver --transport $$t --connections $$n \
 	    --deliver-rate 0 --publish-rate 0 --duration 1s --settle 5s 2>/dev/null | grep '^server ' | sed 's/^server [^ ]* *//' \

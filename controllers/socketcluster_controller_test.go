@@ -300,6 +300,10 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
   listeners: {adminPort: 8080}`, "listeners.tcp.port, listeners.websocket.port and listeners.adminPort must all be different"},
+		{"grpc on the tcp port", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  listeners: {grpc: {enabled: true, port: 7000}}`, "listeners.grpc.port must differ from listeners.tcp.port, listeners.websocket.port and listeners.adminPort"},
 		{"cluster ip with traffic policy", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}

@@ -94,18 +94,20 @@ func serverBinary(t *testing.T) string {
 }
 
 type proc struct {
-	cmd              *exec.Cmd
-	tcp, admin, name string
-	exited           chan error
+	cmd                    *exec.Cmd
+	tcp, grpc, admin, name string
+	exited                 chan error
 }
 
-func (p *proc) Addrs() socketserver.Addrs { return socketserver.Addrs{TCP: p.tcp, Admin: p.admin} }
+func (p *proc) Addrs() socketserver.Addrs {
+	return socketserver.Addrs{TCP: p.tcp, GRPC: p.grpc, Admin: p.admin}
+}
 
 func startProc(t *testing.T, redisAddr, name string, extra ...string) *proc {
 	t.Helper()
 	keyFile := filepath.Join(t.TempDir(), "key")
 	_ = os.WriteFile(keyFile, append(testKey, '\n'), 0o600)
-	args := []string{"--tcp-addr", "127.0.0.1:0", "--ws-addr", "", "--admin-addr", "127.0.0.1:0",
+	args := []string{"--tcp-addr", "127.0.0.1:0", "--ws-addr", "", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
 		"--redis-addr", redisAddr, "--redis-prefix", "t", "--pod-name", name, "--auth-key-file", keyFile}
 	if !slices.ContainsFunc(extra, func(a string) bool { return strings.HasPrefix(a, "--api-token-file") }) {
 		args = append(args, "--insecure-no-api-auth") // the API is open unless the test gives a token
@@ -117,20 +119,17 @@ func startProc(t *testing.T, redisAddr, name string, extra ...string) *proc {
 		t.Fatal(err)
 	}
 	p := &proc{cmd: cmd, name: name, exited: make(chan error, 1)}
-	addrs := make(chan [2]string, 1)
+	addrs := make(chan map[string]string, 1)
 	go func() {
-		re := regexp.MustCompile(`listening (tcp|admin)=(\S+?)"?$`)
-		var tcp, admin string
+		// The admin listener is logged last.
+		re := regexp.MustCompile(`listening (tcp|grpc|admin)=(\S+?)"?$`)
+		bound := map[string]string{}
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			if m := re.FindStringSubmatch(sc.Text()); m != nil {
-				if m[1] == "tcp" {
-					tcp = m[2]
-				} else {
-					admin = m[2]
-				}
-				if tcp != "" && admin != "" {
-					addrs <- [2]string{tcp, admin}
+				bound[m[1]] = m[2]
+				if m[1] == "admin" {
+					addrs <- bound
 				}
 			}
 		}
@@ -139,23 +138,29 @@ func startProc(t *testing.T, redisAddr, name string, extra ...string) *proc {
 	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	select {
 	case a := <-addrs:
-		p.tcp, p.admin = a[0], a[1]
+		p.tcp, p.grpc, p.admin = a["tcp"], a["grpc"], a["admin"]
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s did not start", name)
 	}
 	return p
 }
 
-// A server killed with SIGKILL: its devices resume on the other one and
-// nothing acknowledged is lost.
+// A server killed with SIGKILL: its devices, on TCP or gRPC, resume on the
+// other one and nothing acknowledged is lost.
 func TestKillNineResumesElsewhere(t *testing.T) {
+	for _, transport := range []string{"tcp", "grpc"} {
+		t.Run(transport, func(t *testing.T) { testKillNine(t, transport) })
+	}
+}
+
+func testKillNine(t *testing.T, transport string) {
 	r := redistest.Start(t)
 	a := startProc(t, r.Addr, "pod-a")
 	b := startProc(t, r.Addr, "pod-b")
 	var mu sync.Mutex
-	targets := []string{a.tcp}
+	targets := []string{deviceAddr(a.Addrs(), transport)}
 	addrs := func() []string { mu.Lock(); defer mu.Unlock(); return targets }
-	f := newFleet(200, addrs)
+	f := newFleet(200, transport, addrs)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
@@ -167,7 +172,7 @@ func TestKillNineResumesElsewhere(t *testing.T) {
 	f.backend(bctx, t, &bwg, backend, 4)
 	time.Sleep(300 * time.Millisecond)
 	mu.Lock()
-	targets = []string{b.tcp}
+	targets = []string{deviceAddr(b.Addrs(), transport)}
 	mu.Unlock()
 	_ = a.cmd.Process.Signal(syscall.SIGKILL)
 	<-a.exited

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
 
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
@@ -25,22 +27,26 @@ import (
 // Config is the server's configuration; zero values take the contract's defaults.
 type Config struct {
 	TCPAddr, WSAddr, AdminAddr string
-	DisableSSE                 bool // no /sse paths on the WebSocket listener
-	ServerName                 string
-	AuthKey                    []byte
-	InsecureNoAuth             bool
-	APIToken                   string
-	InsecureNoAPIAuth          bool // New refuses an empty APIToken unless set
-	HeartbeatInterval          time.Duration
-	HeartbeatTimeout           time.Duration
-	HelloTimeout               time.Duration
-	DrainTimeout               time.Duration
-	DrainRate                  float64
-	DrainJitter                time.Duration
-	MaxFrameBytes              int
-	MaxConnections             int
-	MaxPending                 int
-	TLS                        *tls.Config
+	// GRPCAddr is the gRPC listener (scp.v1.Device); "" = none.
+	GRPCAddr string
+	// GRPCReflection offers gRPC server reflection on it.
+	GRPCReflection    bool
+	DisableSSE        bool // no /sse paths on the WebSocket listener
+	ServerName        string
+	AuthKey           []byte
+	InsecureNoAuth    bool
+	APIToken          string
+	InsecureNoAPIAuth bool // New refuses an empty APIToken unless set
+	HeartbeatInterval time.Duration
+	HeartbeatTimeout  time.Duration
+	HelloTimeout      time.Duration
+	DrainTimeout      time.Duration
+	DrainRate         float64
+	DrainJitter       time.Duration
+	MaxFrameBytes     int
+	MaxConnections    int
+	MaxPending        int
+	TLS               *tls.Config
 	// WriteTimeout bounds one socket write: a device that stops reading is cut.
 	WriteTimeout time.Duration
 	// StoreTimeout bounds one store operation.
@@ -111,7 +117,7 @@ func (c *Config) setDefaults() {
 }
 
 // Addrs are the addresses the listeners are bound to.
-type Addrs struct{ TCP, WS, Admin string }
+type Addrs struct{ TCP, WS, GRPC, Admin string }
 
 // Server is one socket server process (one pod).
 type Server struct {
@@ -143,13 +149,15 @@ type Server struct {
 	// handshakes holds a slot per TLS or WebSocket handshake in progress.
 	handshakes chan struct{}
 
-	listeners []net.Listener
-	sseUp     *sseUpstream // nil without SSE
-	admin     *http.Server
-	addrs     Addrs
-	ctx       context.Context
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	listeners  []net.Listener
+	grpc       *grpc.Server // nil without GRPCAddr
+	grpcHealth *health.Server
+	sseUp      *sseUpstream // nil without SSE
+	admin      *http.Server
+	addrs      Addrs
+	ctx        context.Context
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
 }
 
 // New builds a server on st. Nothing listens until Start.
@@ -223,6 +231,11 @@ func (s *Server) Start() error {
 		*e.bound(&s.addrs) = l.Addr().String()
 		s.wg.Add(1)
 		go s.acceptLoop(l, e.factory)
+	}
+	if s.cfg.GRPCAddr != "" {
+		if err := s.startGRPC(); err != nil {
+			return err
+		}
 	}
 	if s.cfg.AdminAddr != "" {
 		l, err := net.Listen("tcp", s.cfg.AdminAddr)
@@ -615,6 +628,7 @@ func (s *Server) DrainAfter(delay time.Duration) <-chan struct{} {
 	}
 	s.drainOnce.Do(func() {
 		s.draining.Store(true)
+		s.grpcNotReady()
 		s.metrics.drains.Inc()
 		s.metrics.drainStarted.Set(float64(time.Now().UnixMilli()) / 1e3)
 		s.metrics.drainDelay.Set(max(delay, 0).Seconds())
@@ -642,6 +656,9 @@ func (s *Server) drain() {
 	s.goingAway.Store(true)
 	start := time.Now()
 	deadline := start.Add(s.cfg.DrainTimeout)
+	// Once every device had its GOAWAY frame and left (or the timeout
+	// passed), gRPC's own graceful stop ends what remains of its connections.
+	defer s.stopGRPC(deadline)
 	if !s.goAwayPaced(s.sessions.all(), nil) {
 		return
 	}
@@ -752,6 +769,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, c := range conns {
 		c.close(ReasonShutdown)
 	}
+	s.stopGRPC(time.Now().Add(finalFlushTimeout))
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	var err error

@@ -13,13 +13,14 @@ import (
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 )
 
-// simDevice is a well-behaved device on raw TCP: it resumes with last_seq,
+// simDevice is a well-behaved device on raw TCP or gRPC: it resumes with last_seq,
 // ACKs what it processed, honours GOAWAY hints and reconnects to another
 // address. It records violations of the contract instead of failing, so
 // that thousands can run at once.
 type simDevice struct {
-	name  string
-	addrs func() []string // candidate servers, tried in order from a random start
+	name      string
+	transport string          // "tcp" or "grpc"
+	addrs     func() []string // candidate servers, tried in order from a random start
 
 	mu         sync.Mutex
 	last       uint64 // highest seq processed, in order
@@ -71,20 +72,18 @@ func (d *simDevice) run(ctx context.Context) {
 
 // session runs one connection; it returns how long to wait before the next.
 func (d *simDevice) session(ctx context.Context, addr string, lost *time.Time) (time.Duration, error) {
-	nc, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	l, err := dialLink(d.transport, addr)
 	if err != nil {
 		return 0, err
 	}
-	defer nc.Close()
-	stop := context.AfterFunc(ctx, func() { nc.Close() })
+	defer l.close()
+	stop := context.AfterFunc(ctx, l.close)
 	defer stop()
 	var wmu sync.Mutex
 	write := func(b []byte) error {
 		wmu.Lock()
 		defer wmu.Unlock()
-		_ = nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		_, err := nc.Write(b)
-		return err
+		return l.write(b)
 	}
 	last, _ := d.state()
 	hello := protocol.MustJSON(protocol.Hello{Protocol: 1, Device: d.name, Token: token(d.name, time.Hour), LastSeq: last})
@@ -103,7 +102,6 @@ func (d *simDevice) session(ctx context.Context, addr string, lost *time.Time) (
 			}
 		}
 	}()
-	r := protocol.NewReader(nc, 1<<20, 4096)
 	var out []byte
 	defer func() {
 		d.mu.Lock()
@@ -111,8 +109,7 @@ func (d *simDevice) session(ctx context.Context, addr string, lost *time.Time) (
 		d.mu.Unlock()
 	}()
 	for {
-		_ = nc.SetReadDeadline(time.Now().Add(15 * time.Second))
-		typ, body, err := r.ReadFrame()
+		typ, body, err := l.read()
 		if err != nil {
 			return 0, err
 		}
@@ -149,7 +146,7 @@ func (d *simDevice) session(ctx context.Context, addr string, lost *time.Time) (
 				d.fail("gap: got seq %d after %d", seq, gap)
 				d.mu.Lock()
 			}
-			if !r.Buffered() && d.last > d.acked {
+			if !l.buffered() && d.last > d.acked {
 				d.acked = d.last
 				out = protocol.AppendSeqFrame(out, protocol.TypeAck, d.last, nil)
 			}
@@ -188,3 +185,42 @@ func (d *simDevice) session(ctx context.Context, addr string, lost *time.Time) (
 		}
 	}
 }
+
+// link is a device's connection as simDevice sees it: frames as on TCP,
+// whatever the transport.
+type link interface {
+	write(frames []byte) error // one or more length-prefixed frames
+	read() (typ byte, body []byte, err error)
+	buffered() bool
+	close()
+}
+
+func dialLink(transport, addr string) (link, error) {
+	if transport == "grpc" {
+		return dialGRPCLink(addr)
+	}
+	nc, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return tcpLink{nc, protocol.NewReader(nc, 1<<20, 4096)}, nil
+}
+
+type tcpLink struct {
+	nc net.Conn
+	r  *protocol.Reader
+}
+
+func (l tcpLink) write(b []byte) error {
+	_ = l.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err := l.nc.Write(b)
+	return err
+}
+
+func (l tcpLink) read() (byte, []byte, error) {
+	_ = l.nc.SetReadDeadline(time.Now().Add(15 * time.Second))
+	return l.r.ReadFrame()
+}
+
+func (l tcpLink) buffered() bool { return l.r.Buffered() }
+func (l tcpLink) close()         { _ = l.nc.Close() }

@@ -96,5 +96,5 @@ func transportNames() []string {
 	for _, e := range endpoints {
 		names = append(names, e.transports...)
 	}
-	return names
+	return append(names, grpcName) // served by gRPC, not an accept loop
 }

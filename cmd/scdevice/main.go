@@ -34,8 +34,9 @@ const usage = `Usage:
   scdevice --token-for NAME --key-file FILE  print a token for NAME and exit
 
 scdevice keeps a session with a socket cluster over TCP (--addr host:port),
-WebSocket (ws://host:port/ws, wss://…) or Server-Sent Events
-(http://host:port/sse, https://…). It prints each delivery on stdout as
+WebSocket (ws://host:port/ws, wss://…), Server-Sent Events
+(http://host:port/sse, https://…) or gRPC (grpc://host:port, grpcs://…).
+It prints each delivery on stdout as
 "seq=N payload" and publishes each line of stdin as one message.
 On stderr it reports connects, PUBACKs ("puback id=N"), every failed
 connection attempt with the wait before the next one (refused connections,
@@ -77,7 +78,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fs.PrintDefaults()
 	}
 	addr := fs.String("addr", "127.0.0.1:7000", "server: host:port (TCP), ws://host:port/ws, wss://host:port/ws (WebSocket),\n"+
-		"http://host:port/sse or https://host:port/sse (Server-Sent Events)")
+		"http://host:port/sse or https://host:port/sse (Server-Sent Events), grpc://host:port or grpcs://host:port (gRPC)")
 	device := fs.String("device", "", "device name")
 	token := fs.String("token", "", "device token (JWT)")
 	keyFile := fs.String("key-file", "", "device key: sign a fresh HS256 token (sub=device) for every connection")
@@ -85,7 +86,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	tokenFor := fs.String("token-for", "", "only print a token for this device, signed with --key-file")
 	lastSeq := fs.Uint64("last-seq", 0, "highest seq already processed (sent in HELLO)")
 	useTLS := fs.Bool("tls", false, "TLS on the TCP address")
-	caFile := fs.String("ca-file", "", "CA bundle to verify the server (TLS, wss, https)")
+	caFile := fs.String("ca-file", "", "CA bundle to verify the server (TLS, wss, https, grpcs)")
 	stay := fs.Bool("stay", false, "keep running after stdin ends (default: exit once its lines are acknowledged)")
 	wait := fs.Duration("wait", 10*time.Second, "once stdin has ended, give up (exit 1) when this long passes without a PUBACK\n"+
 		"while lines are unacknowledged or no session was made yet; 0 waits forever")

@@ -142,7 +142,7 @@ func writeKey(t *testing.T, key string) string {
 // ports until the test ends.
 func startServer(t *testing.T, mod func(*socketserver.Config)) *socketserver.Server {
 	t.Helper()
-	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		ServerName: "server-a", AuthKey: []byte(deviceKey), APIToken: apiToken}
 	if mod != nil {
 		mod(&cfg)
@@ -201,6 +201,7 @@ func TestDeviceReceivesAndPublishes(t *testing.T) {
 		{"tcp", srv.Addrs().TCP},
 		{"ws", "ws://" + srv.Addrs().WS + "/ws"},
 		{"sse", "http://" + srv.Addrs().WS + "/sse"},
+		{"grpc", "grpc://" + srv.Addrs().GRPC},
 	} {
 		t.Run(tc.transport, func(t *testing.T) {
 			device := "store-1-" + tc.transport
@@ -244,6 +245,16 @@ func TestNothingListening(t *testing.T) {
 
 	t.Run("SSE", func(t *testing.T) {
 		url := "http://" + addr + "/sse"
+		c := startCLI(t, "--addr", url, "--device", "store-1", "--wait", "200ms")
+		c.write(t, "sale 1\n")
+		c.stderr.waitFor(t, "stderr", "scdevice: connect "+url+": connection refused; retrying in ")
+		if code := c.exit(t); code != 1 {
+			t.Fatalf("exit code %d, want 1; stderr:\n%s", code, c.stderr)
+		}
+	})
+
+	t.Run("gRPC", func(t *testing.T) {
+		url := "grpc://" + addr
 		c := startCLI(t, "--addr", url, "--device", "store-1", "--wait", "200ms")
 		c.write(t, "sale 1\n")
 		c.stderr.waitFor(t, "stderr", "scdevice: connect "+url+": connection refused; retrying in ")

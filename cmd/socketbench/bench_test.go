@@ -98,7 +98,7 @@ const testToken = "bench-test-token"
 
 func startTestServer(t *testing.T) *socketserver.Server {
 	t.Helper()
-	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		ServerName: "server-a", InsecureNoAuth: true, APIToken: testToken}, store.NewMemory(), logr.Discard())
 	if err != nil {
 		t.Fatal(err)
@@ -113,11 +113,11 @@ func startTestServer(t *testing.T) *socketserver.Server {
 // A worker against a real in-process server: every device connects, and
 // every accepted message and publish is accounted for.
 func TestWorkerAccountsForEveryMessage(t *testing.T) {
-	for _, transport := range []string{"tcp", "ws", "sse"} {
+	for _, transport := range []string{"tcp", "ws", "sse", "grpc"} {
 		t.Run(transport, func(t *testing.T) {
 			srv := startTestServer(t)
 			addr := map[string]string{"tcp": srv.Addrs().TCP, "ws": "ws://" + srv.Addrs().WS + "/ws",
-				"sse": "http://" + srv.Addrs().WS + "/sse"}[transport]
+				"sse": "http://" + srv.Addrs().WS + "/sse", "grpc": "grpc://" + srv.Addrs().GRPC}[transport]
 			r := runTestWorker(t, srv, addr, "", 1)
 			if r.AmbiguousSends != 0 || r.SendRetries != 0 || r.DuplicateAnswers != 0 {
 				t.Fatalf("ambiguous %d retries %d duplicates %d on a healthy server", r.AmbiguousSends, r.SendRetries, r.DuplicateAnswers)
@@ -194,7 +194,8 @@ func TestStormFlag(t *testing.T) {
 		{args: []string{"--spawn-servers", "1", "--storm"}, err: "at least two servers"},
 		{args: []string{"--addrs", "a:1", "--admin-addrs", "a:2", "--storm"}, err: "at least two servers"},
 		{args: append(two, "--transport", "sse", "--storm=kill"), want: stormKill},
-		{args: append(two, "--transport", "grpc"), err: "tcp, ws or sse"},
+		{args: append(two, "--transport", "grpc", "--storm=kill"), want: stormKill},
+		{args: append(two, "--transport", "mqtt"), err: "tcp, ws, sse or grpc"},
 	} {
 		o, err := parseFlags(c.args)
 		switch {
@@ -371,6 +372,7 @@ func TestSourceIPs(t *testing.T) {
 		{[]string{"--addrs", "localhost:7000", "--admin-addrs", "localhost:9090"}, 1},
 		{[]string{"--transport", "ws", "--addrs", "127.0.0.1:8080", "--admin-addrs", "127.0.0.1:9090"}, 1},
 		{[]string{"--transport", "sse", "--addrs", "127.0.0.1:8080", "--admin-addrs", "127.0.0.1:9090"}, 1},
+		{[]string{"--transport", "grpc", "--addrs", "127.0.0.1:8081", "--admin-addrs", "127.0.0.1:9090"}, 1},
 		{[]string{"--addrs", "10.0.0.5:7000,127.0.0.1:7000", "--admin-addrs", "10.0.0.5:9090,127.0.0.1:9090"}, 0},
 		{[]string{"--addrs", "10.0.0.5:7000", "--admin-addrs", "10.0.0.5:9090", "--source-ips", "2"}, 2},
 	} {

@@ -93,7 +93,7 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("socketbench", flag.ContinueOnError)
 	fs.IntVar(&o.connections, "connections", 1000, "device connections to open")
-	fs.StringVar(&o.transport, "transport", "tcp", "tcp, ws (WebSocket) or sse (Server-Sent Events: a GET stream, ACK and PUBLISH as POSTs)")
+	fs.StringVar(&o.transport, "transport", "tcp", "tcp, ws (WebSocket), sse (Server-Sent Events: a GET stream, ACK and PUBLISH as POSTs) or grpc (scp.v1.Device/Connect)")
 	fs.StringVar(&o.addrs, "addrs", "", "device addresses of existing servers, comma-separated (host:port; for ws and sse the WebSocket listener's host:port)")
 	fs.StringVar(&o.admins, "admin-addrs", "", "admin addresses of those servers, same order")
 	fs.IntVar(&o.spawn, "spawn-servers", 0, "start this many socketservers on 127.0.0.1 (with a Redis) instead of --addrs")
@@ -135,8 +135,8 @@ func parseFlags(args []string) (*options, error) {
 	switch {
 	case o.connections < 1:
 		return nil, errors.New("--connections must be at least 1")
-	case o.transport != "tcp" && o.transport != "ws" && o.transport != "sse":
-		return nil, errors.New("--transport is tcp, ws or sse")
+	case o.transport != "tcp" && o.transport != "ws" && o.transport != "sse" && o.transport != "grpc":
+		return nil, errors.New("--transport is tcp, ws, sse or grpc")
 	case o.spawn == 0 && o.addrs == "":
 		return nil, errors.New("give --addrs and --admin-addrs, or --spawn-servers N")
 	case (o.storm == stormKill || o.storm == stormRestart) && o.spawn == 0:
@@ -310,9 +310,12 @@ func (b *bench) setup(ctx context.Context) error {
 			return err
 		}
 		for _, s := range b.servers {
-			if o.transport == "ws" || o.transport == "sse" {
+			switch o.transport {
+			case "ws", "sse":
 				hostPorts = append(hostPorts, s.addrs.WS)
-			} else {
+			case "grpc":
+				hostPorts = append(hostPorts, s.addrs.GRPC)
+			default:
 				hostPorts = append(hostPorts, s.addrs.TCP)
 			}
 			b.admins = append(b.admins, s.addrs.Admin)
@@ -330,6 +333,8 @@ func (b *bench) setup(ctx context.Context) error {
 			hp = "ws://" + hp + "/ws"
 		case "sse":
 			hp = "http://" + hp + "/sse"
+		case "grpc":
+			hp = "grpc://" + hp
 		}
 		b.addrs = append(b.addrs, hp)
 	}

@@ -22,6 +22,7 @@ spec:
     tcp: {port: 7001}
     websocket: {port: 8443}
     sse: {enabled: false}
+    grpc: {enabled: true, port: 50051}
     adminPort: 9091
     tls: {secretName: fleet-tls}
   redis:
@@ -55,6 +56,7 @@ spec:
 		{"tcp addr", c.TCPAddr, ":7001"},
 		{"ws addr", c.WSAddr, ":8443"},
 		{"sse disabled", c.DisableSSE, true},
+		{"grpc addr", c.GRPCAddr, ":50051"},
 		{"admin addr", c.AdminAddr, ":9091"},
 		{"redis addr", o.redisAddr, "s-0:26379,s-1:26379"},
 		{"redis mode", o.redisMode, "sentinel"},

@@ -50,6 +50,8 @@ func parseFlags(args []string) (*options, error) {
 	d := socketserver.DefaultConfig()
 	fs.StringVar(&c.TCPAddr, "tcp-addr", d.TCPAddr, "TCP listener for devices (length-prefixed frames); empty disables")
 	fs.StringVar(&c.WSAddr, "ws-addr", d.WSAddr, "WebSocket listener for devices (GET /ws, and GET /sse unless --sse-enabled=false); empty disables")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", d.GRPCAddr, "gRPC listener for devices (scp.v1.Device/Connect); empty disables")
+	fs.BoolVar(&c.GRPCReflection, "grpc-reflection", d.GRPCReflection, "offer gRPC server reflection on the gRPC listener (for tools such as grpcurl)")
 	var sseEnabled bool
 	fs.BoolVar(&sseEnabled, "sse-enabled", !d.DisableSSE, "serve Server-Sent Events (GET /sse, POST /sse/ack, /sse/publish) on the WebSocket listener")
 	fs.StringVar(&c.AdminAddr, "admin-addr", d.AdminAddr, "backend API, probes and metrics; never expose publicly")
@@ -80,7 +82,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&c.MaxPending, "max-pending", d.MaxPending, "unacknowledged messages per device before the backend gets 429")
 	fs.Int64Var(&c.MaxPendingBytes, "max-pending-bytes", d.MaxPendingBytes, "unacknowledged payload bytes per device before the backend gets 429 (0 = unbounded)")
 	fs.DurationVar(&c.IdempotencyWindow, "idempotency-window", d.IdempotencyWindow, "how long a backend's Idempotency-Key is remembered per device")
-	fs.StringVar(&o.tlsCert, "tls-cert-file", "", "TLS certificate for the device listeners")
+	fs.StringVar(&o.tlsCert, "tls-cert-file", "", "TLS certificate for the device listeners (TCP, WebSocket, gRPC)")
 	fs.StringVar(&o.tlsKey, "tls-key-file", "", "TLS key for the device listeners")
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.IntVar(&o.logVerbosity, "v", 0, "log verbosity (1 = per-connection events)")

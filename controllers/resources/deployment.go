@@ -185,6 +185,10 @@ func Args(sc *v1alpha1.SocketCluster) []string {
 	if !SSEEnabled(sc) {
 		args = append(args, "--sse-enabled=false")
 	}
+	// Likewise only when on: the server has no gRPC listener by default.
+	if g := spec.Listeners.GRPC; g.Enabled {
+		args = append(args, fmt.Sprintf("--grpc-addr=:%d", g.Port))
+	}
 	return args
 }
 
@@ -197,13 +201,26 @@ func SSEEnabled(sc *v1alpha1.SocketCluster) bool {
 // DevicePorts are the listeners devices connect to, open to everyone (the
 // NetworkPolicy admits them from anywhere). Every listener but the admin
 // port belongs here. "ws" serves WebSocket and SSE: SSE has no port of its
-// own.
+// own; "grpc" is there when enabled.
 func DevicePorts(sc *v1alpha1.SocketCluster) []corev1.ContainerPort {
 	l := &sc.Spec.Listeners
-	return []corev1.ContainerPort{
+	ports := []corev1.ContainerPort{
 		{Name: "tcp", ContainerPort: l.TCP.Port, Protocol: corev1.ProtocolTCP},
 		{Name: "ws", ContainerPort: l.WebSocket.Port, Protocol: corev1.ProtocolTCP},
 	}
+	if l.GRPC.Enabled {
+		ports = append(ports, corev1.ContainerPort{Name: "grpc", ContainerPort: l.GRPC.Port, Protocol: corev1.ProtocolTCP})
+	}
+	return ports
+}
+
+// devicePortsOfService are the Service ports of DevicePorts, by name.
+func devicePortsOfService(sc *v1alpha1.SocketCluster) []corev1.ServicePort {
+	var out []corev1.ServicePort
+	for _, p := range DevicePorts(sc) {
+		out = append(out, corev1.ServicePort{Name: p.Name, Port: p.ContainerPort, TargetPort: intstr.FromString(p.Name), Protocol: p.Protocol})
+	}
+	return out
 }
 
 // apiTokenFile is where the pods read the admin API token; the server

@@ -327,3 +327,53 @@ func assertOwned(t *testing.T, refs []metav1.OwnerReference, sc *v1alpha1.Socket
 		t.Errorf("owner reference %+v", r)
 	}
 }
+
+// gRPC is off unless spec.listeners.grpc.enabled: only then do the pods
+// get --grpc-addr and a "grpc" port, which the public and headless
+// Services (and so the NetworkPolicy's device ports) carry too.
+func TestGRPCListener(t *testing.T) {
+	for _, tc := range []struct {
+		name, listeners string
+		want            []string // the grpc args
+		port            int32    // 0: no grpc port
+	}{
+		{"default", "", nil, 0},
+		{"disabled", "  listeners: {grpc: {enabled: false, port: 7100}}\n", nil, 0},
+		{"enabled", "  listeners: {grpc: {enabled: true}}\n", []string{"--grpc-addr=:7001"}, 7001},
+		{"port", "  listeners: {grpc: {enabled: true, port: 50051}}\n", []string{"--grpc-addr=:50051"}, 50051},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sc := defaulted(t, minimal+tc.listeners)
+			c := container(t, resources.Deployment(sc, "img", ""))
+			var got []string
+			for _, a := range c.Args {
+				if strings.HasPrefix(a, "--grpc") {
+					got = append(got, a)
+				}
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("gRPC args %q, want %q", got, tc.want)
+			}
+			portOf := func(names map[string]int32) int32 { return names["grpc"] }
+			cports := map[string]int32{}
+			for _, p := range c.Ports {
+				cports[p.Name] = p.ContainerPort
+			}
+			for what, svc := range map[string]*corev1.Service{"service": resources.Service(sc), "headless": resources.HeadlessService(sc)} {
+				ports := map[string]int32{}
+				for _, p := range svc.Spec.Ports {
+					ports[p.Name] = p.Port
+					if p.TargetPort.String() != p.Name {
+						t.Errorf("%s port %s targets %s", what, p.Name, p.TargetPort.String())
+					}
+				}
+				if portOf(ports) != tc.port || ports["tcp"] == 0 || ports["ws"] == 0 {
+					t.Errorf("%s ports %v, want grpc %d next to tcp and ws", what, ports, tc.port)
+				}
+			}
+			if portOf(cports) != tc.port {
+				t.Errorf("container ports %v, want grpc %d", cports, tc.port)
+			}
+		})
+	}
+}

@@ -22,11 +22,8 @@ func HeadlessService(sc *v1alpha1.SocketCluster) *corev1.Service {
 			Type:      corev1.ServiceTypeClusterIP,
 			ClusterIP: corev1.ClusterIPNone,
 			Selector:  SelectorLabels(sc),
-			Ports: []corev1.ServicePort{
-				{Name: "tcp", Port: l.TCP.Port, TargetPort: intstr.FromString("tcp"), Protocol: corev1.ProtocolTCP},
-				{Name: "ws", Port: l.WebSocket.Port, TargetPort: intstr.FromString("ws"), Protocol: corev1.ProtocolTCP},
-				{Name: "admin", Port: l.AdminPort, TargetPort: intstr.FromString("admin"), Protocol: corev1.ProtocolTCP},
-			},
+			Ports: append(devicePortsOfService(sc),
+				corev1.ServicePort{Name: "admin", Port: l.AdminPort, TargetPort: intstr.FromString("admin"), Protocol: corev1.ProtocolTCP}),
 		},
 	}
 }

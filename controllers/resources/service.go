@@ -5,7 +5,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 )
@@ -36,20 +35,18 @@ const AnnotationGKEL4RBS = "cloud.google.com/l4-rbs"
 // a silent drop.
 const AnnotationAzureIdleTimeout = "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout"
 
-// Service is the public entry point: the TCP listener and the WebSocket
-// listener (port "ws", WebSocket and SSE), never the admin API.
+// Service is the public entry point: the TCP listener, the WebSocket
+// listener (port "ws", WebSocket and SSE) and the gRPC one when enabled,
+// never the admin API.
 func Service(sc *v1alpha1.SocketCluster) *corev1.Service {
 	spec := &sc.Spec.Service
 	svc := &corev1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
 		ObjectMeta: objectMeta(sc, sc.Name),
 		Spec: corev1.ServiceSpec{
-			Type:     spec.Type,
-			Selector: SelectorLabels(sc),
-			Ports: []corev1.ServicePort{
-				{Name: "tcp", Port: sc.Spec.Listeners.TCP.Port, TargetPort: intstr.FromString("tcp"), Protocol: corev1.ProtocolTCP},
-				{Name: "ws", Port: sc.Spec.Listeners.WebSocket.Port, TargetPort: intstr.FromString("ws"), Protocol: corev1.ProtocolTCP},
-			},
+			Type:                     spec.Type,
+			Selector:                 SelectorLabels(sc),
+			Ports:                    devicePortsOfService(sc),
 			LoadBalancerSourceRanges: spec.LoadBalancerSourceRanges,
 		},
 	}

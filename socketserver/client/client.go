@@ -37,7 +37,9 @@ type Config struct {
 	// "ws://host:port/ws" / "wss://host:port/ws" for WebSocket, or
 	// "http://host:port/sse" / "https://host:port/sse" for Server-Sent
 	// Events (a GET stream down, HTTP POSTs for ACK and PUBLISH; on the
-	// WebSocket listener).
+	// WebSocket listener), or "grpc://host:port" / "grpcs://host:port" for
+	// gRPC (scp.v1.Device/Connect; grpcs with TLS, from TLS or the
+	// system's roots).
 	Addr   string
 	Device string
 	// Token is sent in every HELLO unless TokenFunc is set; TokenFunc is

@@ -20,7 +20,7 @@ import (
 )
 
 func TestDeliveryInOrderAndAcked(t *testing.T) {
-	for _, transport := range []string{"tcp", "ws", "sse"} {
+	for _, transport := range []string{"tcp", "ws", "sse", "grpc"} {
 		t.Run(transport, func(t *testing.T) {
 			s := startServer(t, "server-a", store.NewMemory(), nil)
 			addr := s.Addrs().TCP
@@ -29,6 +29,8 @@ func TestDeliveryInOrderAndAcked(t *testing.T) {
 				addr = "ws://" + s.Addrs().WS + "/ws"
 			case "sse":
 				addr = sseAddr(s.Addrs().WS)
+			case "grpc":
+				addr = "grpc://" + s.Addrs().GRPC
 			}
 			// Half the messages wait in the outbox, half arrive live.
 			for i := 1; i <= 50; i++ {
@@ -65,14 +67,18 @@ func TestDeliveryInOrderAndAcked(t *testing.T) {
 // through the other; the device resumes there with last_seq and gets each
 // message once, also those sent afterwards through the first server.
 func TestResumeOnAnotherServer(t *testing.T) {
-	for _, transport := range []string{"tcp", "sse"} {
+	for _, transport := range []string{"tcp", "sse", "grpc"} {
 		t.Run(transport, func(t *testing.T) {
 			_, a, b := redisPair(t, nil)
 			listener := func(s *socketserver.Server) string { return s.Addrs().TCP }
 			addr := func(hostPort string) string { return hostPort }
-			if transport == "sse" {
+			switch transport {
+			case "sse":
 				listener = func(s *socketserver.Server) string { return s.Addrs().WS }
 				addr = sseAddr
+			case "grpc":
+				listener = func(s *socketserver.Server) string { return s.Addrs().GRPC }
+				addr = func(hostPort string) string { return "grpc://" + hostPort }
 			}
 			device := "pos-7-" + transport
 			p := newProxy(t, listener(a))

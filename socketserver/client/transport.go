@@ -11,7 +11,8 @@ import (
 
 // transport is how the client reaches the cluster, chosen once by the form
 // of Config.Addr: "host:port" (TCP), "ws://…" or "wss://…" (WebSocket),
-// "http://…/sse" or "https://…/sse" (Server-Sent Events). Each transport is
+// "http://…/sse" or "https://…/sse" (Server-Sent Events), "grpc://…" or
+// "grpcs://…" (scp.v1.Device/Connect). Each transport is
 // one file (transport_*.go).
 type transport interface {
 	// dial makes one connection for s and sends hello, or arranges for the
@@ -55,6 +56,8 @@ func newTransport(c *Client) transport {
 		return wsTransport{c}
 	case strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://"):
 		return newSSETransport(c)
+	case strings.HasPrefix(addr, "grpc://") || strings.HasPrefix(addr, "grpcs://"):
+		return grpcTransport{c}
 	}
 	return tcpTransport{c}
 }

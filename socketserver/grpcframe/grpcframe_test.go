@@ -1,0 +1,63 @@
+package grpcframe
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/socketcluster/socketcluster/socketserver/protocol"
+)
+
+// Every frame survives the trip through its message unchanged, so that a
+// gRPC device sees the bodies a TCP device sees.
+func TestRoundTrip(t *testing.T) {
+	server := []struct {
+		typ  byte
+		body []byte
+	}{
+		{protocol.TypeWelcome, protocol.MustJSON(protocol.Welcome{Server: "pod-a", SessionEpoch: 7, Resumed: true,
+			HeartbeatMs: 15000, LastPublishID: 120, State: []byte(`{"k":[1,2]}`)})},
+		{protocol.TypePing, []byte("p")},
+		{protocol.TypePong, nil},
+		{protocol.TypeDeliver, protocol.AppendSeqFrame(nil, 0, 1796220000000001, []byte("\x00payload"))[5:]},
+		{protocol.TypePubAck, protocol.AppendSeqFrame(nil, 0, 42, nil)[5:]},
+		{protocol.TypeGoAway, protocol.MustJSON(protocol.GoAway{Reason: "draining", ReconnectAfterMs: 1234})},
+		{protocol.TypeError, protocol.MustJSON(protocol.ErrorBody{Code: protocol.CodeServerFull, Message: "full", RetryAfterMs: 1000})},
+	}
+	for _, f := range server {
+		m, err := Server(f.typ, f.body)
+		if err != nil {
+			t.Fatalf("%s: %v", protocol.TypeName(f.typ), err)
+		}
+		typ, body, err := FromServer(m)
+		if err != nil || typ != f.typ || !bytes.Equal(body, f.body) {
+			t.Fatalf("%s: got %s %q (%v), want %q", protocol.TypeName(f.typ), protocol.TypeName(typ), body, err, f.body)
+		}
+	}
+	client := []struct {
+		typ  byte
+		body []byte
+	}{
+		{protocol.TypeHello, protocol.MustJSON(protocol.Hello{Protocol: 1, Device: "store-1", Token: "jwt", LastSeq: 41})},
+		{protocol.TypePing, []byte("hb")},
+		{protocol.TypePong, []byte("x")},
+		{protocol.TypeAck, protocol.AppendSeqFrame(nil, 0, 99, nil)[5:]},
+		{protocol.TypePublish, protocol.AppendSeqFrame(nil, 0, 3, []byte("up"))[5:]},
+	}
+	var num [8]byte
+	for _, f := range client {
+		m, err := Client(f.typ, f.body)
+		if err != nil {
+			t.Fatalf("%s: %v", protocol.TypeName(f.typ), err)
+		}
+		typ, body, err := FromClient(m, &num)
+		if err != nil || typ != f.typ || !bytes.Equal(body, f.body) {
+			t.Fatalf("%s: got %s %q (%v), want %q", protocol.TypeName(f.typ), protocol.TypeName(typ), body, err, f.body)
+		}
+	}
+	if _, err := Client(protocol.TypeWelcome, nil); err == nil {
+		t.Fatal("a WELCOME became a ClientFrame")
+	}
+	if _, err := Server(protocol.TypeHello, nil); err == nil {
+		t.Fatal("a HELLO became a ServerFrame")
+	}
+}
