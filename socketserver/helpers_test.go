@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socketcluster/socketcluster/internal/poll"
+
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/testr"
 	"github.com/golang-jwt/jwt/v5"
@@ -222,11 +224,5 @@ func deviceInfo(t testing.TB, srv target, device string) adminapi.DeviceInfo {
 // the race detector on two cores next to other suites).
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, 30*time.Second, what, poll.True(cond))
 }

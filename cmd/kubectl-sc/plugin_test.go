@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socketcluster/socketcluster/internal/poll"
+
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -229,17 +231,7 @@ func (b *balancer) connect(t *testing.T, device, pinned string) {
 
 func (f *fixture) eventually(what string, cond func() error) {
 	f.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Until(f.t, 30*time.Second, what, cond)
 }
 
 func (f *fixture) connections() []int {

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socketcluster/socketcluster/internal/poll"
+
 	"github.com/go-logr/logr"
 	"github.com/redis/go-redis/v9"
 
@@ -96,16 +98,10 @@ func publishes(t *testing.T, s *socketserver.Server, result string) int {
 	return 0
 }
 
-// eventually polls cond until it holds, failing the test after 10s.
+// eventually polls cond until it holds, failing the test after 30 s.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, 30*time.Second, what, poll.True(cond))
 }
 
 // device is a running client with everything it received and reported.
