@@ -37,6 +37,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/socketcluster/socketcluster/internal/timeline"
 	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 )
 
@@ -52,7 +53,7 @@ type options struct {
 	postBatch, burst                                                   int
 	idleBeforeLoad                                                     time.Duration
 	transport, addrs, admins, serverBin, redisAddr, prefix             string
-	keyFile, apiTokenFile, jsonOut                                     string
+	keyFile, apiTokenFile, jsonOut, timeline                           string
 	connectRate, deliverRate, publishRate                              float64
 	duration, settle, connectTimeout, maxTime, stormAfter              time.Duration
 	drainTimeout, drainJitter                                          time.Duration
@@ -122,6 +123,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.keyFile, "key-file", "", "device key to sign tokens (spawned servers run without auth)")
 	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "bearer token file for the admin API (spawned servers: default a random token)")
 	fs.StringVar(&o.jsonOut, "json", "", "also write the summed results as JSON to this file")
+	fs.StringVar(&o.timeline, "timeline", "", "also draw each server's connections over the run (GET /v1/server every 250 ms) as an SVG in this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -422,6 +424,12 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 		return nil, err
 	}
 	prefix := fmt.Sprintf("bench%d", time.Now().Unix())
+	start := time.Now()
+	var sampled func() []timeline.Series
+	if o.timeline != "" {
+		sampled = b.sampleConnections(ctx, start)
+		defer sampled() // on an early return; it may be called twice
+	}
 	var wg sync.WaitGroup
 	st := &status{workers: workers, progress: make([]progress, workers), results: make([]*Result, workers),
 		ready: make(chan struct{}), resultsIn: make(chan struct{})}
@@ -513,6 +521,10 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 	case <-ctx.Done():
 		fmt.Fprintln(os.Stderr, "socketbench: hard time cap reached; workers are stopped")
 	}
+	var series []timeline.Series
+	if sampled != nil { // before the devices go
+		series = sampled()
+	}
 	for _, in := range stdins { // every worker lets its devices go at once
 		in.Close()
 	}
@@ -531,6 +543,11 @@ func (b *bench) run(ctx context.Context) (*Summary, error) {
 	if b.rdb != nil {
 		if err := b.checkUpstream(startID, prefix+"-", sum); err != nil {
 			fmt.Fprintln(os.Stderr, "socketbench: reading the upstream stream:", err)
+		}
+	}
+	if sampled != nil {
+		if err := b.writeTimeline(series, start, loadStart, sum); err != nil {
+			fmt.Fprintln(os.Stderr, "socketbench: --timeline:", err)
 		}
 	}
 	sum.AckedIDs = nil // checked; too long for the JSON output
