@@ -279,10 +279,10 @@ func TestMQTTSubscribeOnlyOwnInbox(t *testing.T) {
 func TestMQTTRefusals(t *testing.T) {
 	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.MaxFrameBytes = 1024 })
 	for _, c := range []struct {
-		name      string
-		version   byte
-		connect   packets.Packet
-		connack   byte
+		name    string
+		version byte
+		connect packets.Packet
+		connack byte
 	}{
 		{"bad token 3.1.1", 4, connectPacket("d1", "nope"), 5},
 		{"bad token 5.0", 5, connectPacket("d1", "nope"), 0x87},

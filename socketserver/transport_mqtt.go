@@ -96,7 +96,7 @@ type mqttTransport struct {
 
 	// Read loop only.
 	connected bool
-	pubNext   uint64         // the next upstream id
+	pubNext   uint64            // the next upstream id
 	dupIDs    map[uint16]uint64 // packet id -> upstream id of this connection's QoS 1 PUBLISHes
 	scratch   []byte
 	failure   byte // the reason code of the error ReadFrame returns, 0: from its code
