@@ -15,7 +15,7 @@ all: build
 
 .PHONY: run-server
 run-server: ## Run a socketserver on the embedded store, on 127.0.0.1, without device or API auth (development only).
-	$(GO) run ./cmd/socketserver --insecure-no-auth --insecure-no-api-auth --tcp-addr 127.0.0.1:7000 --ws-addr 127.0.0.1:8080 --grpc-addr 127.0.0.1:7001 --grpc-reflection --admin-addr 127.0.0.1:9090
+	$(GO) run ./cmd/socketserver --insecure-no-auth --insecure-no-api-auth --tcp-addr 127.0.0.1:7000 --ws-addr 127.0.0.1:8080 --grpc-addr 127.0.0.1:7001 --grpc-reflection --mqtt-addr 127.0.0.1:1883 --admin-addr 127.0.0.1:9090
 
 .PHONY: envtest-assets
 envtest-assets: ## Build kube-apiserver and etcd for envtest from the Go module proxy (cached).
