@@ -168,8 +168,9 @@ func TestMQTTDeliveryAcksThePrefix(t *testing.T) {
 	forEachMQTT(t, func(t *testing.T, version byte) {
 		srv := startServer(t, store.NewMemory(), "pod-a", nil)
 		device := fmt.Sprintf("mq-%d", version)
+		var seqs []uint64
 		for i := 1; i <= 3; i++ {
-			send(t, srv, device, fmt.Sprintf("m%d", i))
+			seqs = append(seqs, send(t, srv, device, fmt.Sprintf("m%d", i)))
 		}
 		c := dialMQTT(t, srv, version)
 		ack := c.connect(device)
@@ -181,6 +182,9 @@ func TestMQTTDeliveryAcksThePrefix(t *testing.T) {
 			pk := c.expect(packets.Publish)
 			if pk.TopicName != socketserver.MQTTInboxTopic(device) || pk.FixedHeader.Qos != 1 || string(pk.Payload) != fmt.Sprintf("m%d", i) {
 				t.Fatalf("PUBLISH %d: topic %q QoS %d payload %q", i, pk.TopicName, pk.FixedHeader.Qos, pk.Payload)
+			}
+			if want := fmt.Sprint(seqs[i-1]); version == 5 && (len(pk.Properties.User) != 1 || pk.Properties.User[0] != packets.UserProperty{Key: "seq", Val: want}) {
+				t.Fatalf("PUBLISH %d user properties %v, want seq=%s", i, pk.Properties.User, want)
 			}
 			pids = append(pids, pk.PacketID)
 		}
@@ -332,4 +336,26 @@ func TestMQTTTakeoverAndDrain(t *testing.T) {
 	}
 	m5.expectEnd(0x8B)
 	m2.expectEnd(0)
+}
+
+// An MQTT 5 device that numbers its PUBLISHes (user property "id") is
+// deduplicated exactly, also across connections.
+func TestMQTTExactPublishIDs(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", nil)
+	out := socketserver.MQTTOutboxTopic("ex")
+	for i := 0; i < 2; i++ { // the second connection retransmits
+		c := dialMQTT(t, srv, 5)
+		c.connect("ex")
+		pk := mqttPublish(out, 1, uint16(5+i), "p")
+		pk.Properties.User = []packets.UserProperty{{Key: "id", Val: "42"}}
+		c.write(pk)
+		c.expect(packets.Puback)
+		c.nc.Close()
+		eventually(t, "disconnect seen", func() bool { return !deviceInfo(t, srv, "ex").Connected })
+	}
+	var page adminapi.UpstreamPage
+	_, body := api(t, srv, "GET", "/v1/upstream?after=0", "")
+	if err := json.Unmarshal([]byte(body), &page); err != nil || len(page.Entries) != 1 || page.Entries[0].ID != 42 {
+		t.Fatalf("upstream %s: want one entry with id 42", body)
+	}
 }

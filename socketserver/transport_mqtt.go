@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -245,10 +246,14 @@ func (t *mqttTransport) publish(pk *packets.Packet, rest []byte) (byte, []byte, 
 		}
 		return 0, nil, t.fail(rcNotAuthorized, protocol.CodeBadFrame, "MQTT: device %s may publish on %s only, not %s", t.device, t.outbox, pk.TopicName)
 	}
-	id, seen := t.dupIDs[pk.PacketID]
-	if !pk.FixedHeader.Dup || !seen || qos == 0 {
-		id = t.pubNext
-		t.pubNext++
+	id, exact := mqttUserID(pk.Properties.User)
+	if !exact {
+		var seen bool
+		id, seen = t.dupIDs[pk.PacketID]
+		if !pk.FixedHeader.Dup || !seen || qos == 0 {
+			id = t.pubNext
+			t.pubNext++
+		}
 	}
 	if qos == 1 {
 		if t.dupIDs == nil {
@@ -379,16 +384,21 @@ func (t *mqttTransport) AppendSeqFrame(dst []byte, typ byte, n uint64, payload [
 		t.mu.Lock()
 		t.inflight = append(t.inflight, mqttInflight{seq: n})
 		t.mu.Unlock()
+		// MQTT 5 devices also get the seq, as the user property "seq":
+		// with it they tell a re-sent message from a new one exactly.
+		var digits [20]byte
+		seq := strconv.AppendUint(digits[:0], n, 10)
 		props := 0
 		if t.version == 5 {
-			props = 1 // no properties
+			props = 1 + mqttSeqProp + len(seq)
 		}
 		dst = protocol.AppendMQTTHeader(dst, mqttPublish<<4|1<<1, 2+len(t.inbox)+2+props+len(payload))
 		dst = binary.BigEndian.AppendUint16(dst, uint16(len(t.inbox)))
 		dst = append(dst, t.inbox...)
 		dst = binary.BigEndian.AppendUint16(dst, mqttPacketID(n))
-		if props == 1 {
-			dst = append(dst, 0)
+		if t.version == 5 {
+			dst = append(dst, byte(mqttSeqProp+len(seq)), packets.PropUser, 0, 3, 's', 'e', 'q', 0, byte(len(seq)))
+			dst = append(dst, seq...)
 		}
 		return append(dst, payload...)
 	case protocol.TypePubAck:
@@ -402,6 +412,23 @@ func (t *mqttTransport) AppendSeqFrame(dst []byte, typ byte, n uint64, payload [
 		return appendMQTTAck(dst, mqttPuback<<4, pid, 0)
 	}
 	return dst
+}
+
+// mqttSeqProp is the size of the "seq" user property without its value:
+// identifier, key, value length.
+const mqttSeqProp = 1 + 2 + 3 + 2
+
+// mqttUserID is the exact upstream id an MQTT 5 device may give its
+// PUBLISH as the user property "id": retransmits on any connection are
+// then recognised, as on the other transports.
+func mqttUserID(props []packets.UserProperty) (uint64, bool) {
+	for _, p := range props {
+		if p.Key == "id" {
+			id, err := strconv.ParseUint(p.Val, 10, 64)
+			return id, err == nil && id > 0
+		}
+	}
+	return 0, false
 }
 
 func appendMQTTAck(dst []byte, first byte, pid uint16, reason byte) []byte {
