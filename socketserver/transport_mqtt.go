@@ -363,7 +363,10 @@ func (t *mqttTransport) AppendFrame(dst []byte, typ byte, body []byte) []byte {
 		var w protocol.Welcome
 		_ = json.Unmarshal(body, &w)
 		t.connacked = true
-		return t.appendConnack(dst, w.Resumed && !t.clean, 0)
+		dst = t.appendConnack(dst, w.Resumed && !t.clean, 0, []packets.UserProperty{{Key: "server", Val: w.Server},
+			{Key: "session_epoch", Val: strconv.FormatUint(w.SessionEpoch, 10)},
+			{Key: "last_publish_id", Val: strconv.FormatUint(w.LastPublishID, 10)}})
+		return dst
 	case protocol.TypePong:
 		return append(dst, (mqttPingreq+1)<<4, 0) // PINGRESP
 	case protocol.TypeError:
@@ -474,7 +477,7 @@ func (t *mqttTransport) appendRefusal(dst []byte, reason byte, message string) [
 		if reason == rcShuttingDown {
 			reason = rcUseAnotherServer
 		}
-		return t.appendConnack(dst, false, reason)
+		return t.appendConnack(dst, false, reason, nil)
 	case t.version != 5:
 		return dst
 	}
@@ -486,9 +489,11 @@ func (t *mqttTransport) appendRefusal(dst []byte, reason byte, message string) [
 }
 
 // appendConnack accepts (reason 0) or refuses the CONNECT. MQTT 5 devices
-// learn the server's limits: QoS 1 at most, no retained messages, no
-// wildcard or shared subscriptions, and the heartbeat as their keepalive.
-func (t *mqttTransport) appendConnack(dst []byte, sessionPresent bool, reason byte) []byte {
+// learn the server's limits (QoS 1 at most, no retained messages, no
+// wildcard or shared subscriptions, the heartbeat as their keepalive) and,
+// as user properties, what the WELCOME says: server, session_epoch and
+// last_publish_id.
+func (t *mqttTransport) appendConnack(dst []byte, sessionPresent bool, reason byte, welcome []packets.UserProperty) []byte {
 	if t.version != 5 {
 		return append(dst, 2<<4, 2, map[bool]byte{true: 1}[sessionPresent], connackCode(reason))
 	}
@@ -501,6 +506,7 @@ func (t *mqttTransport) appendConnack(dst []byte, sessionPresent bool, reason by
 		p.WildcardSubAvailable, p.WildcardSubAvailableFlag = 0, true
 		p.SharedSubAvailable, p.SharedSubAvailableFlag = 0, true
 		p.ServerKeepAlive, p.ServerKeepAliveFlag = uint16(t.heartbeat/time.Second), true
+		p.User = welcome
 	}
 	var buf bytes.Buffer
 	_ = pk.ConnackEncode(&buf)
