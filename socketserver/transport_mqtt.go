@@ -97,8 +97,9 @@ type mqttTransport struct {
 
 	// Read loop only.
 	connected bool
-	pubNext   uint64            // the next upstream id
-	dupIDs    map[uint16]uint64 // packet id -> upstream id of this connection's QoS 1 PUBLISHes
+	pubNext   uint64 // the next upstream id
+	lastPid   uint16 // the latest QoS 1 PUBLISH: packet id, upstream id
+	lastID    uint64
 	scratch   []byte
 	failure   byte // the reason code of the error ReadFrame returns, 0: from its code
 
@@ -107,7 +108,9 @@ type mqttTransport struct {
 
 	mu       sync.Mutex // between the read loop and the writer
 	inflight []mqttInflight
-	pubacks  map[uint64]uint16 // upstream id -> packet id, until its PUBACK is written
+	// unacked maps the packet ids of the device's QoS 1 PUBLISHes to their
+	// upstream ids until their PUBACK is written.
+	unacked map[uint16]uint64
 }
 
 type mqttInflight struct {
@@ -121,8 +124,21 @@ func mqttPacketID(seq uint64) uint16 { return uint16((seq-1)%65535) + 1 }
 
 func (t *mqttTransport) name() string { return mqttName }
 
-func (t *mqttTransport) Buffered() bool    { return t.r.Buffered() }
-func (t *mqttTransport) Release()          { t.r.Release() }
+func (t *mqttTransport) Buffered() bool { return t.r.Buffered() }
+
+// Release also drops what an idle connection need not keep.
+func (t *mqttTransport) Release() {
+	t.r.Release()
+	t.scratch = nil
+	t.mu.Lock()
+	if len(t.inflight) == 0 {
+		t.inflight = nil
+	}
+	if len(t.unacked) == 0 {
+		t.unacked = nil
+	}
+	t.mu.Unlock()
+}
 func (t *mqttTransport) SetMaxFrame(n int) { t.r.SetMaxPacket(n + mqttOverhead) }
 
 func (t *mqttTransport) rawConn(nc net.Conn) (syscall.RawConn, bool) { return socketRawConn(nc) }
@@ -247,26 +263,28 @@ func (t *mqttTransport) publish(pk *packets.Packet, rest []byte) (byte, []byte, 
 		return 0, nil, t.fail(rcNotAuthorized, protocol.CodeBadFrame, "MQTT: device %s may publish on %s only, not %s", t.device, t.outbox, pk.TopicName)
 	}
 	id, exact := mqttUserID(pk.Properties.User)
+	t.mu.Lock()
 	if !exact {
+		// A retransmit (DUP) of a QoS 1 PUBLISH not yet PUBACKed here, or
+		// of the latest one, is the same PUBLISH.
 		var seen bool
-		id, seen = t.dupIDs[pk.PacketID]
+		id, seen = t.unacked[pk.PacketID]
+		if !seen && t.lastPid == pk.PacketID && t.lastID != 0 {
+			id, seen = t.lastID, true
+		}
 		if !pk.FixedHeader.Dup || !seen || qos == 0 {
 			id = t.pubNext
 			t.pubNext++
 		}
 	}
 	if qos == 1 {
-		if t.dupIDs == nil {
-			t.dupIDs = make(map[uint16]uint64)
+		if t.unacked == nil {
+			t.unacked = make(map[uint16]uint64)
 		}
-		t.dupIDs[pk.PacketID] = id
-		t.mu.Lock()
-		if t.pubacks == nil {
-			t.pubacks = make(map[uint64]uint16)
-		}
-		t.pubacks[id] = pk.PacketID
-		t.mu.Unlock()
+		t.unacked[pk.PacketID] = id
+		t.lastPid, t.lastID = pk.PacketID, id
 	}
+	t.mu.Unlock()
 	t.scratch = binary.BigEndian.AppendUint64(t.scratch[:0], id)
 	return protocol.TypePublish, append(t.scratch, pk.Payload...), nil
 }
@@ -406,13 +424,14 @@ func (t *mqttTransport) AppendSeqFrame(dst []byte, typ byte, n uint64, payload [
 		return append(dst, payload...)
 	case protocol.TypePubAck:
 		t.mu.Lock()
-		pid, ok := t.pubacks[n]
-		delete(t.pubacks, n)
-		t.mu.Unlock()
-		if !ok {
-			return dst
+		defer t.mu.Unlock()
+		for pid, id := range t.unacked { // a few at most: those in flight
+			if id == n {
+				delete(t.unacked, pid)
+				return appendMQTTAck(dst, mqttPuback<<4, pid, 0)
+			}
 		}
-		return appendMQTTAck(dst, mqttPuback<<4, pid, 0)
+		return dst
 	}
 	return dst
 }
