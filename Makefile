@@ -15,7 +15,7 @@ all: build
 
 .PHONY: run-server
 run-server: ## Run a socketserver on the embedded store, on 127.0.0.1, without device or API auth (development only).
-	$(GO) run ./cmd/socketserver --insecure-no-auth --insecure-no-api-auth --tcp-addr 127.0.0.1:7000 --ws-addr 127.0.0.1:8080 --grpc-addr 127.0.0.1:7001 --grpc-reflection --admin-addr 127.0.0.1:9090
+	$(GO) run ./cmd/socketserver --insecure-no-auth --insecure-no-api-auth --tcp-addr 127.0.0.1:7000 --ws-addr 127.0.0.1:8080 --grpc-addr 127.0.0.1:7001 --grpc-reflection --mqtt-addr 127.0.0.1:1883 --admin-addr 127.0.0.1:9090
 
 .PHONY: envtest-assets
 envtest-assets: ## Build kube-apiserver and etcd for envtest from the Go module proxy (cached).
@@ -123,9 +123,9 @@ bench: ## Go benchmarks, then a bounded load run against servers and a Redis it 
 BENCH_MEMORY_STEPS ?= 1000 5000 10000 19000
 
 .PHONY: bench-memory
-bench-memory: ## Idle memory per connection at each of BENCH_MEMORY_STEPS connections, TCP, WebSocket, SSE and gRPC (needs redis-server).
+bench-memory: ## Idle memory per connection at each of BENCH_MEMORY_STEPS connections, TCP, WebSocket, SSE, gRPC and MQTT (needs redis-server).
 	$(GO) build -o bin/ ./cmd/socketserver ./cmd/socketbench
-	@for t in tcp ws sse grpc; do for n in $(BENCH_MEMORY_STEPS); do \
+	@for t in tcp ws sse grpc mqtt; do for n in $(BENCH_MEMORY_STEPS); do \
 	  printf '%-4s %6d  ' $$t $$n; \
 	  bin/socketbench --spawn-servers 1 --server-bin bin/socketserver --transport $$t --connections $$n \
 	    --deliver-rate 0 --publish-rate 0 --duration 1s --settle 5s 2>/dev/null | grep '^server ' | sed 's/^server [^ ]* *//' \

@@ -112,6 +112,12 @@ func (c *conn) readLoop() {
 	for {
 		typ, body, err := c.tr.ReadFrame()
 		if err != nil {
+			if pendingAck != 0 {
+				// The burst's last ACK, before its end (a device that acks
+				// and disconnects at once): not applying it would only mean
+				// a re-delivery, but a needless one.
+				c.s.ack(pendingAck)
+			}
 			c.readFailed(err)
 			break
 		}

@@ -42,7 +42,7 @@ func token(device string, exp time.Duration) string {
 // startServer runs an in-process server on loopback ports until the test ends.
 func startServer(t testing.TB, st store.Store, name string, mod func(*socketserver.Config)) *socketserver.Server {
 	t.Helper()
-	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		ServerName: name, AuthKey: testKey, DrainJitter: 50 * time.Millisecond, DrainTimeout: 5 * time.Second, InsecureNoAPIAuth: true}
 	if mod != nil {
 		mod(&cfg)

@@ -29,6 +29,8 @@ type Config struct {
 	TCPAddr, WSAddr, AdminAddr string
 	// GRPCAddr is the gRPC listener (scp.v1.Device); "" = none.
 	GRPCAddr string
+	// MQTTAddr is the MQTT 3.1.1 / 5.0 listener; "" = none.
+	MQTTAddr string
 	// GRPCReflection offers gRPC server reflection on it.
 	GRPCReflection    bool
 	DisableSSE        bool // no /sse paths on the WebSocket listener
@@ -117,7 +119,7 @@ func (c *Config) setDefaults() {
 }
 
 // Addrs are the addresses the listeners are bound to.
-type Addrs struct{ TCP, WS, GRPC, Admin string }
+type Addrs struct{ TCP, WS, GRPC, MQTT, Admin string }
 
 // Server is one socket server process (one pod).
 type Server struct {
@@ -577,6 +579,11 @@ func (s *Server) heartbeatLoop() {
 		dead = s.sessions.appendIf(dead, func(sess *session) bool {
 			if _, ok := sess.c.tr.(oneWay); ok {
 				return sess.c.lastRead.Load() < keepalive
+			}
+			if oh, ok := sess.c.tr.(ownHeartbeat); ok {
+				if d := oh.silenceLimit(); d > 0 {
+					return sess.c.lastRead.Load() < now.Add(-d).UnixNano()
+				}
 			}
 			return sess.c.lastRead.Load() < limit
 		})

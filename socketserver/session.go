@@ -174,6 +174,9 @@ func (s *session) hello(body []byte) error {
 		srv.metrics.resumeFails.WithLabelValues("session_lost").Inc()
 	}
 	s.device, s.epoch = h.Device, sess.Epoch
+	if w, ok := c.tr.(welcomer); ok {
+		w.welcomed(h.Device, sess.LastPublishID)
+	}
 	s.pubHigh.Store(sess.LastPublishID)
 	c.tr.SetMaxFrame(srv.cfg.MaxFrameBytes)
 	state := sess.State
@@ -425,7 +428,8 @@ func (s *session) goAway() {
 		return
 	}
 	c.srv.metrics.goaways.Inc()
-	if _, ok := c.tr.(oneWay); ok {
+	_, ow := c.tr.(oneWay)
+	if _, ends := c.tr.(goAwayEnder); ow || ends {
 		c.close(ReasonDrained) // the end of the stream is the cue to reconnect
 		return
 	}

@@ -3,6 +3,7 @@ package socketserver
 import (
 	"net"
 	"syscall"
+	"time"
 
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 )
@@ -75,6 +76,22 @@ type oneWay interface {
 	appendKeepalive(dst []byte) []byte
 }
 
+// The capabilities of transports that translate another protocol onto
+// sessions (MQTT).
+type (
+	// welcomer learns the HELLO's outcome on the read loop, before it
+	// reads on: the device, and the last upstream id the store recorded.
+	welcomer interface {
+		welcomed(device string, lastPublishID uint64)
+	}
+	// goAwayEnder's GOAWAY is final (MQTT's DISCONNECT): the connection
+	// closes right after it, as on one-way transports.
+	goAwayEnder interface{ goAwayEnds() }
+	// ownHeartbeat transports may agree their own silence limit with the
+	// device (MQTT 3.1.1's keepalive); 0: the server's heartbeat timeout.
+	ownHeartbeat interface{ silenceLimit() time.Duration }
+)
+
 // endpoint is a listener and the transports it serves.
 type endpoint struct {
 	factory    transportFactory
@@ -88,6 +105,7 @@ type endpoint struct {
 var endpoints = []endpoint{
 	{tcpFactory{}, func(c *Config) string { return c.TCPAddr }, func(a *Addrs) *string { return &a.TCP }, []string{"tcp"}},
 	{httpFactory{}, func(c *Config) string { return c.WSAddr }, func(a *Addrs) *string { return &a.WS }, []string{"ws", "sse"}},
+	{mqttFactory{}, func(c *Config) string { return c.MQTTAddr }, func(a *Addrs) *string { return &a.MQTT }, []string{mqttName}},
 }
 
 // transportNames are the metric labels of the registered transports.

@@ -35,7 +35,8 @@ const usage = `Usage:
 
 scdevice keeps a session with a socket cluster over TCP (--addr host:port),
 WebSocket (ws://host:port/ws, wss://…), Server-Sent Events
-(http://host:port/sse, https://…) or gRPC (grpc://host:port, grpcs://…).
+(http://host:port/sse, https://…), gRPC (grpc://host:port, grpcs://…) or
+MQTT 5 (mqtt://host:port, mqtts://…).
 It prints each delivery on stdout as
 "seq=N payload" and publishes each line of stdin as one message.
 On stderr it reports connects, PUBACKs ("puback id=N"), every failed
@@ -78,7 +79,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fs.PrintDefaults()
 	}
 	addr := fs.String("addr", "127.0.0.1:7000", "server: host:port (TCP), ws://host:port/ws, wss://host:port/ws (WebSocket),\n"+
-		"http://host:port/sse or https://host:port/sse (Server-Sent Events), grpc://host:port or grpcs://host:port (gRPC)")
+		"http://host:port/sse or https://host:port/sse (Server-Sent Events), grpc://host:port or grpcs://host:port (gRPC), mqtt://host:port or mqtts://host:port (MQTT 5)")
 	device := fs.String("device", "", "device name")
 	token := fs.String("token", "", "device token (JWT)")
 	keyFile := fs.String("key-file", "", "device key: sign a fresh HS256 token (sub=device) for every connection")

@@ -142,7 +142,7 @@ func writeKey(t *testing.T, key string) string {
 // ports until the test ends.
 func startServer(t *testing.T, mod func(*socketserver.Config)) *socketserver.Server {
 	t.Helper()
-	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		ServerName: "server-a", AuthKey: []byte(deviceKey), APIToken: apiToken}
 	if mod != nil {
 		mod(&cfg)
@@ -202,6 +202,7 @@ func TestDeviceReceivesAndPublishes(t *testing.T) {
 		{"ws", "ws://" + srv.Addrs().WS + "/ws"},
 		{"sse", "http://" + srv.Addrs().WS + "/sse"},
 		{"grpc", "grpc://" + srv.Addrs().GRPC},
+		{"mqtt", "mqtt://" + srv.Addrs().MQTT},
 	} {
 		t.Run(tc.transport, func(t *testing.T) {
 			device := "store-1-" + tc.transport

@@ -98,7 +98,7 @@ const testToken = "bench-test-token"
 
 func startTestServer(t *testing.T) *socketserver.Server {
 	t.Helper()
-	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		ServerName: "server-a", InsecureNoAuth: true, APIToken: testToken}, store.NewMemory(), logr.Discard())
 	if err != nil {
 		t.Fatal(err)
@@ -113,11 +113,12 @@ func startTestServer(t *testing.T) *socketserver.Server {
 // A worker against a real in-process server: every device connects, and
 // every accepted message and publish is accounted for.
 func TestWorkerAccountsForEveryMessage(t *testing.T) {
-	for _, transport := range []string{"tcp", "ws", "sse", "grpc"} {
+	for _, transport := range []string{"tcp", "ws", "sse", "grpc", "mqtt"} {
 		t.Run(transport, func(t *testing.T) {
 			srv := startTestServer(t)
 			addr := map[string]string{"tcp": srv.Addrs().TCP, "ws": "ws://" + srv.Addrs().WS + "/ws",
-				"sse": "http://" + srv.Addrs().WS + "/sse", "grpc": "grpc://" + srv.Addrs().GRPC}[transport]
+				"sse": "http://" + srv.Addrs().WS + "/sse", "grpc": "grpc://" + srv.Addrs().GRPC,
+				"mqtt": "mqtt://" + srv.Addrs().MQTT}[transport]
 			r := runTestWorker(t, srv, addr, "", 1)
 			if r.AmbiguousSends != 0 || r.SendRetries != 0 || r.DuplicateAnswers != 0 {
 				t.Fatalf("ambiguous %d retries %d duplicates %d on a healthy server", r.AmbiguousSends, r.SendRetries, r.DuplicateAnswers)
@@ -195,7 +196,8 @@ func TestStormFlag(t *testing.T) {
 		{args: []string{"--addrs", "a:1", "--admin-addrs", "a:2", "--storm"}, err: "at least two servers"},
 		{args: append(two, "--transport", "sse", "--storm=kill"), want: stormKill},
 		{args: append(two, "--transport", "grpc", "--storm=kill"), want: stormKill},
-		{args: append(two, "--transport", "mqtt"), err: "tcp, ws, sse or grpc"},
+		{args: append(two, "--transport", "mqtt", "--storm=kill"), want: stormKill},
+		{args: append(two, "--transport", "amqp"), err: "tcp, ws, sse, grpc or mqtt"},
 	} {
 		o, err := parseFlags(c.args)
 		switch {

@@ -94,7 +94,7 @@ func parseFlags(args []string) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("socketbench", flag.ContinueOnError)
 	fs.IntVar(&o.connections, "connections", 1000, "device connections to open")
-	fs.StringVar(&o.transport, "transport", "tcp", "tcp, ws (WebSocket), sse (Server-Sent Events: a GET stream, ACK and PUBLISH as POSTs) or grpc (scp.v1.Device/Connect)")
+	fs.StringVar(&o.transport, "transport", "tcp", "tcp, ws (WebSocket), sse (Server-Sent Events: a GET stream, ACK and PUBLISH as POSTs), grpc (scp.v1.Device/Connect) or mqtt (MQTT 5)")
 	fs.StringVar(&o.addrs, "addrs", "", "device addresses of existing servers, comma-separated (host:port; for ws and sse the WebSocket listener's host:port)")
 	fs.StringVar(&o.admins, "admin-addrs", "", "admin addresses of those servers, same order")
 	fs.IntVar(&o.spawn, "spawn-servers", 0, "start this many socketservers on 127.0.0.1 (with a Redis) instead of --addrs")
@@ -137,8 +137,8 @@ func parseFlags(args []string) (*options, error) {
 	switch {
 	case o.connections < 1:
 		return nil, errors.New("--connections must be at least 1")
-	case o.transport != "tcp" && o.transport != "ws" && o.transport != "sse" && o.transport != "grpc":
-		return nil, errors.New("--transport is tcp, ws, sse or grpc")
+	case o.transport != "tcp" && o.transport != "ws" && o.transport != "sse" && o.transport != "grpc" && o.transport != "mqtt":
+		return nil, errors.New("--transport is tcp, ws, sse, grpc or mqtt")
 	case o.spawn == 0 && o.addrs == "":
 		return nil, errors.New("give --addrs and --admin-addrs, or --spawn-servers N")
 	case (o.storm == stormKill || o.storm == stormRestart) && o.spawn == 0:
@@ -317,6 +317,8 @@ func (b *bench) setup(ctx context.Context) error {
 				hostPorts = append(hostPorts, s.addrs.WS)
 			case "grpc":
 				hostPorts = append(hostPorts, s.addrs.GRPC)
+			case "mqtt":
+				hostPorts = append(hostPorts, s.addrs.MQTT)
 			default:
 				hostPorts = append(hostPorts, s.addrs.TCP)
 			}
@@ -337,6 +339,8 @@ func (b *bench) setup(ctx context.Context) error {
 			hp = "http://" + hp + "/sse"
 		case "grpc":
 			hp = "grpc://" + hp
+		case "mqtt":
+			hp = "mqtt://" + hp
 		}
 		b.addrs = append(b.addrs, hp)
 	}

@@ -59,9 +59,9 @@ func startRedis(dir string) (*process, string, error) {
 }
 
 // serverAddrs are the listeners a spawned socketserver logged.
-type serverAddrs struct{ TCP, WS, GRPC, Admin string }
+type serverAddrs struct{ TCP, WS, GRPC, MQTT, Admin string }
 
-var listeningRE = regexp.MustCompile(`listening (tcp|ws|grpc|admin)=([^\s"]+)`)
+var listeningRE = regexp.MustCompile(`listening (tcp|ws|grpc|mqtt|admin)=([^\s"]+)`)
 
 // startServer runs the socketserver binary on the addresses in at (empty
 // ones: a loopback port the kernel picks) and returns the addresses it logged.
@@ -72,7 +72,7 @@ func startServer(bin, name, redisAddr, prefix string, at serverAddrs, extra []st
 		}
 		return a
 	}
-	args := append([]string{"--tcp-addr", or(at.TCP), "--ws-addr", or(at.WS), "--grpc-addr", or(at.GRPC), "--admin-addr", or(at.Admin),
+	args := append([]string{"--tcp-addr", or(at.TCP), "--ws-addr", or(at.WS), "--grpc-addr", or(at.GRPC), "--mqtt-addr", or(at.MQTT), "--admin-addr", or(at.Admin),
 		"--redis-addr", redisAddr, "--redis-prefix", prefix, "--pod-name", name, "--insecure-no-auth"}, extra...)
 	cmd := exec.Command(bin, args...)
 	setParentDeathSignal(cmd)
@@ -83,7 +83,7 @@ func startServer(bin, name, redisAddr, prefix string, at serverAddrs, extra []st
 	}
 	var a serverAddrs
 	timeout := time.After(15 * time.Second)
-	for a.TCP == "" || a.WS == "" || a.GRPC == "" || a.Admin == "" {
+	for a.TCP == "" || a.WS == "" || a.GRPC == "" || a.MQTT == "" || a.Admin == "" {
 		select {
 		case m, ok := <-lines:
 			if !ok {
@@ -97,6 +97,8 @@ func startServer(bin, name, redisAddr, prefix string, at serverAddrs, extra []st
 				a.WS = m[2]
 			case "grpc":
 				a.GRPC = m[2]
+			case "mqtt":
+				a.MQTT = m[2]
 			case "admin":
 				a.Admin = m[2]
 			}

@@ -51,6 +51,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&c.TCPAddr, "tcp-addr", d.TCPAddr, "TCP listener for devices (length-prefixed frames); empty disables")
 	fs.StringVar(&c.WSAddr, "ws-addr", d.WSAddr, "WebSocket listener for devices (GET /ws, and GET /sse unless --sse-enabled=false); empty disables")
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", d.GRPCAddr, "gRPC listener for devices (scp.v1.Device/Connect); empty disables")
+	fs.StringVar(&c.MQTTAddr, "mqtt-addr", d.MQTTAddr, "MQTT 3.1.1 and 5.0 listener for devices (e.g. :1883; client id = device, password = token); empty disables")
 	fs.BoolVar(&c.GRPCReflection, "grpc-reflection", d.GRPCReflection, "offer gRPC server reflection on the gRPC listener (for tools such as grpcurl)")
 	var sseEnabled bool
 	fs.BoolVar(&sseEnabled, "sse-enabled", !d.DisableSSE, "serve Server-Sent Events (GET /sse, POST /sse/ack, /sse/publish) on the WebSocket listener")

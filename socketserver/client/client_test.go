@@ -20,7 +20,7 @@ import (
 )
 
 func TestDeliveryInOrderAndAcked(t *testing.T) {
-	for _, transport := range []string{"tcp", "ws", "sse", "grpc"} {
+	for _, transport := range []string{"tcp", "ws", "sse", "grpc", "mqtt"} {
 		t.Run(transport, func(t *testing.T) {
 			s := startServer(t, "server-a", store.NewMemory(), nil)
 			addr := s.Addrs().TCP
@@ -31,6 +31,8 @@ func TestDeliveryInOrderAndAcked(t *testing.T) {
 				addr = sseAddr(s.Addrs().WS)
 			case "grpc":
 				addr = "grpc://" + s.Addrs().GRPC
+			case "mqtt":
+				addr = "mqtt://" + s.Addrs().MQTT
 			}
 			// Half the messages wait in the outbox, half arrive live.
 			for i := 1; i <= 50; i++ {
@@ -67,7 +69,7 @@ func TestDeliveryInOrderAndAcked(t *testing.T) {
 // through the other; the device resumes there with last_seq and gets each
 // message once, also those sent afterwards through the first server.
 func TestResumeOnAnotherServer(t *testing.T) {
-	for _, transport := range []string{"tcp", "sse", "grpc"} {
+	for _, transport := range []string{"tcp", "sse", "grpc", "mqtt"} {
 		t.Run(transport, func(t *testing.T) {
 			_, a, b := redisPair(t, nil)
 			listener := func(s *socketserver.Server) string { return s.Addrs().TCP }
@@ -79,6 +81,9 @@ func TestResumeOnAnotherServer(t *testing.T) {
 			case "grpc":
 				listener = func(s *socketserver.Server) string { return s.Addrs().GRPC }
 				addr = func(hostPort string) string { return "grpc://" + hostPort }
+			case "mqtt":
+				listener = func(s *socketserver.Server) string { return s.Addrs().MQTT }
+				addr = func(hostPort string) string { return "mqtt://" + hostPort }
 			}
 			device := "pos-7-" + transport
 			p := newProxy(t, listener(a))

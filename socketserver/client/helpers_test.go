@@ -28,8 +28,8 @@ import (
 // startServer runs an in-process server on loopback ports until the test ends.
 func startServer(t testing.TB, name string, st store.Store, mod func(*socketserver.Config)) *socketserver.Server {
 	t.Helper()
-	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
-		ServerName: name, InsecureNoAuth: true, InsecureNoAPIAuth: true}
+	cfg := socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0",
+		AdminAddr: "127.0.0.1:0", ServerName: name, InsecureNoAuth: true, InsecureNoAPIAuth: true}
 	if mod != nil {
 		mod(&cfg)
 	}

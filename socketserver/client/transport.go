@@ -12,7 +12,8 @@ import (
 // transport is how the client reaches the cluster, chosen once by the form
 // of Config.Addr: "host:port" (TCP), "ws://…" or "wss://…" (WebSocket),
 // "http://…/sse" or "https://…/sse" (Server-Sent Events), "grpc://…" or
-// "grpcs://…" (scp.v1.Device/Connect). Each transport is
+// "grpcs://…" (scp.v1.Device/Connect), "mqtt://…" or "mqtts://…" (MQTT 5).
+// Each transport is
 // one file (transport_*.go).
 type transport interface {
 	// dial makes one connection for s and sends hello, or arranges for the
@@ -58,6 +59,8 @@ func newTransport(c *Client) transport {
 		return newSSETransport(c)
 	case strings.HasPrefix(addr, "grpc://") || strings.HasPrefix(addr, "grpcs://"):
 		return grpcTransport{c}
+	case strings.HasPrefix(addr, "mqtt://") || strings.HasPrefix(addr, "mqtts://"):
+		return mqttTransport{c}
 	}
 	return tcpTransport{c}
 }
