@@ -18,7 +18,8 @@ func TestTLS(t *testing.T) {
 		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	})
 	for name, addr := range map[string]string{"tls": s.Addrs().TCP, "wss": "wss://" + s.Addrs().WS + "/ws",
-		"https": "https://" + s.Addrs().WS + "/sse", "grpcs": "grpcs://" + s.Addrs().GRPC} {
+		"https": "https://" + s.Addrs().WS + "/sse", "grpcs": "grpcs://" + s.Addrs().GRPC,
+		"mqtts": "mqtts://" + s.Addrs().MQTT} {
 		t.Run(name, func(t *testing.T) {
 			device := "pos-" + name
 			d := runDevice(t, client.Config{Addr: addr, Device: device, TLS: &tls.Config{RootCAs: pool}})
