@@ -200,7 +200,7 @@ func (r *SocketClusterReconciler) ensureAPIToken(ctx context.Context, sc *v1alph
 // false) the Deployment is not applied.
 func (r *SocketClusterReconciler) applyOwned(ctx context.Context, sc *v1alpha1.SocketCluster, secrets map[string]*corev1.Secret, secretsOK bool) (*appsv1.Deployment, []string, error) {
 	owned := []client.Object{
-		resources.Service(sc), resources.AdminService(sc), resources.HeadlessService(sc), resources.PodDisruptionBudget(sc),
+		resources.Service(sc, ""), resources.AdminService(sc), resources.HeadlessService(sc), resources.PodDisruptionBudget(sc),
 	}
 	if resources.NetworkPolicyEnabled(sc) {
 		owned = append(owned, resources.NetworkPolicy(sc, r.Operator))
