@@ -19,11 +19,11 @@ func base() rollout.Input {
 
 func TestRolloutSteps(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		mod    func(*rollout.Input)
-		phase  string
-		newRep int32
-		active string
+		name                       string
+		mod                        func(*rollout.Input)
+		phase                      string
+		newRep                     int32
+		active                     string
 		switched, drain, deleteOld bool
 	}{
 		{"fresh cluster: nothing to protect", func(in *rollout.Input) { in.OldDeployments, in.OldPods, in.Active = 0, 0, "" },
@@ -44,7 +44,9 @@ func TestRolloutSteps(t *testing.T) {
 			v1alpha1.ReasonDeregistering, 4, "b", false, false, false},
 		{"drain after it", func(in *rollout.Input) { in.Active, in.ActiveSince, in.NewReady = "b", t0.Add(-30*time.Second), 4 },
 			v1alpha1.ReasonDrainingOldRevision, 4, "b", false, true, false},
-		{"unknown counts keep the old Deployment", func(in *rollout.Input) { in.Active, in.ActiveSince, in.OldConnections = "b", t0.Add(-40*time.Second), -1 },
+		{"unknown counts keep the old Deployment", func(in *rollout.Input) {
+			in.Active, in.ActiveSince, in.OldConnections = "b", t0.Add(-40*time.Second), -1
+		},
 			v1alpha1.ReasonDrainingOldRevision, 4, "b", false, true, false},
 		{"empty old pods: delete", func(in *rollout.Input) { in.Active, in.OldConnections = "b", 0 },
 			v1alpha1.ReasonDrainingOldRevision, 4, "b", false, true, true},
