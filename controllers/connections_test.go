@@ -191,3 +191,59 @@ spec:
 	touch(t, c, ns, "edge")
 	eventually(t, "store durable", storeDurable(metav1.ConditionTrue, v1alpha1.ReasonStoreDurable))
 }
+
+// Each pod's pod-deletion-cost follows its connection count, so that a
+// scale-down removes the least loaded pods first.
+func TestDeletionCostFollowsConnections(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	addr, _ := redisServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer func() { _ = rdb.Close() }()
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	sc := socketCluster(t, c, ns, `
+metadata: {name: edge}
+spec:
+  redis: {addresses: ["`+addr+`"], keyPrefix: dc}
+  auth: {deviceKeySecretRef: {name: device-key, key: key}}
+`)
+	for _, name := range []string{"edge-a", "edge-b", "edge-c"} {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: resources.SelectorLabels(sc)},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
+		}
+		if err := c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish := func(pod string, conns int64) {
+		t.Helper()
+		v, _ := json.Marshal(store.ServerStats{Connections: conns, UpdatedUnixMs: time.Now().UnixMilli()})
+		if err := rdb.HSet(ctx, store.ServersKey("dc"), pod, v).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	costs := func(want map[string]string) func() error {
+		return func() error {
+			for name, cost := range want {
+				p := &corev1.Pod{}
+				if err := c.Get(ctx, key(ns, name), p); err != nil {
+					return err
+				}
+				if got, ok := p.Annotations[resources.AnnotationPodDeletionCost]; got != cost || (cost == "" && ok) {
+					return fmt.Errorf("pod %s: deletion cost %q, want %q", name, got, cost)
+				}
+			}
+			return nil
+		}
+	}
+	publish("edge-a", 900)
+	publish("edge-b", 40)
+	touch(t, c, ns, "edge")
+	// edge-c published nothing: no cost rather than a guess.
+	eventually(t, "deletion costs", costs(map[string]string{"edge-a": "900", "edge-b": "40", "edge-c": ""}))
+	publish("edge-a", 3)  // emptied, e.g. by a shed
+	publish("edge-b", 45) // within 10 connections: not rewritten
+	touch(t, c, ns, "edge")
+	eventually(t, "deletion costs after a change", costs(map[string]string{"edge-a": "3", "edge-b": "40"}))
+}

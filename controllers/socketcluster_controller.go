@@ -82,7 +82,7 @@ type SocketClusterReconciler struct {
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
-// +kubebuilder:rbac:groups="",resources=pods,verbs=list
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile applies the owned objects and refreshes the status.
@@ -135,6 +135,7 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		obs.problems.Redis = err
 	} else {
 		obs.report = &report
+		r.updateDeletionCosts(ctx, pods.Items, &report)
 	}
 	// Without its Secrets the pods could not start, so the Deployments are
 	// kept as they are until they exist.
@@ -528,6 +529,28 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 	}
 	RecordConditions(sc)
 	return nil
+}
+
+// updateDeletionCosts keeps each pod's pod-deletion-cost near its
+// connection count, so that a scale-down deletes (and drains) the least
+// loaded pods. A pod without fresh stats keeps its cost. Failures are
+// logged: the next reconcile tries again.
+func (r *SocketClusterReconciler) updateDeletionCosts(ctx context.Context, pods []corev1.Pod, report *connections.Report) {
+	for i := range pods {
+		p := &pods[i]
+		s, ok := report.Pods[p.Name]
+		if !ok || p.DeletionTimestamp != nil {
+			continue
+		}
+		want := resources.DeletionCost(s.Connections)
+		if !resources.DeletionCostStale(p.Annotations[resources.AnnotationPodDeletionCost], want) {
+			continue
+		}
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, resources.AnnotationPodDeletionCost, want)
+		if err := r.Client.Patch(ctx, p, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil && !apierrors.IsNotFound(err) {
+			logf.FromContext(ctx).Info("cannot set the pod-deletion-cost", "pod", p.Name, "error", err.Error())
+		}
+	}
 }
 
 // podStatuses lists the pods by name with their revision and, when Redis
