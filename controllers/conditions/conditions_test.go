@@ -97,6 +97,7 @@ func TestProgressing(t *testing.T) {
 	sc := cluster(3, intstr.FromInt32(0))
 	draining := &rollout.Step{Phase: v1alpha1.ReasonDrainingOldRevision, Message: "draining 3 old pods"}
 	check(t, "old revision drains", conditions.Progressing(sc, deployment(3, 3, 3, 3), draining), T, v1alpha1.ReasonRolloutInProgress)
+	check(t, "new revision stalled", conditions.Progressing(sc, stalled, &rollout.Step{Phase: v1alpha1.ReasonStartingRevision}), F, v1alpha1.ReasonProgressDeadlineExceeded)
 	done := &rollout.Step{Phase: v1alpha1.ReasonNoOldRevision, Message: "every pod runs revision b"}
 	check(t, "old revision gone", conditions.Progressing(sc, deployment(3, 3, 3, 3), done), F, v1alpha1.ReasonRolloutComplete)
 }
