@@ -137,6 +137,12 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		obs.report = &report
 		r.updateDeletionCosts(ctx, pods.Items, &report)
 	}
+	if sc.Spec.Autoscaling != nil {
+		obs.autoscaling = r.autoscaleStatus(sc, pods.Items, obs.report, time.Now())
+		// In memory only: the Deployments, the rollout and the conditions
+		// follow the autoscaler's replicas instead of spec.replicas.
+		sc.Spec.Replicas = &obs.autoscaling.Replicas
+	}
 	// Without its Secrets the pods could not start, so the Deployments are
 	// kept as they are until they exist.
 	notOwned, applyErr := r.applyOwned(ctx, sc, secrets, len(missing) == 0 && tokenConflict == "", &obs)
@@ -146,14 +152,23 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		notOwned = append([]string{tokenConflict}, notOwned...)
 	}
 	obs.problems.MissingSecrets, obs.problems.NotOwned, obs.problems.ApplyFailed = missing, notOwned, applyErr
+	if applyErr == nil {
+		r.rebalance(ctx, sc, &obs, apiToken(sc, secrets))
+	}
 	obs.complete = true
 	if applyErr != nil {
 		return ctrl.Result{}, applyErr // retried with backoff; the status says what failed
 	}
-	if st := obs.step; st != nil && st.RequeueAfter > 0 && st.RequeueAfter < StatusInterval {
-		return ctrl.Result{RequeueAfter: st.RequeueAfter}, nil // a rollout waits on time
+	next := StatusInterval
+	if st := obs.step; st != nil && st.RequeueAfter > 0 {
+		next = min(next, st.RequeueAfter) // a rollout waits on time
 	}
-	return ctrl.Result{RequeueAfter: StatusInterval}, nil
+	if as := obs.autoscaling; as != nil && as.LowSince != nil {
+		// The scale-down is due when the stabilization window ends.
+		due := time.Until(as.LowSince.Add(sc.Spec.Autoscaling.ScaleDownStabilization.Duration))
+		next = min(next, max(due, time.Second))
+	}
+	return ctrl.Result{RequeueAfter: next}, nil
 }
 
 // observation is what a reconcile saw, for the status.
@@ -167,6 +182,8 @@ type observation struct {
 	deploy, active *appsv1.Deployment
 	// step is where a ReconnectOnce rollout is; nil with Surge.
 	step *rollout.Step
+	// autoscaling is spec.autoscaling's decision, nil without it.
+	autoscaling *v1alpha1.AutoscalingStatus
 	// activeSince is when the Service switched to step.Active, if now.
 	activeSince *metav1.Time
 	pods        []corev1.Pod
@@ -316,12 +333,7 @@ func (r *SocketClusterReconciler) retireOld(ctx context.Context, sc *v1alpha1.So
 	deleteOld := false
 	if st := obs.step; st != nil {
 		if st.Drain {
-			ref := resources.APITokenRef(sc)
-			var token string
-			if s := secrets[ref.Name]; s != nil {
-				token = strings.TrimSpace(string(s.Data[ref.Key]))
-			}
-			if err := r.drainOld(ctx, sc, oldPods, token, st.Active); err != nil {
+			if err := r.drainOld(ctx, sc, oldPods, apiToken(sc, secrets), st.Active); err != nil {
 				// The next reconcile (in a few seconds) tries again.
 				logf.FromContext(ctx).Info("cannot start the drain of every old pod", "error", err.Error())
 			}
@@ -498,6 +510,7 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 			store = &conditions.StoreReport{Servers: rep.Servers, Warnings: rep.StoreWarnings}
 		}
 		st.Pods = podStatuses(obs.pods, obs.report)
+		st.Autoscaling = obs.autoscaling
 		conds = append(conds, conditions.Available(sc, obs.active), conditions.Progressing(sc, obs.deploy, obs.step),
 			conditions.Draining(sc, obs.step), conditions.StoreDurable(sc, store))
 	} else {

@@ -233,6 +233,14 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
   rollout: {strategy: BlueGreen}`, `spec.rollout.strategy: Unsupported value: "BlueGreen"`},
+		{"autoscaling bounds crossed", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  autoscaling: {minReplicas: 5, maxReplicas: 3, targetConnectionsPerPod: 1000}`, "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"},
+		{"autoscaling without a target", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  autoscaling: {maxReplicas: 3}`, "spec.autoscaling.targetConnectionsPerPod: Required value"},
 		{"key and insecure", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true, deviceKeySecretRef: {name: k, key: k}}`, "auth.insecureNoAuth: true cannot be combined with auth.deviceKeySecretRef"},

@@ -107,6 +107,35 @@ type SocketClusterSpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	PodDisruptionBudget PodDisruptionBudgetSpec `json:"podDisruptionBudget,omitzero"`
+	// Autoscaling sizes the cluster by its connections; when set it
+	// decides the replicas instead of spec.replicas (see
+	// status.autoscaling). Do not combine it with a HorizontalPodAutoscaler.
+	// +optional
+	Autoscaling *AutoscalingSpec `json:"autoscaling,omitempty"`
+}
+
+// AutoscalingSpec sizes the cluster so that each pod holds about
+// targetConnectionsPerPod connections: ceil(connections / target) pods,
+// within [minReplicas, maxReplicas]. It scales up at once and down only
+// when every recommendation of the last scaleDownStabilization was lower
+// (devices of a removed pod all reconnect). When the pods are uneven (after
+// a scale-up, new pods hold nothing) the operator sheds connections from the
+// fuller ones (POST /shed), so that devices reconnect to the emptier ones.
+// +kubebuilder:validation:XValidation:rule="self.minReplicas <= self.maxReplicas",message="autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
+type AutoscalingSpec struct {
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	MinReplicas int32 `json:"minReplicas,omitempty"`
+	// +kubebuilder:validation:Minimum=1
+	MaxReplicas int32 `json:"maxReplicas"`
+	// +kubebuilder:validation:Minimum=1
+	TargetConnectionsPerPod int32 `json:"targetConnectionsPerPod"`
+	// +kubebuilder:default="5m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +optional
+	ScaleDownStabilization metav1.Duration `json:"scaleDownStabilization,omitzero"`
 }
 
 // ListenersSpec sets the ports. The WebSocket path is always /ws (protocol
@@ -484,6 +513,9 @@ type SocketClusterStatus struct {
 	// old pods are drained once the load balancer had time to notice.
 	// +optional
 	ActiveSince *metav1.Time `json:"activeSince,omitempty"`
+	// Autoscaling is what spec.autoscaling decided.
+	// +optional
+	Autoscaling *AutoscalingStatus `json:"autoscaling,omitempty"`
 	// Pods are the SocketCluster's pods with their revision and what they
 	// last published to Redis.
 	// +listType=map
@@ -494,6 +526,25 @@ type SocketClusterStatus struct {
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// AutoscalingStatus is the autoscaler's state.
+type AutoscalingStatus struct {
+	// Replicas is what the cluster runs instead of spec.replicas.
+	Replicas int32 `json:"replicas"`
+	// Recommendation is the last ceil(connections / target), within bounds.
+	// +optional
+	Recommendation int32 `json:"recommendation,omitempty"`
+	// LowSince is when the recommendations started to stay below Replicas.
+	// +optional
+	LowSince *metav1.Time `json:"lowSince,omitempty"`
+	// LastScaleTime is when Replicas last changed.
+	// +optional
+	LastScaleTime *metav1.Time `json:"lastScaleTime,omitempty"`
+	// RebalancedAt is when connections were last shed from the fuller
+	// pods; the next shed waits for the devices to settle.
+	// +optional
+	RebalancedAt *metav1.Time `json:"rebalancedAt,omitempty"`
 }
 
 // PodStatus is one pod as the operator last saw it.
