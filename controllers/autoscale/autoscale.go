@@ -5,7 +5,7 @@ package autoscale
 
 import (
 	"fmt"
-	"slices"
+	"math"
 	"time"
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
@@ -63,46 +63,39 @@ func Decide(in Input) Decision {
 	return d
 }
 
-// Imbalance is how far above the mean a pod may hold before it sheds: 20%.
+// Imbalance is how far below the mean the emptiest pod may be before the
+// others shed: 20%.
 const Imbalance = 0.2
 
 // minShed keeps small differences where they are: a shed moves devices.
 const minShed = 10
 
 // Rebalance returns how many connections each pod should shed (POST
-// /shed) so that they all come down to the mean, when some pod holds more
-// than Imbalance above it and another less than Imbalance below (after a
-// scale-up the new pods hold nothing). Devices reconnect through the load
-// balancer, so they spread over all pods, mostly onto the emptier ones.
-// conns holds every ready pod that serves devices; none while a rollout or
-// a drain runs.
+// /shed) when the emptiest pod holds less than Imbalance below the mean
+// (after a scale-up the new pods hold nothing). The shed devices reconnect
+// through the load balancer, which spreads them evenly over all the pods,
+// the fuller ones included; so every pod sheds what it holds above the
+// emptiest one, which brings each to the mean in expectation in one round,
+// each device moving at most once. conns holds every ready pod that serves
+// devices; none while a rollout or a drain runs.
 func Rebalance(conns map[string]int64) map[string]int {
 	if len(conns) < 2 {
 		return nil
 	}
 	var total int64
-	low := false
+	least := int64(math.MaxInt64)
 	for _, c := range conns {
 		total += c
+		least = min(least, c)
 	}
 	mean := float64(total) / float64(len(conns))
-	for _, c := range conns {
-		if float64(c) < mean*(1-Imbalance) {
-			low = true
-		}
-	}
-	if !low {
+	if float64(least) >= mean*(1-Imbalance) || mean-float64(least) < minShed {
 		return nil
 	}
 	out := map[string]int{}
-	names := make([]string, 0, len(conns))
-	for n := range conns {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for _, n := range names {
-		if c := conns[n]; float64(c) > mean*(1+Imbalance) && float64(c)-mean >= minShed {
-			out[n] = int(float64(c) - mean)
+	for n, c := range conns {
+		if c-least >= minShed {
+			out[n] = int(c - least)
 		}
 	}
 	if len(out) == 0 {

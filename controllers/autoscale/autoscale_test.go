@@ -55,9 +55,14 @@ func TestRebalance(t *testing.T) {
 		conns map[string]int64
 		want  map[string]int
 	}{
-		{"after a scale-up from 3 to 4", map[string]int64{"a": 1000, "b": 1000, "c": 1000, "d": 0}, map[string]int{"a": 250, "b": 250, "c": 250}},
+		// Every device of a full pod has to move for the balancer to give
+		// the new pods their share.
+		{"after a scale-up from 2 to 4", map[string]int64{"a": 1000, "b": 1000, "c": 0, "d": 0}, map[string]int{"a": 1000, "b": 1000}},
+		{"after a scale-up from 4 to 5", map[string]int64{"a": 1000, "b": 1000, "c": 1000, "d": 1000, "e": 0}, map[string]int{"a": 1000, "b": 1000, "c": 1000, "d": 1000}},
+		// 1200 + 600 shed spread over 3 pods: 600 each, 1000 in the end.
+		{"one pod far above, one far below", map[string]int64{"a": 1600, "b": 1000, "c": 400}, map[string]int{"a": 1200, "b": 600}},
 		{"even enough", map[string]int64{"a": 1100, "b": 950, "c": 950}, nil},
-		{"one full pod, none empty", map[string]int64{"a": 1300, "b": 1000, "c": 1000}, nil},
+		{"one full pod, none much emptier", map[string]int64{"a": 1300, "b": 900, "c": 900, "d": 900}, nil},
 		{"tiny numbers stay", map[string]int64{"a": 12, "b": 0}, nil},
 		{"one pod", map[string]int64{"a": 1000}, nil},
 	} {
