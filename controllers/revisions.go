@@ -97,7 +97,8 @@ func (r *SocketClusterReconciler) planRevisions(ctx context.Context, sc *v1alpha
 	replicas := ptrValue(sc.Spec.Replicas)
 	in := rollout.Input{
 		Desired: rev, Replicas: replicas, Surge: surge(sc, replicas), NewReady: available(revs.byName[desired.Name]),
-		Active: active, Now: time.Now(),
+		NewReplicas: replicasOf(revs.byName[desired.Name]),
+		Active:      active, Now: time.Now(),
 		Deregistration: resources.TimingsFor(sc).PreStopWait, DrainTimeout: sc.Spec.Drain.Timeout.Duration,
 	}
 	if s := sc.Status.ActiveSince; s != nil && sc.Status.ActiveRevision == active {
@@ -178,6 +179,13 @@ func (r *SocketClusterReconciler) adminHTTP() *http.Client {
 		return r.AdminHTTP
 	}
 	return &http.Client{Timeout: adminCallTimeout}
+}
+
+func replicasOf(d *appsv1.Deployment) int32 {
+	if d == nil {
+		return 0
+	}
+	return ptrValue(d.Spec.Replicas)
 }
 
 func ptrValue(p *int32) int32 {

@@ -18,8 +18,10 @@ type Input struct {
 	// time (rollout.maxSurge resolved against replicas, at least 1).
 	Replicas, Surge int32
 	// NewReady counts the ready pods of the desired revision's Deployment,
-	// once it has seen its latest spec (0 before).
-	NewReady int32
+	// once it has seen its latest spec (0 before); NewReplicas are its
+	// replicas now (0 before it exists). A step never lowers them: a
+	// Deployment that has not yet seen its last scale-up reports none ready.
+	NewReady, NewReplicas int32
 	// Active is the revision the public Service selects now; empty when it
 	// selects every pod (a Surge cluster, or one from before ReconnectOnce).
 	Active string
@@ -77,7 +79,7 @@ func Plan(in Input) Step {
 			return Step{Phase: v1alpha1.ReasonDeregistering, NewReplicas: in.Replicas, Active: in.Desired, Switched: true, RequeueAfter: in.Deregistration,
 				Message: fmt.Sprintf("the Service switched to revision %s; the old pods keep their devices for %s while the load balancer stops sending them new ones", in.Desired, in.Deregistration)}
 		}
-		return Step{Phase: v1alpha1.ReasonStartingRevision, NewReplicas: min(in.Replicas, in.NewReady+max(in.Surge, 1)), Active: in.Active,
+		return Step{Phase: v1alpha1.ReasonStartingRevision, NewReplicas: min(in.Replicas, max(in.NewReplicas, in.NewReady+max(in.Surge, 1))), Active: in.Active,
 			Message: fmt.Sprintf("%d of %d pods of revision %s ready; the old revision serves every device", in.NewReady, in.Replicas, in.Desired)}
 	}
 	since := in.Now.Sub(in.ActiveSince)

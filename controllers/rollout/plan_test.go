@@ -34,6 +34,8 @@ func TestRolloutSteps(t *testing.T) {
 			v1alpha1.ReasonStartingRevision, 2, "a", false, false, false},
 		{"then the next maxSurge", func(in *rollout.Input) { in.NewReady = 2 },
 			v1alpha1.ReasonStartingRevision, 4, "a", false, false, false},
+		{"a scale-up not yet seen by the Deployment is kept", func(in *rollout.Input) { in.NewReady, in.NewReplicas = 0, 4 },
+			v1alpha1.ReasonStartingRevision, 4, "a", false, false, false},
 		{"never more than replicas", func(in *rollout.Input) { in.NewReady = 3 },
 			v1alpha1.ReasonStartingRevision, 4, "a", false, false, false},
 		{"all new pods ready: switch at once", func(in *rollout.Input) { in.NewReady = 4 },
