@@ -236,9 +236,6 @@ func (r *SocketClusterReconciler) ensureAPIToken(ctx context.Context, sc *v1alph
 // Deployment is applied and the Service keeps its pods.
 func (r *SocketClusterReconciler) applyOwned(ctx context.Context, sc *v1alpha1.SocketCluster, secrets map[string]*corev1.Secret, secretsOK bool, obs *observation) ([]string, error) {
 	owned := []client.Object{resources.AdminService(sc), resources.HeadlessService(sc), resources.PodDisruptionBudget(sc)}
-	// The Service goes first (it exists as soon as any Deployment does);
-	// its selector follows the rollout's step, which switches it only once
-	// the new revision is ready in full.
 	if resources.NetworkPolicyEnabled(sc) {
 		owned = append(owned, resources.NetworkPolicy(sc, r.Operator))
 	}
@@ -269,6 +266,9 @@ func (r *SocketClusterReconciler) applyOwned(ctx context.Context, sc *v1alpha1.S
 	} else {
 		desired = resources.Deployment(sc, r.DefaultImage, hash)
 	}
+	// The Service goes first (it exists as soon as any Deployment does);
+	// its selector follows the rollout's step, which switches it only once
+	// the new revision is ready in full.
 	owned = append([]client.Object{resources.Service(sc, serviceRev)}, owned...)
 	if secretsOK {
 		owned = append(owned, desired)
