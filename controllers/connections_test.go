@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -190,4 +191,139 @@ spec:
 	publish("edge-b")
 	touch(t, c, ns, "edge")
 	eventually(t, "store durable", storeDurable(metav1.ConditionTrue, v1alpha1.ReasonStoreDurable))
+}
+
+// Each pod's pod-deletion-cost follows its connection count, so that a
+// scale-down removes the least loaded pods first.
+func TestDeletionCostFollowsConnections(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	addr, _ := redisServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer func() { _ = rdb.Close() }()
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	sc := socketCluster(t, c, ns, `
+metadata: {name: edge}
+spec:
+  redis: {addresses: ["`+addr+`"], keyPrefix: dc}
+  auth: {deviceKeySecretRef: {name: device-key, key: key}}
+`)
+	for _, name := range []string{"edge-a", "edge-b", "edge-c"} {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: resources.SelectorLabels(sc)},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
+		}
+		if err := c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish := func(pod string, conns int64) {
+		t.Helper()
+		v, _ := json.Marshal(store.ServerStats{Connections: conns, UpdatedUnixMs: time.Now().UnixMilli()})
+		if err := rdb.HSet(ctx, store.ServersKey("dc"), pod, v).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	costs := func(want map[string]string) func() error {
+		return func() error {
+			for name, cost := range want {
+				p := &corev1.Pod{}
+				if err := c.Get(ctx, key(ns, name), p); err != nil {
+					return err
+				}
+				if got, ok := p.Annotations[resources.AnnotationPodDeletionCost]; got != cost || (cost == "" && ok) {
+					return fmt.Errorf("pod %s: deletion cost %q, want %q", name, got, cost)
+				}
+			}
+			return nil
+		}
+	}
+	publish("edge-a", 900)
+	publish("edge-b", 40)
+	touch(t, c, ns, "edge")
+	// edge-c published nothing: no cost rather than a guess.
+	eventually(t, "deletion costs", costs(map[string]string{"edge-a": "900", "edge-b": "40", "edge-c": ""}))
+	publish("edge-a", 3)  // emptied, e.g. by a shed
+	publish("edge-b", 45) // within 10 connections: not rewritten
+	touch(t, c, ns, "edge")
+	eventually(t, "deletion costs after a change", costs(map[string]string{"edge-a": "3", "edge-b": "40"}))
+}
+
+// spec.autoscaling sizes the Deployment by the connections the pods
+// report: up at once, down only after the stabilization window.
+func TestAutoscalingOnConnections(t *testing.T) {
+	c := k8s(t)
+	ns := namespace(t, c)
+	addr, _ := redisServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer func() { _ = rdb.Close() }()
+	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
+	sc := socketCluster(t, c, ns, `
+metadata: {name: edge}
+spec:
+  replicas: 3
+  redis: {addresses: ["`+addr+`"], keyPrefix: as}
+  auth: {deviceKeySecretRef: {name: device-key, key: key}}
+  autoscaling: {minReplicas: 2, maxReplicas: 6, targetConnectionsPerPod: 100, scaleDownStabilization: 3s}
+`)
+	for _, name := range []string{"edge-a", "edge-b"} {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: resources.SelectorLabels(sc)},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
+		}
+		if err := c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish := func(pod string, conns int64) {
+		t.Helper()
+		v, _ := json.Marshal(store.ServerStats{Connections: conns, UpdatedUnixMs: time.Now().UnixMilli()})
+		if err := rdb.HSet(ctx, store.ServersKey("as"), pod, v).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replicas := func(want int32) func() error {
+		return func() error {
+			d := &appsv1.Deployment{}
+			if err := c.Get(ctx, key(ns, "edge"), d); err != nil {
+				return err
+			}
+			if *d.Spec.Replicas != want {
+				return fmt.Errorf("Deployment replicas %d, want %d", *d.Spec.Replicas, want)
+			}
+			got := &v1alpha1.SocketCluster{}
+			if err := c.Get(ctx, key(ns, "edge"), got); err != nil {
+				return err
+			}
+			if as := got.Status.Autoscaling; as == nil || as.Replicas != want {
+				return fmt.Errorf("status.autoscaling %+v, want %d replicas", as, want)
+			}
+			return nil
+		}
+	}
+	publish("edge-a", 300)
+	publish("edge-b", 150)
+	touch(t, c, ns, "edge")
+	eventually(t, "scaled up to ceil(450/100)", replicas(5))
+
+	publish("edge-a", 100)
+	publish("edge-b", 50)
+	touch(t, c, ns, "edge")
+	// Not at once: the window starts.
+	eventually(t, "stabilization window", func() error {
+		got := &v1alpha1.SocketCluster{}
+		if err := c.Get(ctx, key(ns, "edge"), got); err != nil {
+			return err
+		}
+		if as := got.Status.Autoscaling; as == nil || as.LowSince == nil || as.Replicas != 5 || as.Recommendation != 2 {
+			return fmt.Errorf("status.autoscaling %+v, want 5 replicas, 2 recommended, low since set", as)
+		}
+		return nil
+	})
+	// Then down, on the requeue at the window's end (the counts stay fresh).
+	eventually(t, "scaled down to 2", func() error {
+		publish("edge-a", 100)
+		publish("edge-b", 50)
+		return replicas(2)()
+	})
 }

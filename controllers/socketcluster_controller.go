@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -31,6 +34,7 @@ import (
 	"github.com/socketcluster/socketcluster/controllers/conditions"
 	"github.com/socketcluster/socketcluster/controllers/connections"
 	"github.com/socketcluster/socketcluster/controllers/resources"
+	"github.com/socketcluster/socketcluster/controllers/rollout"
 )
 
 const (
@@ -63,6 +67,9 @@ type SocketClusterReconciler struct {
 	// Operator is where the operator runs: its NetworkPolicies admit it to
 	// the admin port.
 	Operator resources.Operator
+	// AdminHTTP calls the pods' admin API (drains); nil uses a client
+	// with a short timeout.
+	AdminHTTP *http.Client
 
 	redis connections.Clients // one per SocketCluster, for the status refresh
 }
@@ -70,12 +77,12 @@ type SocketClusterReconciler struct {
 // +kubebuilder:rbac:groups=sockets.socketcluster.io,resources=socketclusters,verbs=get;list;watch
 // +kubebuilder:rbac:groups=sockets.socketcluster.io,resources=socketclusters/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=sockets.socketcluster.io,resources=socketclusters/finalizers,verbs=update
-// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
-// +kubebuilder:rbac:groups="",resources=pods,verbs=list
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile applies the owned objects and refreshes the status.
@@ -117,33 +124,51 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("read Secrets: %w", err)
 	}
-	// Without its Secrets the pods could not start, so the Deployment is
-	// kept as it is until they exist.
-	deploy, notOwned, applyErr := r.applyOwned(ctx, sc, secrets, len(missing) == 0 && tokenConflict == "")
-	if tokenConflict == "" {
-		obs.apiTokenSecret = resources.APITokenRef(sc).Name
-	} else {
-		notOwned = append([]string{tokenConflict}, notOwned...)
-	}
-	obs.deploy = deploy
-	obs.problems = conditions.Problems{MissingSecrets: missing, NotOwned: notOwned, ApplyFailed: applyErr}
-
 	pods := &corev1.PodList{}
 	if err := r.APIReader.List(ctx, pods, client.InNamespace(sc.Namespace), client.MatchingLabels(resources.SelectorLabels(sc))); err != nil {
 		return ctrl.Result{}, fmt.Errorf("list pods: %w", err)
 	}
+	obs.pods = pods.Items
 	report, err := r.readStats(ctx, sc, secrets, pods.Items)
 	if err != nil {
 		log.Info("cannot read server stats from Redis", "error", err.Error())
 		obs.problems.Redis = err
 	} else {
 		obs.report = &report
+		r.updateDeletionCosts(ctx, pods.Items, &report)
+	}
+	if sc.Spec.Autoscaling != nil {
+		obs.autoscaling = r.autoscaleStatus(sc, pods.Items, obs.report, time.Now())
+		// In memory only: the Deployments, the rollout and the conditions
+		// follow the autoscaler's replicas instead of spec.replicas.
+		sc.Spec.Replicas = &obs.autoscaling.Replicas
+	}
+	// Without its Secrets the pods could not start, so the Deployments are
+	// kept as they are until they exist.
+	notOwned, applyErr := r.applyOwned(ctx, sc, secrets, len(missing) == 0 && tokenConflict == "", &obs)
+	if tokenConflict == "" {
+		obs.apiTokenSecret = resources.APITokenRef(sc).Name
+	} else {
+		notOwned = append([]string{tokenConflict}, notOwned...)
+	}
+	obs.problems.MissingSecrets, obs.problems.NotOwned, obs.problems.ApplyFailed = missing, notOwned, applyErr
+	if applyErr == nil {
+		r.rebalance(ctx, sc, &obs, apiToken(sc, secrets))
 	}
 	obs.complete = true
 	if applyErr != nil {
 		return ctrl.Result{}, applyErr // retried with backoff; the status says what failed
 	}
-	return ctrl.Result{RequeueAfter: StatusInterval}, nil
+	next := StatusInterval
+	if st := obs.step; st != nil && st.RequeueAfter > 0 {
+		next = min(next, st.RequeueAfter) // a rollout waits on time
+	}
+	if as := obs.autoscaling; as != nil && as.LowSince != nil {
+		// The scale-down is due when the stabilization window ends.
+		due := time.Until(as.LowSince.Add(sc.Spec.Autoscaling.ScaleDownStabilization.Duration))
+		next = min(next, max(due, time.Second))
+	}
+	return ctrl.Result{RequeueAfter: next}, nil
 }
 
 // observation is what a reconcile saw, for the status.
@@ -151,8 +176,18 @@ type observation struct {
 	// complete is set when the reconcile looked at everything; otherwise
 	// only Degraded is updated, with the error that stopped it.
 	complete bool
-	deploy   *appsv1.Deployment
-	problems conditions.Problems
+	// deploy is the Deployment of the pod template the spec asks for;
+	// active the one serving devices (the same, except while a
+	// ReconnectOnce rollout has not switched yet).
+	deploy, active *appsv1.Deployment
+	// step is where a ReconnectOnce rollout is; nil with Surge.
+	step *rollout.Step
+	// autoscaling is spec.autoscaling's decision, nil without it.
+	autoscaling *v1alpha1.AutoscalingStatus
+	// activeSince is when the Service switched to step.Active, if now.
+	activeSince *metav1.Time
+	pods        []corev1.Pod
+	problems    conditions.Problems
 	// report is nil when Redis could not be read.
 	report *connections.Report
 	// apiTokenSecret is the Secret the pods read the API token from, empty
@@ -193,24 +228,55 @@ func (r *SocketClusterReconciler) ensureAPIToken(ctx context.Context, sc *v1alph
 	return "", nil
 }
 
-// applyOwned applies every owned object and returns the Deployment as it
-// is now, or nil, the objects ("Kind name") left alone because someone
-// else owns them, and the errors of the objects that could not be applied
-// (the others are applied all the same). Without its Secrets (secretsOK
-// false) the Deployment is not applied.
-func (r *SocketClusterReconciler) applyOwned(ctx context.Context, sc *v1alpha1.SocketCluster, secrets map[string]*corev1.Secret, secretsOK bool) (*appsv1.Deployment, []string, error) {
-	owned := []client.Object{
-		resources.Service(sc), resources.AdminService(sc), resources.HeadlessService(sc), resources.PodDisruptionBudget(sc),
-	}
+// applyOwned applies every owned object and records in obs the
+// Deployments as they are now (or nil) and the rollout's step. It returns
+// the objects ("Kind name") left alone because someone else owns them, and
+// the errors of the objects that could not be applied (the others are
+// applied all the same). Without its Secrets (secretsOK false) no
+// Deployment is applied and the Service keeps its pods.
+func (r *SocketClusterReconciler) applyOwned(ctx context.Context, sc *v1alpha1.SocketCluster, secrets map[string]*corev1.Secret, secretsOK bool, obs *observation) ([]string, error) {
+	owned := []client.Object{resources.AdminService(sc), resources.HeadlessService(sc), resources.PodDisruptionBudget(sc)}
 	if resources.NetworkPolicyEnabled(sc) {
 		owned = append(owned, resources.NetworkPolicy(sc, r.Operator))
 	}
-	if secretsOK {
-		owned = append(owned, resources.Deployment(sc, r.DefaultImage, resources.SecretHash(resources.SecretRefs(sc), secrets)))
+	revs, err := r.listRevisions(ctx, sc)
+	if err != nil {
+		return nil, fmt.Errorf("list Deployments: %w", err)
 	}
-	var deploy *appsv1.Deployment
+	hash := resources.SecretHash(resources.SecretRefs(sc), secrets)
+	var desired *appsv1.Deployment
+	var oldPods []corev1.Pod
+	serviceRev := ""
+	if resources.ReconnectOnce(sc) {
+		d, rev := resources.RevisionDeployment(sc, r.DefaultImage, hash, 0)
+		desired = d
+		if secretsOK {
+			step, old, err := r.planRevisions(ctx, sc, d, rev, revs, obs.pods, obs.report)
+			if err != nil {
+				return nil, fmt.Errorf("plan the rollout: %w", err)
+			}
+			d.Spec.Replicas = &step.NewReplicas
+			obs.step, oldPods, serviceRev = &step, old, step.Active
+			if step.Switched {
+				obs.activeSince = &metav1.Time{Time: time.Now()}
+			}
+		} else if serviceRev, err = r.activeRevision(ctx, sc); err != nil {
+			return nil, fmt.Errorf("get Service: %w", err)
+		}
+	} else {
+		desired = resources.Deployment(sc, r.DefaultImage, hash)
+	}
+	// The Service goes first (it exists as soon as any Deployment does);
+	// its selector follows the rollout's step, which switches it only once
+	// the new revision is ready in full.
+	owned = append([]client.Object{resources.Service(sc, serviceRev)}, owned...)
+	if secretsOK {
+		owned = append(owned, desired)
+	}
+
 	var notOwned []string
 	var errs []error
+	applied := map[string]*appsv1.Deployment{}
 	for _, obj := range owned {
 		kind := obj.GetObjectKind().GroupVersionKind().Kind
 		err := r.apply(ctx, sc, obj)
@@ -221,7 +287,7 @@ func (r *SocketClusterReconciler) applyOwned(ctx context.Context, sc *v1alpha1.S
 			errs = append(errs, fmt.Errorf("apply %s %s: %w", kind, obj.GetName(), err))
 		default:
 			if d, ok := obj.(*appsv1.Deployment); ok {
-				deploy = d
+				applied[d.Name] = d
 			}
 		}
 	}
@@ -231,18 +297,65 @@ func (r *SocketClusterReconciler) applyOwned(ctx context.Context, sc *v1alpha1.S
 			errs = append(errs, fmt.Errorf("delete NetworkPolicy %s: %w", np.Name, err))
 		}
 	}
-	if deploy == nil {
-		// Not applied: report the one that runs, if this SocketCluster's.
-		deploy = &appsv1.Deployment{}
-		err := r.Client.Get(ctx, types.NamespacedName{Namespace: sc.Namespace, Name: sc.Name}, deploy)
-		if err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, fmt.Errorf("get Deployment %s: %w", sc.Name, err))
+	// Not applied: report the one that runs, if this SocketCluster's.
+	deployment := func(name string) *appsv1.Deployment {
+		if d := applied[name]; d != nil {
+			return d
 		}
-		if err != nil || !metav1.IsControlledBy(deploy, sc) {
-			deploy = nil
+		return revs.byName[name]
+	}
+	obs.deploy = deployment(desired.Name)
+	obs.active = obs.deploy
+	if st := obs.step; st != nil && st.Active != desired.Labels[resources.LabelRevision] {
+		obs.active = deployment(activeDeploymentName(sc, st.Active))
+	}
+
+	if len(errs) == 0 {
+		errs = append(errs, r.retireOld(ctx, sc, desired.Name, revs, obs, oldPods, secrets))
+	}
+	return notOwned, errors.Join(errs...)
+}
+
+// activeDeploymentName is the Deployment of the revision the Service
+// selects: the Surge one when it selects every pod.
+func activeDeploymentName(sc *v1alpha1.SocketCluster, revision string) string {
+	if revision == "" {
+		return sc.Name
+	}
+	return resources.RevisionDeploymentName(sc, revision)
+}
+
+// retireOld drains the old revision's pods and deletes its Deployments
+// when the rollout's step says so. With Surge, Deployments of revisions
+// left by an earlier ReconnectOnce go once the Surge Deployment is
+// available in full (their pods drain as they terminate).
+func (r *SocketClusterReconciler) retireOld(ctx context.Context, sc *v1alpha1.SocketCluster, keep string, revs revisions,
+	obs *observation, oldPods []corev1.Pod, secrets map[string]*corev1.Secret) error {
+	deleteOld := false
+	if st := obs.step; st != nil {
+		if st.Drain {
+			if err := r.drainOld(ctx, sc, oldPods, apiToken(sc, secrets), st.Active); err != nil {
+				// The next reconcile (in a few seconds) tries again.
+				logf.FromContext(ctx).Info("cannot start the drain of every old pod", "error", err.Error())
+			}
+		}
+		deleteOld = st.DeleteOld
+	} else {
+		deleteOld = obs.deploy != nil && available(obs.deploy) >= ptrValue(sc.Spec.Replicas)
+	}
+	if !deleteOld {
+		return nil
+	}
+	var errs []error
+	for name, d := range revs.byName {
+		if name == keep {
+			continue
+		}
+		if err := r.deleteOwned(ctx, sc, d, "Deployment"); err != nil {
+			errs = append(errs, fmt.Errorf("delete Deployment %s: %w", name, err))
 		}
 	}
-	return deploy, notOwned, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // deleteOwned deletes obj (named, of the given kind) if it exists and this
@@ -366,13 +479,30 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 	p := obs.problems
 	var conds []metav1.Condition
 	if obs.complete {
-		if d := obs.deploy; d != nil {
-			st.Replicas, st.ReadyReplicas, st.UpdatedReplicas = d.Status.Replicas, d.Status.ReadyReplicas, d.Status.UpdatedReplicas
+		if d := obs.active; d != nil {
+			st.Replicas, st.ReadyReplicas = d.Status.Replicas, d.Status.ReadyReplicas
 			for _, c := range d.Spec.Template.Spec.Containers {
 				if c.Name == resources.ContainerName {
 					st.CurrentImage = c.Image
 				}
 			}
+		}
+		if d := obs.deploy; d != nil {
+			st.UpdatedReplicas = d.Status.UpdatedReplicas
+		}
+		if step := obs.step; step != nil {
+			// The scale subresource (kubectl scale, HPA) counts the pods
+			// that serve devices.
+			st.Selector = labels.SelectorFromSet(resources.PublicSelectorLabels(sc, step.Active)).String()
+			if step.Active != st.ActiveRevision || st.ActiveSince == nil || obs.activeSince != nil {
+				st.ActiveSince = obs.activeSince
+				if st.ActiveSince == nil {
+					st.ActiveSince = &metav1.Time{Time: time.Now()}
+				}
+			}
+			st.ActiveRevision = step.Active
+		} else {
+			st.ActiveRevision, st.ActiveSince = "", nil
 		}
 		var store *conditions.StoreReport
 		if rep := obs.report; rep != nil {
@@ -380,7 +510,10 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 			st.ConnectionsObservedAt = &metav1.Time{Time: time.Now()}
 			store = &conditions.StoreReport{Servers: rep.Servers, Warnings: rep.StoreWarnings}
 		}
-		conds = append(conds, conditions.Available(sc, obs.deploy), conditions.Progressing(sc, obs.deploy), conditions.StoreDurable(sc, store))
+		st.Pods = podStatuses(obs.pods, obs.report)
+		st.Autoscaling = obs.autoscaling
+		conds = append(conds, conditions.Available(sc, obs.active), conditions.Progressing(sc, obs.deploy, obs.step),
+			conditions.Draining(sc, obs.step), conditions.StoreDurable(sc, store))
 	} else {
 		p.Error = reconcileErr
 	}
@@ -410,6 +543,48 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 	}
 	RecordConditions(sc)
 	return nil
+}
+
+// updateDeletionCosts keeps each pod's pod-deletion-cost near its
+// connection count, so that a scale-down deletes (and drains) the least
+// loaded pods. A pod without fresh stats keeps its cost. Failures are
+// logged: the next reconcile tries again.
+func (r *SocketClusterReconciler) updateDeletionCosts(ctx context.Context, pods []corev1.Pod, report *connections.Report) {
+	for i := range pods {
+		p := &pods[i]
+		s, ok := report.Pods[p.Name]
+		if !ok || p.DeletionTimestamp != nil {
+			continue
+		}
+		want := resources.DeletionCost(s.Connections)
+		if !resources.DeletionCostStale(p.Annotations[resources.AnnotationPodDeletionCost], want) {
+			continue
+		}
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, resources.AnnotationPodDeletionCost, want)
+		if err := r.Client.Patch(ctx, p, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil && !apierrors.IsNotFound(err) {
+			logf.FromContext(ctx).Info("cannot set the pod-deletion-cost", "pod", p.Name, "error", err.Error())
+		}
+	}
+}
+
+// podStatuses lists the pods by name with their revision and, when Redis
+// was read, what each published.
+func podStatuses(pods []corev1.Pod, report *connections.Report) []v1alpha1.PodStatus {
+	out := make([]v1alpha1.PodStatus, 0, len(pods))
+	for _, p := range pods {
+		ps := v1alpha1.PodStatus{Name: p.Name, Revision: p.Labels[resources.LabelRevision]}
+		if report != nil {
+			if s, ok := report.Pods[p.Name]; ok {
+				ps.Connections, ps.Draining = &s.Connections, s.Draining
+			}
+		}
+		out = append(out, ps)
+	}
+	slices.SortFunc(out, func(a, b v1alpha1.PodStatus) int { return strings.Compare(a.Name, b.Name) })
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // SetupWithManager watches SocketClusters, what they own, and the Secrets

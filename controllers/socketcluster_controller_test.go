@@ -221,6 +221,26 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
 	for _, tc := range []struct{ name, spec, message string }{
 		{"no device key", `
   redis: {addresses: [r:6379]}`, "auth.deviceKeySecretRef is required"},
+		{"ReconnectOnce without surge", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  rollout: {strategy: ReconnectOnce, maxSurge: 0, maxUnavailable: 1}`, "rollout.strategy ReconnectOnce starts the new revision rollout.maxSurge pods at a time: rollout.maxSurge must not be 0"},
+		{"cluster drain rate with Surge", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  drain: {clusterRate: 100}`, "drain.clusterRate paces the drain the operator runs after a ReconnectOnce switch"},
+		{"unknown strategy", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  rollout: {strategy: BlueGreen}`, `spec.rollout.strategy: Unsupported value: "BlueGreen"`},
+		{"autoscaling bounds crossed", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  autoscaling: {minReplicas: 5, maxReplicas: 3, targetConnectionsPerPod: 1000}`, "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"},
+		{"autoscaling without a target", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  autoscaling: {maxReplicas: 3}`, "spec.autoscaling.targetConnectionsPerPod: Required value"},
 		{"key and insecure", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true, deviceKeySecretRef: {name: k, key: k}}`, "auth.insecureNoAuth: true cannot be combined with auth.deviceKeySecretRef"},

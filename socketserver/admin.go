@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/pprof"
 	"strconv"
@@ -388,7 +389,16 @@ func (s *Server) postDrain(w http.ResponseWriter, r *http.Request) {
 		}
 		delay = d
 	}
-	done := s.DrainAfter(delay)
+	var rate float64
+	if v := r.URL.Query().Get("rate"); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f <= 0 || math.IsInf(f, 0) {
+			writeError(w, http.StatusBadRequest, adminapi.CodeBadQuery, "rate must be a positive number of GOAWAYs per second")
+			return
+		}
+		rate = f
+	}
+	done := s.DrainAfterRate(delay, rate)
 	if wait, _ := strconv.ParseBool(r.URL.Query().Get("wait")); !wait {
 		writeJSON(w, http.StatusAccepted, adminapi.DrainStarted{Status: "draining"})
 		return

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver"
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
@@ -238,5 +240,42 @@ func TestDrainPacing(t *testing.T) {
 	case <-srv.Drain():
 	case <-time.After(5 * time.Second):
 		t.Fatal("drain did not finish after every device left")
+	}
+}
+
+// POST /drain?rate= paces this drain instead of --drain-rate: the operator
+// shares a cluster-wide rate among the pods it drains this way.
+func TestDrainRateOfTheRequest(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.DrainRate = 1000 })
+	for _, bad := range []string{"0", "-1", "x", "+Inf"} {
+		if code, body := api(t, srv, "POST", "/drain?rate="+bad, ""); code != 400 || !strings.Contains(body, adminapi.CodeBadQuery) {
+			t.Fatalf("rate=%s: %d %s, want 400 %s", bad, code, body, adminapi.CodeBadQuery)
+		}
+	}
+	if srv.Draining() {
+		t.Fatal("a refused drain request started a drain")
+	}
+	const n = 5
+	conns := make([]*rawConn, n)
+	for i := range conns {
+		conns[i] = dial(t, srv.Addrs().TCP)
+		conns[i].welcome(fmt.Sprintf("d%d", i), 0)
+	}
+	start := time.Now()
+	if err := adminClient(srv, "").DrainAtRate(context.Background(), 10); err != nil {
+		t.Fatal(err)
+	}
+	var last time.Duration
+	for _, c := range conns {
+		if f, err := c.read(); err != nil || f.typ != protocol.TypeGoAway {
+			t.Fatalf("want GOAWAY, got %v %v", f, err)
+		}
+		last = time.Since(start)
+		c.nc.Close()
+	}
+	// At 10/s the fifth GOAWAY leaves 4 intervals after the first; at the
+	// server's own 1000/s it would leave within a few milliseconds.
+	if last < 390*time.Millisecond {
+		t.Fatalf("the drain ignored rate=10: every GOAWAY within %v", last)
 	}
 }

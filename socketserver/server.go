@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -133,6 +134,9 @@ type Server struct {
 	draining  atomic.Bool // unready: set when a drain is asked for
 	goingAway atomic.Bool // GOAWAYs started: set after the drain's delay
 	drainOnce sync.Once
+	// drainRate, when set (float64 bits), paces this drain instead of
+	// cfg.DrainRate: the operator shares a cluster-wide rate this way.
+	drainRate atomic.Uint64
 	drainNow  chan struct{} // closed to end a drain's delay early
 	nowOnce   sync.Once
 	drainDone chan struct{}
@@ -630,10 +634,20 @@ func (s *Server) Drain() <-chan struct{} { return s.DrainAfter(0) }
 // closed when no connection remains or the drain timeout passed after
 // the delay.
 func (s *Server) DrainAfter(delay time.Duration) <-chan struct{} {
+	return s.DrainAfterRate(delay, 0)
+}
+
+// DrainAfterRate is DrainAfter sending rate GOAWAYs per second instead of
+// the configured pacing (0 keeps it). Like the delay, only the first call's
+// rate counts.
+func (s *Server) DrainAfterRate(delay time.Duration, rate float64) <-chan struct{} {
 	if delay <= 0 {
 		s.nowOnce.Do(func() { close(s.drainNow) })
 	}
 	s.drainOnce.Do(func() {
+		if rate > 0 {
+			s.drainRate.Store(math.Float64bits(rate))
+		}
 		s.draining.Store(true)
 		s.grpcNotReady()
 		s.metrics.drains.Inc()
@@ -703,9 +717,13 @@ func (s *Server) drain() {
 func (s *Server) goAwayPaced(sessions []*session, stop <-chan struct{}) bool {
 	start := time.Now()
 	var interval time.Duration
+	rate := s.cfg.DrainRate
+	if r := math.Float64frombits(s.drainRate.Load()); r > 0 {
+		rate = r
+	}
 	switch {
-	case s.cfg.DrainRate > 0:
-		interval = time.Duration(float64(time.Second) / s.cfg.DrainRate)
+	case rate > 0:
+		interval = time.Duration(float64(time.Second) / rate)
 	case len(sessions) > 1:
 		interval = s.cfg.DrainTimeout * 8 / 10 / time.Duration(len(sessions))
 	}

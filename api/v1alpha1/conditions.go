@@ -18,6 +18,26 @@ const (
 	// valid but risky with the load balancer: devices may be reset, or sent
 	// back to the pod that drains (docs/load-balancers.md).
 	ConditionTimingsSafe = "TimingsSafe"
+	// ConditionDraining is True while a ReconnectOnce rollout has pods of
+	// an old revision: starting the new one, waiting for the load balancer
+	// after the switch, or draining the old pods.
+	ConditionDraining = "Draining"
+)
+
+// Reasons of the Draining condition, in the order a rollout goes through them.
+const (
+	// ReasonStartingRevision: the new revision's pods are coming up; the
+	// old revision serves every device.
+	ReasonStartingRevision = "StartingRevision"
+	// ReasonDeregistering: the public Service selects the new revision;
+	// the old pods keep their devices until the load balancer stopped
+	// sending them new ones (drain.preStopWait).
+	ReasonDeregistering = "Deregistering"
+	// ReasonDrainingOldRevision: the old pods send GOAWAYs; their devices
+	// reconnect to the new revision.
+	ReasonDrainingOldRevision = "DrainingOldRevision"
+	// ReasonNoOldRevision: every pod runs the active revision.
+	ReasonNoOldRevision = "NoOldRevision"
 )
 
 // Reasons of the Available condition.

@@ -19,6 +19,8 @@ import (
 // +kubebuilder:validation:XValidation:rule="!has(self.service.loadBalancer) || self.service.loadBalancer.provider != 'azure' || duration(self.heartbeat.interval) < duration('100m')",message="with service.loadBalancer.provider azure, heartbeat.interval must be below 100m, the longest TCP idle timeout an Azure load balancer can be given",fieldPath=.heartbeat.interval
 // +kubebuilder:validation:XValidation:rule="(oldSelf.hasValue() && has(oldSelf.value().drain.deregistrationDelay) && has(self.drain.deregistrationDelay) && oldSelf.value().drain.deregistrationDelay == self.drain.deregistrationDelay && has(oldSelf.value().drain.preStopWait) == has(self.drain.preStopWait) && (!has(self.drain.preStopWait) || oldSelf.value().drain.preStopWait == self.drain.preStopWait) && has(oldSelf.value().service.loadBalancer) == has(self.service.loadBalancer) && (!has(self.service.loadBalancer) || oldSelf.value().service.loadBalancer.provider == self.service.loadBalancer.provider)) || !has(self.drain.deregistrationDelay) || !has(self.service.loadBalancer) || self.service.loadBalancer.provider != 'aws-nlb' || duration(self.drain.deregistrationDelay) > (has(self.drain.preStopWait) ? duration(self.drain.preStopWait) : !has(self.service.loadBalancer) ? duration('5s') : self.service.loadBalancer.provider == 'aws-nlb' ? duration('130s') : self.service.loadBalancer.provider == 'gke' ? duration('30s') : self.service.loadBalancer.provider == 'azure' ? duration('20s') : duration('5s'))",message="with service.loadBalancer.provider aws-nlb, drain.deregistrationDelay must be longer than drain.preStopWait (default 130s): the NLB would reset every connection of a terminating pod before it sends its first GOAWAY. Remove drain.deregistrationDelay to get the grace period",fieldPath=.drain.deregistrationDelay,optionalOldSelf=true
 // +kubebuilder:validation:XValidation:rule="!((self.rollout.maxSurge == 0 || self.rollout.maxSurge == '0%') && (self.rollout.maxUnavailable == 0 || self.rollout.maxUnavailable == '0%'))",message="rollout.maxSurge and rollout.maxUnavailable cannot both be 0: a rollout could then never replace a pod",fieldPath=.rollout
+// +kubebuilder:validation:XValidation:rule="!has(self.rollout.strategy) || self.rollout.strategy != 'ReconnectOnce' || !(self.rollout.maxSurge == 0 || self.rollout.maxSurge == '0%')",message="rollout.strategy ReconnectOnce starts the new revision rollout.maxSurge pods at a time: rollout.maxSurge must not be 0",fieldPath=.rollout.maxSurge
+// +kubebuilder:validation:XValidation:rule="!has(self.drain.clusterRate) || self.drain.clusterRate == 0 || (has(self.rollout.strategy) && self.rollout.strategy == 'ReconnectOnce')",message="drain.clusterRate paces the drain the operator runs after a ReconnectOnce switch: set rollout.strategy: ReconnectOnce, or use drain.rate (per pod)",fieldPath=.drain.clusterRate
 // +kubebuilder:validation:XValidation:rule="self.service.type != 'ClusterIP' || !has(self.service.externalTrafficPolicy)",message="service.externalTrafficPolicy applies only to LoadBalancer and NodePort Services",fieldPath=.service.externalTrafficPolicy
 // +kubebuilder:validation:XValidation:rule="self.service.type == 'LoadBalancer' || (!has(self.service.loadBalancerSourceRanges) && !has(self.service.loadBalancer))",message="service.loadBalancer and service.loadBalancerSourceRanges apply only to type LoadBalancer",fieldPath=.service
 // +kubebuilder:validation:XValidation:rule="has(self.auth) && (has(self.auth.deviceKeySecretRef) || (has(self.auth.insecureNoAuth) && self.auth.insecureNoAuth))",message="auth.deviceKeySecretRef is required: devices authenticate with JWTs signed by that key (set auth.insecureNoAuth: true only for development)"
@@ -105,6 +107,35 @@ type SocketClusterSpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	PodDisruptionBudget PodDisruptionBudgetSpec `json:"podDisruptionBudget,omitzero"`
+	// Autoscaling sizes the cluster by its connections; when set it
+	// decides the replicas instead of spec.replicas (see
+	// status.autoscaling). Do not combine it with a HorizontalPodAutoscaler.
+	// +optional
+	Autoscaling *AutoscalingSpec `json:"autoscaling,omitempty"`
+}
+
+// AutoscalingSpec sizes the cluster so that each pod holds about
+// targetConnectionsPerPod connections: ceil(connections / target) pods,
+// within [minReplicas, maxReplicas]. It scales up at once and down only
+// when every recommendation of the last scaleDownStabilization was lower
+// (devices of a removed pod all reconnect). When the pods are uneven (after
+// a scale-up, new pods hold nothing) the operator sheds connections from the
+// fuller ones (POST /shed), so that devices reconnect to the emptier ones.
+// +kubebuilder:validation:XValidation:rule="self.minReplicas <= self.maxReplicas",message="autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
+type AutoscalingSpec struct {
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	MinReplicas int32 `json:"minReplicas,omitempty"`
+	// +kubebuilder:validation:Minimum=1
+	MaxReplicas int32 `json:"maxReplicas"`
+	// +kubebuilder:validation:Minimum=1
+	TargetConnectionsPerPod int32 `json:"targetConnectionsPerPod"`
+	// +kubebuilder:default="5m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +optional
+	ScaleDownStabilization metav1.Duration `json:"scaleDownStabilization,omitzero"`
 }
 
 // ListenersSpec sets the ports. The WebSocket path is always /ws (protocol
@@ -321,6 +352,14 @@ type DrainSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	// +optional
 	Rate int32 `json:"rate,omitempty"`
+	// ClusterRate is GOAWAYs per second over all the pods the operator
+	// drains at once after a ReconnectOnce switch, shared evenly among
+	// them; 0 gives each pod rate (or its timeout spread). It bounds the
+	// reconnect (and session resume) load the new revision takes.
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	ClusterRate int32 `json:"clusterRate,omitempty"`
 	// Jitter bounds the random reconnect delay told to each device, so that
 	// they do not all reconnect at once.
 	// +kubebuilder:default="10s"
@@ -349,12 +388,38 @@ type DrainSpec struct {
 	DeregistrationDelay *metav1.Duration `json:"deregistrationDelay,omitempty"`
 }
 
-// RolloutSpec is the Deployment's rolling update. The default never lowers
-// capacity: new pods come up before old ones drain.
+// RolloutStrategy says how pods of a new pod template replace the old ones.
+// +kubebuilder:validation:Enum=Surge;ReconnectOnce
+type RolloutStrategy string
+
+const (
+	// RolloutSurge is the Deployment's rolling update: maxSurge new pods at
+	// a time, then old pods drain; a device of a draining pod may land on
+	// another old pod and move again.
+	RolloutSurge RolloutStrategy = "Surge"
+	// RolloutReconnectOnce is blue-green: one Deployment per revision; the
+	// new revision comes up in full (maxSurge pods at a time) while the old
+	// one serves, then the public Service switches to it at once and the
+	// operator drains the old pods, so that each device moves once. It
+	// needs room for twice the replicas during a rollout.
+	RolloutReconnectOnce RolloutStrategy = "ReconnectOnce"
+)
+
+// RolloutSpec says how a changed pod template rolls out. The default never
+// lowers capacity: new pods come up before old ones drain.
 type RolloutSpec struct {
+	// Strategy is Surge (the Deployment's rolling update) or ReconnectOnce
+	// (blue-green: every device moves once, to the new revision). Surge is
+	// the default because ReconnectOnce runs twice the pods for a while.
+	// +kubebuilder:default=Surge
+	// +optional
+	Strategy RolloutStrategy `json:"strategy,omitempty"`
+	// MaxSurge: with Surge, the Deployment's maxSurge; with ReconnectOnce,
+	// how many pods of the new revision are started at a time.
 	// +kubebuilder:default="25%"
 	// +optional
 	MaxSurge *intstr.IntOrString `json:"maxSurge,omitempty"`
+	// MaxUnavailable is the Deployment's maxUnavailable (Surge only).
 	// +kubebuilder:default=0
 	// +optional
 	MaxUnavailable *intstr.IntOrString `json:"maxUnavailable,omitempty"`
@@ -440,10 +505,61 @@ type SocketClusterStatus struct {
 	// "token") when the spec names none.
 	// +optional
 	APITokenSecretName string `json:"apiTokenSecretName,omitempty"`
+	// ActiveRevision is the pod template revision the public Service
+	// sends devices to (ReconnectOnce); empty with Surge.
+	// +optional
+	ActiveRevision string `json:"activeRevision,omitempty"`
+	// ActiveSince is when the public Service switched to ActiveRevision;
+	// old pods are drained once the load balancer had time to notice.
+	// +optional
+	ActiveSince *metav1.Time `json:"activeSince,omitempty"`
+	// Autoscaling is what spec.autoscaling decided.
+	// +optional
+	Autoscaling *AutoscalingStatus `json:"autoscaling,omitempty"`
+	// Pods are the SocketCluster's pods with their revision and what they
+	// last published to Redis.
+	// +listType=map
+	// +listMapKey=name
+	// +optional
+	Pods []PodStatus `json:"pods,omitempty"`
 	// +listType=map
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// AutoscalingStatus is the autoscaler's state.
+type AutoscalingStatus struct {
+	// Replicas is what the cluster runs instead of spec.replicas.
+	Replicas int32 `json:"replicas"`
+	// Recommendation is the last ceil(connections / target), within bounds.
+	// +optional
+	Recommendation int32 `json:"recommendation,omitempty"`
+	// LowSince is when the recommendations started to stay below Replicas.
+	// +optional
+	LowSince *metav1.Time `json:"lowSince,omitempty"`
+	// LastScaleTime is when Replicas last changed.
+	// +optional
+	LastScaleTime *metav1.Time `json:"lastScaleTime,omitempty"`
+	// RebalancedAt is when connections were last shed from the fuller
+	// pods; the next shed waits for the devices to settle.
+	// +optional
+	RebalancedAt *metav1.Time `json:"rebalancedAt,omitempty"`
+}
+
+// PodStatus is one pod as the operator last saw it.
+type PodStatus struct {
+	Name string `json:"name"`
+	// Revision is the pod template revision (ReconnectOnce), empty with Surge.
+	// +optional
+	Revision string `json:"revision,omitempty"`
+	// Connections the pod published to Redis within the last 30s; absent
+	// when it published none.
+	// +optional
+	Connections *int64 `json:"connections,omitempty"`
+	// Draining: the pod is unready and sends its devices GOAWAY.
+	// +optional
+	Draining bool `json:"draining,omitempty"`
 }
 
 // SocketCluster runs socketservers behind a Service.
@@ -455,6 +571,8 @@ type SocketClusterStatus struct {
 // +kubebuilder:printcolumn:name="Ready",type=integer,JSONPath=`.status.readyReplicas`
 // +kubebuilder:printcolumn:name="Connections",type=integer,JSONPath=`.status.connections`
 // +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.status.currentImage`
+// +kubebuilder:printcolumn:name="Revision",type=string,JSONPath=`.status.activeRevision`,priority=1
+// +kubebuilder:printcolumn:name="Rollout",type=string,JSONPath=`.status.conditions[?(@.type=="Draining")].reason`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type SocketCluster struct {
 	metav1.TypeMeta `json:",inline"`

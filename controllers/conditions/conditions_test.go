@@ -14,6 +14,7 @@ import (
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers/conditions"
+	"github.com/socketcluster/socketcluster/controllers/rollout"
 )
 
 func cluster(replicas int32, maxUnavailable intstr.IntOrString) *v1alpha1.SocketCluster {
@@ -89,8 +90,30 @@ func TestProgressing(t *testing.T) {
 		{"scaling up", cluster(5, intstr.FromInt32(0)), deployment(5, 5, 3, 3), T, v1alpha1.ReasonRolloutInProgress},
 		{"stalled", cluster(3, intstr.FromInt32(0)), stalled, F, v1alpha1.ReasonProgressDeadlineExceeded},
 	} {
-		check(t, tc.name, conditions.Progressing(tc.sc, tc.d), tc.status, tc.reason)
+		check(t, tc.name, conditions.Progressing(tc.sc, tc.d, nil), tc.status, tc.reason)
 	}
+	// ReconnectOnce: a complete new revision still progresses while the
+	// old one is there.
+	sc := cluster(3, intstr.FromInt32(0))
+	draining := &rollout.Step{Phase: v1alpha1.ReasonDrainingOldRevision, Message: "draining 3 old pods"}
+	check(t, "old revision drains", conditions.Progressing(sc, deployment(3, 3, 3, 3), draining), T, v1alpha1.ReasonRolloutInProgress)
+	check(t, "new revision stalled", conditions.Progressing(sc, stalled, &rollout.Step{Phase: v1alpha1.ReasonStartingRevision}), F, v1alpha1.ReasonProgressDeadlineExceeded)
+	done := &rollout.Step{Phase: v1alpha1.ReasonNoOldRevision, Message: "every pod runs revision b"}
+	check(t, "old revision gone", conditions.Progressing(sc, deployment(3, 3, 3, 3), done), F, v1alpha1.ReasonRolloutComplete)
+}
+
+func TestDraining(t *testing.T) {
+	T, F := metav1.ConditionTrue, metav1.ConditionFalse
+	sc := cluster(3, intstr.FromInt32(0))
+	check(t, "Surge", conditions.Draining(sc, nil), F, v1alpha1.ReasonNoOldRevision)
+	for _, phase := range []string{v1alpha1.ReasonStartingRevision, v1alpha1.ReasonDeregistering, v1alpha1.ReasonDrainingOldRevision} {
+		got := conditions.Draining(sc, &rollout.Step{Phase: phase, Message: "m"})
+		check(t, phase, got, T, phase)
+		if got.Message != "m" {
+			t.Errorf("%s: message %q, want the step's", phase, got.Message)
+		}
+	}
+	check(t, "done", conditions.Draining(sc, &rollout.Step{Phase: v1alpha1.ReasonNoOldRevision, Message: "m"}), F, v1alpha1.ReasonNoOldRevision)
 }
 
 func TestDegraded(t *testing.T) {

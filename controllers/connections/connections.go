@@ -55,6 +55,8 @@ type Report struct {
 	// StoreWarnings are the distinct warnings those pods reported about
 	// their store, sorted.
 	StoreWarnings []string
+	// Pods are the fresh stats of each pod that has some.
+	Pods map[string]store.ServerStats
 }
 
 // Read reads the stats published under prefix and summarizes those of the
@@ -79,6 +81,10 @@ func Summarize(stats map[string]store.ServerStats, pods []string, now time.Time)
 		}
 		r.Servers++
 		r.Connections += s.Connections
+		if r.Pods == nil {
+			r.Pods = map[string]store.ServerStats{}
+		}
+		r.Pods[p] = s
 		for _, w := range s.StoreWarnings {
 			if !slices.Contains(r.StoreWarnings, w) {
 				r.StoreWarnings = append(r.StoreWarnings, w)

@@ -45,9 +45,10 @@ func TestSummarizeStoreWarnings(t *testing.T) {
 		"gone":  {UpdatedUnixMs: fresh, StoreWarnings: []string{"another cluster"}},
 	}
 	got := connections.Summarize(stats, []string{"a", "b", "c", "stale", "new"}, now)
-	want := connections.Report{Connections: 6, Servers: 3, StoreWarnings: []string{aof, lru}}
+	want := connections.Report{Connections: 6, Servers: 3, StoreWarnings: []string{aof, lru},
+		Pods: map[string]store.ServerStats{"a": stats["a"], "b": stats["b"], "c": stats["c"]}}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("report %+v, want %+v: distinct warnings of fresh current pods, sorted", got, want)
+		t.Errorf("report %+v, want %+v: distinct warnings and per-pod stats of fresh current pods, sorted", got, want)
 	}
 	if got := connections.Summarize(stats, []string{"c"}, now); got.Servers != 1 || got.StoreWarnings != nil {
 		t.Errorf("pod without warnings: %+v", got)

@@ -359,7 +359,7 @@ func TestGRPCListener(t *testing.T) {
 			for _, p := range c.Ports {
 				cports[p.Name] = p.ContainerPort
 			}
-			for what, svc := range map[string]*corev1.Service{"service": resources.Service(sc), "headless": resources.HeadlessService(sc)} {
+			for what, svc := range map[string]*corev1.Service{"service": resources.Service(sc, ""), "headless": resources.HeadlessService(sc)} {
 				ports := map[string]int32{}
 				for _, p := range svc.Spec.Ports {
 					ports[p.Name] = p.Port

@@ -37,15 +37,16 @@ const AnnotationAzureIdleTimeout = "service.beta.kubernetes.io/azure-load-balanc
 
 // Service is the public entry point: the TCP listener, the WebSocket
 // listener (port "ws", WebSocket and SSE) and the gRPC one when enabled,
-// never the admin API.
-func Service(sc *v1alpha1.SocketCluster) *corev1.Service {
+// never the admin API. It selects the pods of revision, or every pod when
+// revision is empty (see PublicSelectorLabels).
+func Service(sc *v1alpha1.SocketCluster, revision string) *corev1.Service {
 	spec := &sc.Spec.Service
 	svc := &corev1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
 		ObjectMeta: objectMeta(sc, sc.Name),
 		Spec: corev1.ServiceSpec{
 			Type:                     spec.Type,
-			Selector:                 SelectorLabels(sc),
+			Selector:                 PublicSelectorLabels(sc, revision),
 			Ports:                    devicePortsOfService(sc),
 			LoadBalancerSourceRanges: spec.LoadBalancerSourceRanges,
 		},

@@ -12,7 +12,7 @@ import (
 
 func TestServiceDefaults(t *testing.T) {
 	sc := defaulted(t, minimal)
-	svc := resources.Service(sc)
+	svc := resources.Service(sc, "")
 	assertOwned(t, svc.OwnerReferences, sc)
 	if svc.Name != "edge" || svc.Spec.Type != corev1.ServiceTypeLoadBalancer || svc.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyLocal {
 		t.Errorf("service %s type %s policy %s", svc.Name, svc.Spec.Type, svc.Spec.ExternalTrafficPolicy)
@@ -35,12 +35,12 @@ func TestServiceDefaults(t *testing.T) {
 func TestServiceClusterIPHasNoTrafficPolicy(t *testing.T) {
 	sc := defaulted(t, minimal)
 	sc.Spec.Service.Type = corev1.ServiceTypeClusterIP
-	if p := resources.Service(sc).Spec.ExternalTrafficPolicy; p != "" {
+	if p := resources.Service(sc, "").Spec.ExternalTrafficPolicy; p != "" {
 		t.Errorf("ClusterIP Service with externalTrafficPolicy %q would be rejected", p)
 	}
 	sc.Spec.Service.Type = corev1.ServiceTypeNodePort
 	sc.Spec.Service.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyCluster
-	if p := resources.Service(sc).Spec.ExternalTrafficPolicy; p != corev1.ServiceExternalTrafficPolicyCluster {
+	if p := resources.Service(sc, "").Spec.ExternalTrafficPolicy; p != corev1.ServiceExternalTrafficPolicyCluster {
 		t.Errorf("policy %q, want the user's Cluster", p)
 	}
 }
@@ -55,7 +55,7 @@ func TestServiceAWSNLBPreset(t *testing.T) {
       service.beta.kubernetes.io/aws-load-balancer-scheme: internal
       example.com/team: iot
 `)
-	svc := resources.Service(sc)
+	svc := resources.Service(sc, "")
 	want := map[string]string{
 		"service.beta.kubernetes.io/aws-load-balancer-type":            "external",
 		"service.beta.kubernetes.io/aws-load-balancer-nlb-target-type": "ip",
@@ -83,7 +83,7 @@ func TestServiceAWSNLBDelayIsTheGracePeriod(t *testing.T) {
 	sc := defaulted(t, minimal+`
   service: {loadBalancer: {provider: aws-nlb}}
 `)
-	got := resources.Service(sc).Annotations[resources.AnnotationAWSTargetGroup]
+	got := resources.Service(sc, "").Annotations[resources.AnnotationAWSTargetGroup]
 	if want := "deregistration_delay.timeout_seconds=205,deregistration_delay.connection_termination.enabled=true,preserve_client_ip.enabled=true"; got != want {
 		t.Errorf("target group attributes %q, want %q", got, want)
 	}
@@ -96,10 +96,10 @@ func TestServiceGKEPreset(t *testing.T) {
     annotations: {example.com/team: iot}
 `)
 	want := map[string]string{"cloud.google.com/l4-rbs": "enabled", "example.com/team": "iot"}
-	if got := resources.Service(sc).Annotations; !reflect.DeepEqual(got, want) {
+	if got := resources.Service(sc, "").Annotations; !reflect.DeepEqual(got, want) {
 		t.Errorf("annotations %v, want %v", got, want)
 	}
-	if p := resources.Service(sc).Spec.ExternalTrafficPolicy; p != corev1.ServiceExternalTrafficPolicyLocal {
+	if p := resources.Service(sc, "").Spec.ExternalTrafficPolicy; p != corev1.ServiceExternalTrafficPolicyLocal {
 		t.Errorf("policy %s: Local keeps client IPs and lets the health check follow readiness", p)
 	}
 }
@@ -117,7 +117,7 @@ func TestServiceAzurePreset(t *testing.T) {
 		if tc.user != "" {
 			spec = minimal + "  service: {loadBalancer: {provider: azure}, annotations: {service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout: \"" + tc.user + "\"}}\n"
 		}
-		got := resources.Service(defaulted(t, spec)).Annotations
+		got := resources.Service(defaulted(t, spec), "").Annotations
 		if want := map[string]string{"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout": tc.want}; !reflect.DeepEqual(got, want) {
 			t.Errorf("%q %q: annotations %v, want %v", tc.heartbeat, tc.user, got, want)
 		}

@@ -69,7 +69,7 @@ func TestTimingsReachTheObjects(t *testing.T) {
 	if cmd[len(cmd)-1] != "--delay=2m20s" {
 		t.Errorf("preStop %v, want --delay=2m20s", cmd)
 	}
-	if a := resources.Service(sc).Annotations[resources.AnnotationAWSTargetGroup]; !strings.HasPrefix(a, "deregistration_delay.timeout_seconds=200,") {
+	if a := resources.Service(sc, "").Annotations[resources.AnnotationAWSTargetGroup]; !strings.HasPrefix(a, "deregistration_delay.timeout_seconds=200,") {
 		t.Errorf("target group attributes %q, want the grace period as delay", a)
 	}
 }

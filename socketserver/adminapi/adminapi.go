@@ -224,9 +224,19 @@ const (
 // server stays up, unready, before its first GOAWAY; wait answers once the
 // drain is over.
 func DrainQuery(delay time.Duration, wait bool) string {
+	return DrainRateQuery(delay, 0, wait)
+}
+
+// DrainRateQuery is DrainQuery with a GOAWAY rate per second for this
+// drain, in place of the server's --drain-rate; 0 keeps the server's. The
+// operator sets it to share a cluster-wide rate among the pods it drains.
+func DrainRateQuery(delay time.Duration, rate float64, wait bool) string {
 	q := url.Values{}
 	if delay > 0 {
 		q.Set("delay", delay.String())
+	}
+	if rate > 0 {
+		q.Set("rate", strconv.FormatFloat(rate, 'g', -1, 64))
 	}
 	if wait {
 		q.Set("wait", "1")

@@ -181,6 +181,12 @@ func (c *Client) DrainAfter(ctx context.Context, delay time.Duration, wait bool)
 	return out.Remaining, err
 }
 
+// DrainAtRate starts draining at once, rate GOAWAYs per second (0: the
+// server's own pacing), and returns without waiting for the drain.
+func (c *Client) DrainAtRate(ctx context.Context, rate float64) error {
+	return c.call(ctx, http.MethodPost, DrainRateQuery(0, rate, false), nil, nil, http.StatusAccepted, &DrainStarted{})
+}
+
 // Server returns the server's name, connections and drain state
 // (GET /v1/server).
 func (c *Client) Server(ctx context.Context) (ServerInfo, error) {

@@ -15,34 +15,42 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/socketcluster/socketcluster/controllers/resources"
 	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/client"
 )
 
-// servers tracks the ready, not terminating pods of a SocketCluster, the way
-// a load balancer would, so that devices and backends only pick those.
+// servers tracks the ready endpoints of a SocketCluster's public Service,
+// from its EndpointSlices, the way an L4 load balancer does (the local
+// cluster has no kube-proxy): devices and backends pick only those. It also
+// maps pods to their image and revision, and records each WELCOME devices
+// got, so a test can tell where devices landed during a rollout.
 type servers struct {
 	mu  sync.Mutex
 	ips []string
+	// pods maps a pod name to its image as last listed.
+	pods map[string]string
+	// revision is the one the Service selects ("" for every pod), and
+	// switchedAt when the refresh first saw it select another.
+	revision   string
+	switchedAt time.Time
+	welcomes   []welcomed
+}
+
+// welcomed is a device session that a pod accepted.
+type welcomed struct {
+	at  time.Time
+	pod string
 }
 
 func (s *servers) refresh(ctx context.Context, ns string, selector map[string]string) {
+	service := selector[resources.LabelInstance] // the public Service is named like the SocketCluster
 	for ctx.Err() == nil {
-		list, err := cluster.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(selector).String()})
-		if err == nil {
-			var ips []string
-			for _, p := range list.Items {
-				if p.DeletionTimestamp == nil && p.Status.PodIP != "" && podReady(&p) {
-					ips = append(ips, p.Status.PodIP)
-				}
-			}
-			s.mu.Lock()
-			s.ips = ips
-			s.mu.Unlock()
-		}
+		s.refreshOnce(ctx, ns, service, selector)
 		select {
 		case <-ctx.Done():
 		case <-time.After(250 * time.Millisecond):
@@ -50,7 +58,42 @@ func (s *servers) refresh(ctx context.Context, ns string, selector map[string]st
 	}
 }
 
-// pick returns a random ready pod's IP with port, or "" while there is none.
+func (s *servers) refreshOnce(ctx context.Context, ns, service string, selector map[string]string) {
+	eps, err := cluster.kube.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + service})
+	if err != nil {
+		return
+	}
+	var ips []string
+	for _, sl := range eps.Items {
+		for _, ep := range sl.Endpoints {
+			// Ready is nil when unknown, which means ready; a terminating
+			// endpoint is never ready.
+			if ep.Conditions.Ready == nil || *ep.Conditions.Ready {
+				ips = append(ips, ep.Addresses...)
+			}
+		}
+	}
+	svc, svcErr := cluster.kube.CoreV1().Services(ns).Get(ctx, service, metav1.GetOptions{})
+	pods, podsErr := cluster.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: labels.SelectorFromSet(selector).String()})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ips = ips
+	if svcErr == nil {
+		if rev := svc.Spec.Selector[resources.LabelRevision]; rev != s.revision {
+			s.revision, s.switchedAt = rev, time.Now()
+		}
+	}
+	if podsErr == nil {
+		if s.pods == nil {
+			s.pods = map[string]string{}
+		}
+		for _, p := range pods.Items {
+			s.pods[p.Name] = p.Spec.Containers[0].Image
+		}
+	}
+}
+
+// pick returns a random ready endpoint's IP with port, or "" while there is none.
 func (s *servers) pick(port int) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -58,6 +101,26 @@ func (s *servers) pick(port int) string {
 		return ""
 	}
 	return net.JoinHostPort(s.ips[rand.IntN(len(s.ips))], strconv.Itoa(port))
+}
+
+// welcomed records that pod accepted a device's HELLO at at.
+func (s *servers) welcomed(pod string, at time.Time) {
+	s.mu.Lock()
+	s.welcomes = append(s.welcomes, welcomed{at, pod})
+	s.mu.Unlock()
+}
+
+// landedOn counts the HELLOs accepted after since by pods whose image is img.
+func (s *servers) landedOn(img string, since time.Time) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, w := range s.welcomes {
+		if w.at.After(since) && s.pods[w.pod] == img {
+			n++
+		}
+	}
+	return n
 }
 
 func podReady(p *corev1.Pod) bool {
@@ -118,6 +181,7 @@ func newDevice(name string, srv *servers, sse bool) *device {
 			defer d.mu.Unlock()
 			switch ev.Type {
 			case client.EventConnected:
+				srv.welcomed(ev.Welcome.Server, ev.At)
 				if !d.downSince.IsZero() {
 					d.resumes = append(d.resumes, ev.At.Sub(d.downSince))
 				}

@@ -74,7 +74,7 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	applySocketCluster(t, ns, image(tagA), redisAddr)
 	kubectl(t, "-n", ns, "wait", "--for=condition=Available", "socketcluster/"+scName, "--timeout=5m")
 	t.Logf("SocketCluster available in %s", time.Since(start).Round(time.Millisecond))
-	apiToken := generatedAPIToken(t, ctx, ns)
+	apiToken := generatedAPIToken(t, ctx, ns, scName)
 
 	// 5. Devices and backends.
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -117,7 +117,7 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	kubectl(t, "-n", ns, "patch", "socketcluster", scName, "--type=merge", "-p", `{"spec":{"image":"`+image(tagB)+`"}}`)
 	kubectl(t, "-n", ns, "wait", "--for=condition=Progressing=True", "socketcluster/"+scName, "--timeout=2m")
 	deletePod(t, ctx, ns, selector)
-	eventually(t, 10*time.Minute, "rollout to "+tagB, func() error { return rolledOutTo(ctx, ns, image(tagB)) })
+	eventually(t, 10*time.Minute, "rollout to "+tagB, func() error { return rolledOutTo(ctx, ns, scName, image(tagB)) })
 	rollout := time.Since(start)
 	killed := killContainer(t, ctx, ns, selector)
 	eventually(t, 5*time.Minute, "killed pod ready again", func() error { return readyAgain(ctx, ns, killed) })
@@ -305,23 +305,23 @@ func installOperator(t *testing.T, ns, tag string) {
 
 // generatedAPIToken reads the admin API token the operator generated for
 // the SocketCluster, from the Secret its status names.
-func generatedAPIToken(t *testing.T, ctx context.Context, ns string) string {
+func generatedAPIToken(t *testing.T, ctx context.Context, ns, name string) string {
 	t.Helper()
-	var name string
+	var secret string
 	eventually(t, time.Minute, "status.apiTokenSecretName", func() error {
-		name = strings.TrimSpace(kubectlNoFail("-n", ns, "get", "socketcluster", scName, "-o", "jsonpath={.status.apiTokenSecretName}"))
-		if name == "" {
+		secret = strings.TrimSpace(kubectlNoFail("-n", ns, "get", "socketcluster", name, "-o", "jsonpath={.status.apiTokenSecretName}"))
+		if secret == "" {
 			return fmt.Errorf("not set yet")
 		}
 		return nil
 	})
-	s, err := cluster.kube.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	s, err := cluster.kube.CoreV1().Secrets(ns).Get(ctx, secret, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	token := strings.TrimSpace(string(s.Data[resources.APITokenKey]))
 	if len(token) < 32 {
-		t.Fatalf("Secret %s: token of %d characters", name, len(token))
+		t.Fatalf("Secret %s: token of %d characters", secret, len(token))
 	}
 	return token
 }
@@ -352,10 +352,10 @@ spec:
 	}
 }
 
-// rolledOutTo is nil once the SocketCluster's pods all run img, all ready,
-// and no other pod is left.
-func rolledOutTo(ctx context.Context, ns, img string) error {
-	pods, err := cluster.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: resources.LabelInstance + "=" + scName})
+// rolledOutTo is nil once the SocketCluster's 3 pods all run img, all
+// ready, and no other pod is left.
+func rolledOutTo(ctx context.Context, ns, name, img string) error {
+	pods, err := cluster.kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: resources.LabelInstance + "=" + name})
 	if err != nil {
 		return err
 	}

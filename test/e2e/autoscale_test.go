@@ -1,0 +1,172 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/socketcluster/socketcluster/api/v1alpha1"
+	"github.com/socketcluster/socketcluster/controllers/resources"
+)
+
+// TestAutoscaleRebalance: a SocketCluster autoscaled on connections
+// (target 30% of E2E_DEVICES per pod, 2 to 4 pods) gets half the devices,
+// then the other half: it scales from 2 to 4 pods, and the operator sheds
+// connections from the full pods until every pod holds its share (within
+// 20% of the mean), without losing a message.
+func TestAutoscaleRebalance(t *testing.T) {
+	nDevices := envInt(t, "E2E_DEVICES", 2000)
+	ctx := context.Background()
+	ns := namespace(t, "autoscale")
+	tagA, _ := imageTags(t)
+	redisIP := startRedis(t, ctx, ns)
+	redisAddr := fmt.Sprintf("%s:%d", redisIP, redisPort)
+	installOperator(t, ns, tagA)
+	const name = "as"
+	target := nDevices * 3 / 10
+	manifest := fmt.Sprintf(`apiVersion: %s
+kind: SocketCluster
+metadata:
+  name: %s
+  namespace: %s
+spec:
+  replicas: 2
+  image: %s
+  imagePullPolicy: Never
+  redis:
+    addresses: [%q]
+  auth:
+    insecureNoAuth: true
+  drain:
+    timeout: 20s
+    jitter: 2s
+  autoscaling:
+    minReplicas: 2
+    maxReplicas: 4
+    targetConnectionsPerPod: %d
+    scaleDownStabilization: 10m
+`, v1alpha1.GroupVersion.String(), name, ns, image(tagA), redisAddr, target)
+	cmd := exec.Command(cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(manifest)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+	kubectl(t, "-n", ns, "wait", "--for=condition=Available", "socketcluster/"+name, "--timeout=5m")
+	apiToken := generatedAPIToken(t, ctx, ns, name)
+
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	srv := &servers{}
+	selector := map[string]string{resources.LabelName: resources.AppName, resources.LabelInstance: name}
+	go srv.refresh(loadCtx, ns, selector)
+	devs := make([]*device, nDevices)
+	var running sync.WaitGroup
+	connect := func(from, to int) {
+		for i := from; i < to; i++ {
+			devs[i] = newDevice(fmt.Sprintf("%s-dev-%05d", name, i), srv, i%sseShare == 0)
+			running.Add(1)
+			go func() { defer running.Done(); devs[i].client.Run(loadCtx) }()
+		}
+		eventually(t, 5*time.Minute, "devices connected", func() error { return allConnected(devs[:to]) })
+	}
+	connect(0, nDevices/2)
+	connect(nDevices/2, nDevices)
+	start := time.Now()
+	backendCtx, stopBackends := context.WithCancel(loadCtx)
+	var sent backendStats
+	var backends sync.WaitGroup
+	for b := range 4 {
+		var mine []*device
+		for i := b; i < len(devs); i += 4 {
+			mine = append(mine, devs[i])
+		}
+		backends.Add(1)
+		go func() {
+			defer backends.Done()
+			backend(backendCtx, mine, srv, adminPort, apiToken, 40*time.Millisecond, &sent)
+		}()
+	}
+
+	var before, after []int64
+	eventually(t, 5*time.Minute, "4 pods, each counted", func() error {
+		sc, err := getSocketCluster(ns, name)
+		if err != nil {
+			return err
+		}
+		if sc.Status.Autoscaling == nil || sc.Status.Autoscaling.Replicas != 4 || sc.Status.ReadyReplicas != 4 {
+			return fmt.Errorf("status.autoscaling %+v, ready %d", sc.Status.Autoscaling, sc.Status.ReadyReplicas)
+		}
+		before = podConnections(sc)
+		if len(before) != 4 {
+			return fmt.Errorf("pod counts %v", before)
+		}
+		return nil
+	})
+	scaled := time.Since(start)
+	eventually(t, 5*time.Minute, "pods within 20% of the mean", func() error {
+		sc, err := getSocketCluster(ns, name)
+		if err != nil {
+			return err
+		}
+		after = podConnections(sc)
+		var sum int64
+		for _, c := range after {
+			sum += c
+		}
+		if len(after) != 4 || sum != int64(nDevices) {
+			return fmt.Errorf("pod counts %v (sum %d)", after, sum)
+		}
+		mean := float64(sum) / 4
+		if float64(after[0]) < mean*0.8 || float64(after[3]) > mean*1.2 {
+			return fmt.Errorf("pod counts %v, mean %.0f", after, mean)
+		}
+		return nil
+	})
+	balanced := time.Since(start)
+	stopBackends()
+	backends.Wait()
+	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
+	eventually(t, 5*time.Minute, "all messages delivered", func() error { return allReceived(devs) })
+	stopLoad()
+	running.Wait()
+	reconnects, lost := 0, 0
+	for _, d := range devs {
+		reconnects += len(d.resumes)
+		if err := d.checkDelivery(); err != nil {
+			t.Error(err)
+			lost++
+		}
+	}
+	t.Logf("AUTOSCALE devices=%d target-per-pod=%d scaled-to-4-after=%s pods-before-rebalance=%v balanced-after=%s pods-after=%v "+
+		"reconnects=%d messages-accepted=%d devices-with-lost-messages=%d",
+		nDevices, target, scaled.Round(time.Second), before, balanced.Round(time.Second), after, reconnects, sent.accepted.Load(), lost)
+}
+
+func getSocketCluster(ns, name string) (*v1alpha1.SocketCluster, error) {
+	out := kubectlNoFail("-n", ns, "get", "socketcluster", name, "-o", "json")
+	sc := &v1alpha1.SocketCluster{}
+	if err := json.Unmarshal([]byte(out), sc); err != nil {
+		return nil, fmt.Errorf("kubectl get socketcluster: %w (%.200s)", err, out)
+	}
+	return sc, nil
+}
+
+// podConnections are the counts of status.pods that have one, sorted.
+func podConnections(sc *v1alpha1.SocketCluster) []int64 {
+	var out []int64
+	for _, p := range sc.Status.Pods {
+		if p.Connections != nil {
+			out = append(out, *p.Connections)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
