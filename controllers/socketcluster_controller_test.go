@@ -324,6 +324,10 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
   listeners: {grpc: {enabled: true, port: 7000}}`, "listeners.grpc.port must differ from listeners.tcp.port, listeners.websocket.port and listeners.adminPort"},
+		{"mqtt on the grpc port", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  listeners: {grpc: {enabled: true}, mqtt: {enabled: true, port: 7001}}`, "listeners.mqtt.port must differ from the ports of the other listeners (tcp, websocket, grpc) and listeners.adminPort"},
 		{"cluster ip with traffic policy", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}

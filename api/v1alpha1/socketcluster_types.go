@@ -13,6 +13,7 @@ import (
 // redis.addresses and the device key (see auth).
 // +kubebuilder:validation:XValidation:rule="self.listeners.tcp.port != self.listeners.websocket.port && self.listeners.tcp.port != self.listeners.adminPort && self.listeners.websocket.port != self.listeners.adminPort",message="listeners.tcp.port, listeners.websocket.port and listeners.adminPort must all be different",fieldPath=.listeners
 // +kubebuilder:validation:XValidation:rule="!has(self.listeners.grpc) || !has(self.listeners.grpc.enabled) || !self.listeners.grpc.enabled || !has(self.listeners.grpc.port) || (self.listeners.grpc.port != self.listeners.tcp.port && self.listeners.grpc.port != self.listeners.websocket.port && self.listeners.grpc.port != self.listeners.adminPort)",message="listeners.grpc.port must differ from listeners.tcp.port, listeners.websocket.port and listeners.adminPort",fieldPath=.listeners
+// +kubebuilder:validation:XValidation:rule="!has(self.listeners.mqtt) || !has(self.listeners.mqtt.enabled) || !self.listeners.mqtt.enabled || !has(self.listeners.mqtt.port) || (self.listeners.mqtt.port != self.listeners.tcp.port && self.listeners.mqtt.port != self.listeners.websocket.port && self.listeners.mqtt.port != self.listeners.adminPort && (!has(self.listeners.grpc) || !has(self.listeners.grpc.enabled) || !self.listeners.grpc.enabled || !has(self.listeners.grpc.port) || self.listeners.grpc.port != self.listeners.mqtt.port))",message="listeners.mqtt.port must differ from the ports of the other listeners (tcp, websocket, grpc) and listeners.adminPort",fieldPath=.listeners
 // +kubebuilder:validation:XValidation:rule="duration(self.heartbeat.timeout) > duration(self.heartbeat.interval)",message="heartbeat.timeout must be longer than heartbeat.interval, or healthy devices get disconnected",fieldPath=.heartbeat.timeout
 // +kubebuilder:validation:XValidation:rule="(has(self.drain.preStopWait) ? duration(self.drain.preStopWait) : !has(self.service.loadBalancer) ? duration('5s') : self.service.loadBalancer.provider == 'aws-nlb' ? duration('130s') : self.service.loadBalancer.provider == 'gke' ? duration('30s') : self.service.loadBalancer.provider == 'azure' ? duration('20s') : duration('5s')) + duration(self.drain.timeout) <= duration('3585s')",message="drain.preStopWait (default by load balancer: aws-nlb 130s, gke 30s, azure 20s, none 5s) + drain.timeout + 15s becomes the pods' terminationGracePeriodSeconds, which must not exceed 3600s: shorten drain.timeout or drain.preStopWait",fieldPath=.drain
 // +kubebuilder:validation:XValidation:rule="!has(self.service.loadBalancer) || self.service.loadBalancer.provider != 'aws-nlb' || duration(self.heartbeat.interval) < duration('350s')",message="with service.loadBalancer.provider aws-nlb, heartbeat.interval must be below 350s: the NLB drops a TCP flow that is idle for 350s",fieldPath=.heartbeat.interval
@@ -160,6 +161,12 @@ type ListenersSpec struct {
 	// +kubebuilder:default={}
 	// +optional
 	GRPC GRPCListener `json:"grpc,omitzero"`
+	// MQTT serves MQTT 3.1.1 and 5.0 devices (client identifier = device,
+	// password = device token) on a port of its own, with the listeners'
+	// TLS, on the same sessions. Off unless enabled.
+	// +kubebuilder:default={}
+	// +optional
+	MQTT MQTTListener `json:"mqtt,omitzero"`
 	// AdminPort serves the backend API, probes and metrics; it is never
 	// exposed by the public Service.
 	// +kubebuilder:default=9090
@@ -167,7 +174,7 @@ type ListenersSpec struct {
 	// +kubebuilder:validation:Maximum=65535
 	// +optional
 	AdminPort int32 `json:"adminPort,omitempty"`
-	// TLS terminates TLS on the TCP, WebSocket and gRPC listeners.
+	// TLS terminates TLS on the TCP, WebSocket, gRPC and MQTT listeners.
 	// +optional
 	TLS *TLSSpec `json:"tls,omitempty"`
 }
@@ -207,6 +214,19 @@ type GRPCListener struct {
 	// +optional
 	Enabled bool `json:"enabled,omitempty"`
 	// +kubebuilder:default=7001
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +optional
+	Port int32 `json:"port,omitempty"`
+}
+
+// MQTTListener is the MQTT listener.
+type MQTTListener struct {
+	// Enabled starts the MQTT listener and adds its port to the Services.
+	// +kubebuilder:default=false
+	// +optional
+	Enabled bool `json:"enabled,omitempty"`
+	// +kubebuilder:default=1883
 	// +kubebuilder:validation:Minimum=1
 	// +kubebuilder:validation:Maximum=65535
 	// +optional

@@ -189,6 +189,9 @@ func Args(sc *v1alpha1.SocketCluster) []string {
 	if g := spec.Listeners.GRPC; g.Enabled {
 		args = append(args, fmt.Sprintf("--grpc-addr=:%d", g.Port))
 	}
+	if m := spec.Listeners.MQTT; m.Enabled {
+		args = append(args, fmt.Sprintf("--mqtt-addr=:%d", m.Port))
+	}
 	return args
 }
 
@@ -201,7 +204,7 @@ func SSEEnabled(sc *v1alpha1.SocketCluster) bool {
 // DevicePorts are the listeners devices connect to, open to everyone (the
 // NetworkPolicy admits them from anywhere). Every listener but the admin
 // port belongs here. "ws" serves WebSocket and SSE: SSE has no port of its
-// own; "grpc" is there when enabled.
+// own; "grpc" and "mqtt" are there when enabled.
 func DevicePorts(sc *v1alpha1.SocketCluster) []corev1.ContainerPort {
 	l := &sc.Spec.Listeners
 	ports := []corev1.ContainerPort{
@@ -210,6 +213,9 @@ func DevicePorts(sc *v1alpha1.SocketCluster) []corev1.ContainerPort {
 	}
 	if l.GRPC.Enabled {
 		ports = append(ports, corev1.ContainerPort{Name: "grpc", ContainerPort: l.GRPC.Port, Protocol: corev1.ProtocolTCP})
+	}
+	if l.MQTT.Enabled {
+		ports = append(ports, corev1.ContainerPort{Name: "mqtt", ContainerPort: l.MQTT.Port, Protocol: corev1.ProtocolTCP})
 	}
 	return ports
 }

@@ -328,33 +328,35 @@ func assertOwned(t *testing.T, refs []metav1.OwnerReference, sc *v1alpha1.Socket
 	}
 }
 
-// gRPC is off unless spec.listeners.grpc.enabled: only then do the pods
-// get --grpc-addr and a "grpc" port, which the public and headless
-// Services (and so the NetworkPolicy's device ports) carry too.
-func TestGRPCListener(t *testing.T) {
+// gRPC and MQTT are off unless enabled: only then do the pods get their
+// --X-addr and port, which the public and headless Services (and so the
+// NetworkPolicy's device ports) carry too.
+func TestOptionalListeners(t *testing.T) {
 	for _, tc := range []struct {
-		name, listeners string
-		want            []string // the grpc args
-		port            int32    // 0: no grpc port
+		name, listener, listeners string
+		want                      []string // the listener's args
+		port                      int32    // 0: no port of that name
 	}{
-		{"default", "", nil, 0},
-		{"disabled", "  listeners: {grpc: {enabled: false, port: 7100}}\n", nil, 0},
-		{"enabled", "  listeners: {grpc: {enabled: true}}\n", []string{"--grpc-addr=:7001"}, 7001},
-		{"port", "  listeners: {grpc: {enabled: true, port: 50051}}\n", []string{"--grpc-addr=:50051"}, 50051},
+		{"grpc default", "grpc", "", nil, 0},
+		{"grpc disabled", "grpc", "  listeners: {grpc: {enabled: false, port: 7100}}\n", nil, 0},
+		{"grpc enabled", "grpc", "  listeners: {grpc: {enabled: true}}\n", []string{"--grpc-addr=:7001"}, 7001},
+		{"grpc port", "grpc", "  listeners: {grpc: {enabled: true, port: 50051}}\n", []string{"--grpc-addr=:50051"}, 50051},
+		{"mqtt default", "mqtt", "", nil, 0},
+		{"mqtt enabled", "mqtt", "  listeners: {mqtt: {enabled: true}}\n", []string{"--mqtt-addr=:1883"}, 1883},
+		{"mqtt port", "mqtt", "  listeners: {mqtt: {enabled: true, port: 8883}}\n", []string{"--mqtt-addr=:8883"}, 8883},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sc := defaulted(t, minimal+tc.listeners)
 			c := container(t, resources.Deployment(sc, "img", ""))
 			var got []string
 			for _, a := range c.Args {
-				if strings.HasPrefix(a, "--grpc") {
+				if strings.HasPrefix(a, "--"+tc.listener) {
 					got = append(got, a)
 				}
 			}
 			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("gRPC args %q, want %q", got, tc.want)
+				t.Errorf("%s args %q, want %q", tc.listener, got, tc.want)
 			}
-			portOf := func(names map[string]int32) int32 { return names["grpc"] }
 			cports := map[string]int32{}
 			for _, p := range c.Ports {
 				cports[p.Name] = p.ContainerPort
@@ -367,12 +369,12 @@ func TestGRPCListener(t *testing.T) {
 						t.Errorf("%s port %s targets %s", what, p.Name, p.TargetPort.String())
 					}
 				}
-				if portOf(ports) != tc.port || ports["tcp"] == 0 || ports["ws"] == 0 {
-					t.Errorf("%s ports %v, want grpc %d next to tcp and ws", what, ports, tc.port)
+				if ports[tc.listener] != tc.port || ports["tcp"] == 0 || ports["ws"] == 0 {
+					t.Errorf("%s ports %v, want %s %d next to tcp and ws", what, ports, tc.listener, tc.port)
 				}
 			}
-			if portOf(cports) != tc.port {
-				t.Errorf("container ports %v, want grpc %d", cports, tc.port)
+			if cports[tc.listener] != tc.port {
+				t.Errorf("container ports %v, want %s %d", cports, tc.listener, tc.port)
 			}
 		})
 	}
