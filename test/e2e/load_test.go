@@ -140,6 +140,7 @@ type device struct {
 	mu        sync.Mutex
 	received  []uint64 // message numbers, in delivery order
 	connected bool
+	server    string // the pod it is connected to, while connected
 	downSince time.Time
 	resumes   []time.Duration // disconnect -> next WELCOME
 	published []uint64        // PUBACKed ids
@@ -185,7 +186,7 @@ func newDevice(name string, srv *servers, sse bool) *device {
 				if !d.downSince.IsZero() {
 					d.resumes = append(d.resumes, ev.At.Sub(d.downSince))
 				}
-				d.connected, d.downSince = true, time.Time{}
+				d.connected, d.downSince, d.server = true, time.Time{}, ev.Welcome.Server
 			case client.EventDisconnected:
 				if d.connected {
 					d.downSince = ev.At

@@ -91,11 +91,14 @@ spec:
 	selector := map[string]string{resources.LabelName: resources.AppName, resources.LabelInstance: name}
 	go srv.refresh(loadCtx, ns, selector)
 	devs := make([]*device, nDevices)
-	var running sync.WaitGroup
 	for i := range devs {
 		devs[i] = newDevice(fmt.Sprintf("%s-dev-%05d", name, i), srv, i%sseShare == 0)
+	}
+	sampleStart, sampled := devicesPerPod(loadCtx, devs)
+	var running sync.WaitGroup
+	for _, d := range devs {
 		running.Add(1)
-		go func() { defer running.Done(); devs[i].client.Run(loadCtx) }()
+		go func() { defer running.Done(); d.client.Run(loadCtx) }()
 	}
 	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
 	backendCtx, stopBackends := context.WithCancel(loadCtx)
@@ -146,6 +149,8 @@ spec:
 	switchedAt := srv.switchedAt
 	srv.mu.Unlock()
 	afterPatch := srv.landedOn(imgA, start)
+	writeTimeline(t, "rollout-"+strings.ToLower(string(strategy)), fmt.Sprintf("%s rollout: %d devices, 3 pods", strategy, nDevices),
+		sampleStart, sampled(), map[string]time.Time{"image patched": start, "Service switched": switchedAt})
 	perDevice := float64(reconnects) / float64(nDevices)
 	t.Logf("ROLLOUT strategy=%s devices=%d reconnects=%d per-device=%.3f hellos-on-old-image-after-patch=%d rollout=%s "+
 		"messages-accepted=%d devices-with-lost-messages=%d",
