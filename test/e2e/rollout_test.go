@@ -149,7 +149,7 @@ spec:
 	switchedAt := srv.switchedAt
 	srv.mu.Unlock()
 	afterPatch := srv.landedOn(imgA, start)
-	writeTimeline(t, "rollout-"+strings.ToLower(string(strategy)), fmt.Sprintf("%s rollout: %d devices, 3 pods", strategy, nDevices),
+	writeTimeline(t, "rollout-"+strings.ToLower(string(strategy)), name, fmt.Sprintf("%s rollout: %d devices, 3 pods", strategy, nDevices),
 		sampleStart, sampled(), map[string]time.Time{"image patched": start, "Service switched": switchedAt})
 	perDevice := float64(reconnects) / float64(nDevices)
 	t.Logf("ROLLOUT strategy=%s devices=%d reconnects=%d per-device=%.3f hellos-on-old-image-after-patch=%d rollout=%s "+

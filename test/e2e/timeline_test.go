@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -67,11 +68,16 @@ func devicesPerPod(ctx context.Context, devs []*device) (start time.Time, stop f
 
 // writeTimeline draws series (sampled from start) as
 // E2E_TIMELINE_DIR/name.svg when that is set (the README's pictures come
-// from there), with a marker at each moment of marks after start.
-func writeTimeline(t *testing.T, name, title string, start time.Time, series []timeline.Series, marks map[string]time.Time) {
+// from there), with a marker at each moment of marks after start. Pods are
+// named without the SocketCluster's name, which they all begin with: the
+// revision's hash and the pod's suffix remain.
+func writeTimeline(t *testing.T, name, cluster, title string, start time.Time, series []timeline.Series, marks map[string]time.Time) {
 	dir := os.Getenv("E2E_TIMELINE_DIR")
 	if dir == "" || len(series) == 0 {
 		return
+	}
+	for i := range series {
+		series[i].Name = strings.TrimPrefix(series[i].Name, cluster+"-")
 	}
 	c := timeline.Chart{Title: title, YLabel: "devices per pod", Series: series}
 	for label, at := range marks {
