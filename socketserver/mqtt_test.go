@@ -359,3 +359,49 @@ func TestMQTTExactPublishIDs(t *testing.T) {
 		t.Fatalf("upstream %s: want one entry with id 42", body)
 	}
 }
+
+// An MQTT 5 device's Receive Maximum bounds the deliveries in flight; each
+// acknowledged one lets the next go.
+func TestMQTTReceiveMaximum(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", nil)
+	for i := 1; i <= 5; i++ {
+		send(t, srv, "rm", fmt.Sprintf("m%d", i))
+	}
+	c := dialMQTT(t, srv, 5)
+	pk := connectPacket("rm", token("rm", time.Hour))
+	pk.Properties.ReceiveMaximum = 2
+	c.write(pk)
+	c.expect(packets.Connack)
+	next := func(want string) uint16 {
+		t.Helper()
+		p := c.expect(packets.Publish)
+		if string(p.Payload) != want {
+			t.Fatalf("PUBLISH %q, want %q", p.Payload, want)
+		}
+		return p.PacketID
+	}
+	p1, p2 := next("m1"), next("m2")
+	c.sync() // PINGRESP, not a third PUBLISH: two are in flight
+	c.write(puback(p2))
+	c.sync() // out of order: 1 still holds its place
+	c.write(puback(p1))
+	p3, p4 := next("m3"), next("m4")
+	c.sync()
+	c.write(puback(p3), puback(p4))
+	c.write(puback(next("m5")))
+	eventually(t, "all acknowledged", func() bool { return deviceInfo(t, srv, "rm").Pending == 0 })
+}
+
+// A silent MQTT 3.1.1 device is cut after one and a half of its own
+// keepalive, not after the server's much longer heartbeat timeout.
+func TestMQTTKeepalive311(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
+		c.HeartbeatInterval, c.HeartbeatTimeout = time.Minute, 3*time.Minute
+	})
+	c := dialMQTT(t, srv, 4)
+	pk := connectPacket("ka", token("ka", time.Hour))
+	pk.Connect.Keepalive = 1
+	c.write(pk)
+	c.expect(packets.Connack)
+	c.expectEnd(0) // within the read's 10 s, far below 3 minutes
+}

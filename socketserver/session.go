@@ -224,6 +224,9 @@ func (s *session) ack(seq uint64) bool {
 	default:
 		srv.metrics.acks.Inc()
 	}
+	if _, ok := s.c.tr.(windowed); ok {
+		s.kick() // the ACK freed room in the device's window
+	}
 	return true
 }
 
@@ -308,7 +311,7 @@ func (s *session) deliver(seq uint64, payload []byte) {
 		return
 	}
 	tr := s.c.tr
-	if s.behind || s.pumping || seq != s.sent+1 ||
+	if s.behind || s.pumping || seq != s.sent+1 || windowFree(tr) <= 0 ||
 		!s.c.w.queue(func(dst []byte) []byte { return tr.AppendSeqFrame(dst, protocol.TypeDeliver, seq, payload) }, deliverBudget) {
 		// Also when closing: then kickLocked starts no pump.
 		s.behind = true
@@ -358,8 +361,9 @@ func (s *session) pump() {
 		after := s.sent
 		s.mu.Unlock()
 
+		page := min(pumpPage, windowFree(c.tr))
 		ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.StoreTimeout)
-		msgs, err := srv.store.Pending(ctx, s.device, after, pumpPage)
+		msgs, err := srv.store.Pending(ctx, s.device, after, page)
 		cancel()
 
 		s.mu.Lock()
@@ -381,7 +385,7 @@ func (s *session) pump() {
 			}
 			return dst
 		}, 0)
-		if len(msgs) < pumpPage && !s.behind {
+		if len(msgs) < page && !s.behind {
 			s.pumping = false
 			s.mu.Unlock()
 			return

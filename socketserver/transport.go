@@ -90,6 +90,9 @@ type (
 	// ownHeartbeat transports may agree their own silence limit with the
 	// device (MQTT 3.1.1's keepalive); 0: the server's heartbeat timeout.
 	ownHeartbeat interface{ silenceLimit() time.Duration }
+	// windowed transports bound the deliveries in flight (MQTT 5's Receive
+	// Maximum): windowFree is how many more may be sent before an ACK.
+	windowed interface{ windowFree() int }
 )
 
 // endpoint is a listener and the transports it serves.

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"io"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -106,6 +107,10 @@ type mqttTransport struct {
 	// Writer only (under its lock).
 	connacked bool
 
+	// receiveMax bounds the deliveries in flight (an MQTT 5 device's
+	// Receive Maximum); 0: unbounded (3.1.1).
+	receiveMax int
+
 	mu       sync.Mutex // between the read loop and the writer
 	inflight []mqttInflight
 	// unacked maps the packet ids of the device's QoS 1 PUBLISHes to their
@@ -148,6 +153,18 @@ func (t *mqttTransport) appendClose(dst []byte) []byte { return dst }
 
 // goAwayEnds: a DISCONNECT or a close is what tells an MQTT device to go.
 func (t *mqttTransport) goAwayEnds() {}
+
+// windowFree: an MQTT 5 device's Receive Maximum less the deliveries not
+// yet in the acknowledged prefix (those acknowledged out of order count
+// until the prefix reaches them, so the limit is never exceeded).
+func (t *mqttTransport) windowFree() int {
+	if t.receiveMax == 0 {
+		return math.MaxInt
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.receiveMax - len(t.inflight)
+}
 
 // welcomed learns the session's device and last upstream id.
 func (t *mqttTransport) welcomed(device string, lastPublishID uint64) {
@@ -234,6 +251,12 @@ func (t *mqttTransport) connect(pk *packets.Packet, rest []byte) (byte, []byte, 
 	t.connected = true
 	t.version, t.clean = pk.ProtocolVersion, pk.Connect.Clean
 	t.keepalive = time.Duration(pk.Connect.Keepalive) * time.Second
+	if t.version == 5 {
+		t.receiveMax = 65535 // the default of MQTT 5 (3.3.4)
+		if pk.Properties.ReceiveMaximum > 0 {
+			t.receiveMax = int(pk.Properties.ReceiveMaximum)
+		}
+	}
 	id := pk.Connect.ClientIdentifier
 	if !protocol.ValidDevice(id) {
 		return 0, nil, t.fail(rcBadClientID, protocol.CodeBadFrame, "MQTT client identifier %q is not a device id (1-128 of A-Z a-z 0-9 . _ : -)", id)

@@ -1,6 +1,7 @@
 package socketserver
 
 import (
+	"math"
 	"sync"
 	"time"
 )
@@ -96,7 +97,15 @@ func (w *writer) finish(f func([]byte) []byte, reason CloseReason) {
 func (w *writer) room() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return !w.closing && len(w.out) < deliverBudget
+	return !w.closing && len(w.out) < deliverBudget && windowFree(w.c.tr) > 0
+}
+
+// windowFree is how many deliveries tr may still send before an ACK.
+func windowFree(tr transport) int {
+	if wt, ok := tr.(windowed); ok {
+		return wt.windowFree()
+	}
+	return math.MaxInt
 }
 
 // close stops the output after what is queued; the flusher then closes
