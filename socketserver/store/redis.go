@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -28,18 +29,46 @@ import (
 // Servers are told about new messages and takeovers on the channel
 // <prefix>:srv:{server}. On a single node the scripts publish themselves (one
 // round trip per operation); on Cluster the channel lives in another slot, so
-// the store publishes with SPUBLISH after the script.
+// the store publishes with SPUBLISH after the script. A message for a device
+// held by a server subscribed through this same Redis value (the server that
+// took the POST) is handed to it directly: no PUBLISH, no read back.
 type Redis struct {
 	rdb     redis.UniversalClient
 	batch   *batcher
 	prefix  string
 	cluster bool
+
+	mu   sync.Mutex
+	subs map[string]Handler // local subscribers by server name
 }
 
 // NewRedis wraps a client. Sessions are written under prefix.
 func NewRedis(rdb redis.UniversalClient, prefix string) *Redis {
 	_, cluster := rdb.(*redis.ClusterClient)
-	return &Redis{rdb: rdb, batch: newBatcher(rdb), prefix: prefix, cluster: cluster}
+	return &Redis{rdb: rdb, batch: newBatcher(rdb), prefix: prefix, cluster: cluster, subs: map[string]Handler{}}
+}
+
+// local returns the handler of server if it subscribed through r.
+func (r *Redis) local(server string) Handler {
+	if server == "" {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.subs[server]
+}
+
+// localNames lists the servers subscribed through r, for the scripts,
+// which notify none of them: the caller delivers to them directly.
+func (r *Redis) localNames() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.subs) == 1 { // the usual case: one server per process
+		for n := range r.subs {
+			return n
+		}
+	}
+	return strings.Join(slices.Sorted(maps.Keys(r.subs)), "|")
 }
 
 func (r *Redis) sessionKey(d string) string { return r.prefix + ":{" + d + "}:s" }
@@ -188,7 +217,8 @@ func (r *Redis) Pending(ctx context.Context, device string, after uint64, limit 
 // let them in, and notifies the holder. KEYS: session, outbox, then the
 // idempotency keys of the messages that have one. ARGV: max pending, max
 // bytes, key TTL (ms), channel prefix (empty on Cluster, where the caller
-// notifies), device, then per message its key's index in KEYS (0: none)
+// notifies), device, the local servers ('|'-separated: the caller
+// delivers to them), then per message its key's index in KEYS (0: none)
 // and its payload. Returns the holder, then seq and duplicate flag of each
 // message answered.
 var enqueueScript = script(`
@@ -197,9 +227,10 @@ local v = redis.call('HMGET', KEYS[1], 'bytes', 'server')
 local bytes = math.max(tonumber(v[1] or '0'), 0)
 local server = v[2] or ''
 local maxp, maxb = tonumber(ARGV[1]), tonumber(ARGV[2])
-local notify = server ~= '' and ARGV[4] ~= ''
+local notify = server ~= '' and ARGV[4] ~= '' and
+  string.find('|' .. ARGV[6] .. '|', '|' .. server .. '|', 1, true) == nil
 local res, new, first = {server}, {}, seq
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   local k = tonumber(ARGV[i])
   local dup = k > 0 and redis.call('GET', KEYS[k])
   if dup then
@@ -230,8 +261,8 @@ func (r *Redis) keyKey(device, key string) string { return r.prefix + ":{" + dev
 
 func (r *Redis) EnqueueBatch(ctx context.Context, device string, msgs []Outgoing, lim Limits) ([]Stored, error) {
 	keys := []string{r.sessionKey(device), r.outboxKey(device)}
-	args := make([]any, 0, 5+2*len(msgs))
-	args = append(args, lim.MaxPending, lim.MaxPendingBytes, lim.KeyTTL.Milliseconds(), r.channelPrefix(), device)
+	args := make([]any, 0, 6+2*len(msgs))
+	args = append(args, lim.MaxPending, lim.MaxPendingBytes, lim.KeyTTL.Milliseconds(), r.channelPrefix(), device, r.localNames())
 	for _, m := range msgs {
 		k := 0
 		if m.Key != "" && lim.KeyTTL > 0 {
@@ -248,7 +279,14 @@ func (r *Redis) EnqueueBatch(ctx context.Context, device string, msgs []Outgoing
 	for i := 1; i+1 < len(res); i += 2 {
 		out = append(out, Stored{Seq: uint64(res[i].(int64)), Duplicate: res[i+1].(int64) == 1})
 	}
-	if server := res[0].(string); r.cluster && server != "" {
+	server := res[0].(string)
+	if h := r.local(server); h != nil {
+		for i, st := range out {
+			if !st.Duplicate {
+				h.Deliver(device, st.Seq, msgs[i].Payload)
+			}
+		}
+	} else if r.cluster && server != "" {
 		for i, st := range out {
 			if !st.Duplicate {
 				r.notify(ctx, server, kindDeliver, st.Seq, device, msgs[i].Payload)
@@ -443,6 +481,9 @@ func (r *Redis) Device(ctx context.Context, device string) (DeviceInfo, error) {
 // itself after a lost link; every (re)subscription triggers Resync because
 // notifications sent in between are gone.
 func (r *Redis) Subscribe(ctx context.Context, server string, h Handler) error {
+	r.mu.Lock()
+	r.subs[server] = h
+	r.mu.Unlock()
 	var ps *redis.PubSub
 	if r.cluster {
 		ps = r.rdb.SSubscribe(ctx, r.channel(server))
@@ -451,6 +492,13 @@ func (r *Redis) Subscribe(ctx context.Context, server string, h Handler) error {
 	}
 	go func() {
 		defer ps.Close()
+		defer func() {
+			r.mu.Lock()
+			if r.subs[server] == h {
+				delete(r.subs, server)
+			}
+			r.mu.Unlock()
+		}()
 		for {
 			msg, err := ps.Receive(ctx)
 			if err != nil {

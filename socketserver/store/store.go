@@ -91,7 +91,8 @@ type AuditInfo struct {
 }
 
 // Handler receives what other servers (or this one) send to this server.
-// Calls come from one goroutine and must not block.
+// Calls must not block. Deliver may be called by several goroutines at
+// once (an enqueue on this server delivers directly), and out of seq order.
 type Handler interface {
 	// Deliver: a message was stored for a device this server holds.
 	Deliver(device string, seq uint64, payload []byte)

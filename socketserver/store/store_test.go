@@ -658,3 +658,74 @@ func TestNotApplied(t *testing.T) {
 		t.Fatalf("HELLO against a Redis that is gone: %v, NotApplied %v", err, store.NotApplied(err))
 	}
 }
+
+// A message for a device held by a server that subscribed through the same
+// store value is handed to it directly, without a PUBLISH; one stored by
+// another server's store reaches the holder over pub/sub, payload included.
+func TestRedisLocalDelivery(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		clients func(t *testing.T) (a, b, raw redis.UniversalClient)
+	}{
+		{"redis", func(t *testing.T) (a, b, raw redis.UniversalClient) {
+			srv := redistest.Start(t)
+			return srv.Client(), srv.Client(), srv.Client()
+		}},
+		{"redis-cluster", func(t *testing.T) (a, b, raw redis.UniversalClient) {
+			cl := redistest.StartCluster(t)
+			return cl.Client(), cl.Client(), cl.Client()
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ca, cb, raw := c.clients(t)
+			stA, stB := store.NewRedis(ca, "t"), store.NewRedis(cb, "t")
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			// What goes over a's channel, as another subscriber sees it.
+			var ps *redis.PubSub
+			if cl, ok := raw.(*redis.ClusterClient); ok {
+				ps = cl.SSubscribe(ctx, "t:srv:{a}")
+			} else {
+				ps = raw.Subscribe(ctx, "t:srv:{a}")
+			}
+			defer ps.Close()
+			if _, err := ps.Receive(ctx); err != nil {
+				t.Fatal(err)
+			}
+			a, b := newRecorder(), newRecorder()
+			if err := stA.Subscribe(ctx, "a", a); err != nil {
+				t.Fatal(err)
+			}
+			if err := stB.Subscribe(ctx, "b", b); err != nil {
+				t.Fatal(err)
+			}
+			a.wait(t, func() bool { return a.resyncs > 0 })
+			b.wait(t, func() bool { return b.resyncs > 0 })
+			hello(t, stA, "d", "a", 0)
+			local, err := enqueue(t, stA, "d", "here", noLimits)
+			if err != nil {
+				t.Fatal(err)
+			}
+			remote, err := enqueue(t, stB, "d", "there", noLimits)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.wait(t, func() bool { return len(a.delivered) == 2 })
+			want := []string{fmt.Sprintf("d/%d/here", local.Seq), fmt.Sprintf("d/%d/there", remote.Seq)}
+			if fmt.Sprint(a.delivered) != fmt.Sprint(want) {
+				t.Fatalf("holder got %v, want %v", a.delivered, want)
+			}
+			// Pub/sub keeps order: had the local message been published, it would come first.
+			msg, err := ps.ReceiveMessage(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w := fmt.Sprintf("D|%d|d|there", remote.Seq); msg.Payload != w {
+				t.Fatalf("first message on a's channel %q, want %q (the local one must not be published)", msg.Payload, w)
+			}
+			if len(b.delivered) != 0 {
+				t.Fatalf("a server that does not hold the device was told: %v", b.delivered)
+			}
+		})
+	}
+}
