@@ -114,13 +114,19 @@ BENCH_CONNECTIONS ?= 5000
 BENCH_SERVERS ?= 2
 BENCH_DURATION ?= 20s
 BENCH_FLAGS ?= --storm --drain-timeout 10s --drain-jitter 1s
+# Named socketbench workloads run after the storm run, one server each.
+BENCH_SCENARIOS ?= uniform-deliver uniform-publish
 
 .PHONY: bench
-bench: ## Go benchmarks, then a bounded load run against servers and a Redis it starts (needs redis-server).
+bench: ## Go benchmarks, a bounded load run against servers and a Redis it starts, then BENCH_SCENARIOS (needs redis-server).
 	$(GO) test -run '^$$' -bench . -benchmem ./socketserver/...
 	$(GO) build -o bin/ ./cmd/socketserver ./cmd/socketbench
 	bin/socketbench --spawn-servers $(BENCH_SERVERS) --server-bin bin/socketserver \
 	  --connections $(BENCH_CONNECTIONS) --duration $(BENCH_DURATION) --settle 30s $(BENCH_FLAGS)
+	@for sc in $(BENCH_SCENARIOS); do \
+	  bin/socketbench --spawn-servers 1 --server-bin bin/socketserver --scenario $$sc \
+	    --duration $(BENCH_DURATION) --settle 30s || exit 1; \
+	done
 
 BENCH_MEMORY_STEPS ?= 1000 5000 10000 19000
 

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -140,8 +139,17 @@ type enqueued struct {
 // enqueue stores a device's messages in order as one store operation and
 // answers each; ctx carries the request's deadline.
 func (s *Server) enqueue(ctx context.Context, device string, msgs []store.Outgoing) []enqueued {
-	stored, err := s.store.EnqueueBatch(ctx, device, msgs, store.Limits{MaxPending: s.cfg.MaxPending,
-		MaxPendingBytes: s.cfg.MaxPendingBytes, KeyTTL: s.cfg.IdempotencyWindow})
+	stored, err := s.store.EnqueueBatch(ctx, device, msgs, s.limits())
+	return s.answer(msgs, stored, err)
+}
+
+func (s *Server) limits() store.Limits {
+	return store.Limits{MaxPending: s.cfg.MaxPending, MaxPendingBytes: s.cfg.MaxPendingBytes, KeyTTL: s.cfg.IdempotencyWindow}
+}
+
+// answer turns what the store answered for a device's messages into the
+// answer of each.
+func (s *Server) answer(msgs []store.Outgoing, stored []store.Stored, err error) []enqueued {
 	full := errors.Is(err, store.ErrOutboxFull)
 	if err != nil && !full {
 		s.metrics.storeErrors.WithLabelValues("enqueue").Inc()
@@ -233,10 +241,11 @@ func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
 			`want {"messages":[{"device":"…","payload":"<base64>","key":"…"},…]}: `+err.Error())
 		return
 	}
-	// Devices in parallel (the store pipelines them), each device's
-	// messages in order in one store operation.
+	// One store call for all devices (Redis: as few scripts as the slots
+	// allow), each device's messages in order in one operation.
 	results := make([]enqueued, len(msgs))
 	byDevice := map[string][]int{}
+	var devices []string // in order of first appearance
 	for i, m := range msgs {
 		switch {
 		case !protocol.ValidDevice(m.Device):
@@ -247,26 +256,28 @@ func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
 			s.metrics.enqueued.WithLabelValues("413").Inc()
 			results[i].BatchResult = adminapi.BatchResult{Error: adminapi.CodeTooLarge, Message: fmt.Sprintf("payload exceeds %d bytes", maxPayload)}
 		default:
+			if _, ok := byDevice[m.Device]; !ok {
+				devices = append(devices, m.Device)
+			}
 			byDevice[m.Device] = append(byDevice[m.Device], i)
 		}
 	}
+	batches := make([]store.DeviceBatch, len(devices))
+	for j, d := range devices {
+		out := make([]store.Outgoing, len(byDevice[d]))
+		for k, i := range byDevice[d] {
+			out[k] = store.Outgoing{Payload: msgs[i].Payload, Key: msgs[i].Key}
+		}
+		batches[j] = store.DeviceBatch{Device: d, Msgs: out}
+	}
 	ctx, cancel := s.storeCtx(r)
 	defer cancel()
-	var wg sync.WaitGroup
-	for device, idx := range byDevice {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out := make([]store.Outgoing, len(idx))
-			for k, i := range idx {
-				out[k] = store.Outgoing{Payload: msgs[i].Payload, Key: msgs[i].Key}
-			}
-			for k, res := range s.enqueue(ctx, device, out) {
-				results[idx[k]] = res
-			}
-		}()
+	for j, e := range s.store.EnqueueMany(ctx, batches, s.limits()) {
+		idx := byDevice[devices[j]]
+		for k, res := range s.answer(batches[j].Msgs, e.Stored, e.Err) {
+			results[idx[k]] = res
+		}
 	}
-	wg.Wait()
 	resp := adminapi.BatchResponse{Results: make([]adminapi.BatchResult, len(results))}
 	for i, r := range results {
 		resp.Results[i] = r.BatchResult

@@ -386,3 +386,23 @@ func TestSourceIPs(t *testing.T) {
 		}
 	}
 }
+
+// A scenario sets its flags; flags on the command line win over it.
+func TestScenario(t *testing.T) {
+	o, err := parseFlags([]string{"--spawn-servers", "1", "--scenario", "uniform-deliver", "--deliver-rate", "20000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.transport != "ws" || o.connections != 2000 || o.publishRate != 0 || o.postBatch != 100 ||
+		o.postConcurrency != 8 || o.deliverRate != 20000 {
+		t.Fatalf("uniform-deliver with --deliver-rate 20000: %+v", o)
+	}
+	o, err = parseFlags([]string{"--spawn-servers", "1", "--scenario", "uniform-publish"})
+	if err != nil || o.deliverRate != 0 || o.publishRate != 10000 || o.burst != 1 {
+		t.Fatalf("uniform-publish: %v, %+v", err, o)
+	}
+	if _, err := parseFlags([]string{"--spawn-servers", "1", "--scenario", "nope"}); err == nil ||
+		!strings.Contains(err.Error(), "uniform-deliver") {
+		t.Fatalf("unknown scenario: %v, want an error naming the scenarios", err)
+	}
+}

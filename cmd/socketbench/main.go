@@ -23,12 +23,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,7 +60,21 @@ type options struct {
 	duration, settle, connectTimeout, maxTime, stormAfter              time.Duration
 	drainTimeout, drainJitter                                          time.Duration
 	storm                                                              stormMode
+	scenario                                                           string
 }
+
+// scenarios are named workloads: flags that reproduce a figure of the README
+// under one name. Flags given on the command line override them.
+var scenarios = map[string]map[string]string{
+	// Every message to a random device, batched by the backend: the
+	// workload where each message costs its own writes and reads.
+	"uniform-deliver": {"transport": "ws", "connections": "2000", "publish-rate": "0", "deliver-rate": "10000",
+		"post-batch": "100", "post-concurrency": "8"},
+	// Every publish from a random device.
+	"uniform-publish": {"transport": "ws", "connections": "2000", "publish-rate": "10000", "deliver-rate": "0"},
+}
+
+func scenarioNames() string { return strings.Join(slices.Sorted(maps.Keys(scenarios)), ", ") }
 
 // stormMode is the fault --storm injects during the load.
 type stormMode string
@@ -124,8 +140,24 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.apiTokenFile, "api-token-file", "", "bearer token file for the admin API (spawned servers: default a random token)")
 	fs.StringVar(&o.jsonOut, "json", "", "also write the summed results as JSON to this file")
 	fs.StringVar(&o.timeline, "timeline", "", "also draw each server's connections over the run (GET /v1/server every 250 ms) as an SVG in this file")
+	fs.StringVar(&o.scenario, "scenario", "", "named workload that sets the flags it names unless they are given: "+scenarioNames())
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.scenario != "" {
+		sc, ok := scenarios[o.scenario]
+		if !ok {
+			return nil, fmt.Errorf("--scenario %q is not one of %s", o.scenario, scenarioNames())
+		}
+		given := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+		for name, v := range sc {
+			if !given[name] {
+				if err := fs.Set(name, v); err != nil {
+					return nil, fmt.Errorf("scenario %s: --%s %s: %w", o.scenario, name, v, err)
+				}
+			}
+		}
 	}
 	if fs.NArg() > 0 { // "--storm kill" sets drain and stops parsing at "kill"
 		return nil, fmt.Errorf("unexpected argument %q (a storm mode is given as --storm=kill)", fs.Arg(0))

@@ -15,8 +15,12 @@ func (b *bench) print(out io.Writer, s *Summary) {
 	o := b.o
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	row := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
-	fmt.Fprintf(out, "\nsocketbench: %d %s connections, %d server(s), %d source address(es), %d worker(s), payload %d B\n",
-		o.connections, s.Transport, s.Servers, s.SourceIPs, s.Workers, o.payload)
+	scenario := ""
+	if o.scenario != "" {
+		scenario = "scenario " + o.scenario + ": "
+	}
+	fmt.Fprintf(out, "\nsocketbench: %s%d %s connections, %d server(s), %d source address(es), %d worker(s), payload %d B\n",
+		scenario, o.connections, s.Transport, s.Servers, s.SourceIPs, s.Workers, o.payload)
 	row("connections held", "%d of %d at the end (%d connected at least once)", s.ConnectedAtEnd, o.connections, s.Connected)
 	if s.ConnectSeconds > 0 {
 		row("connect rate", "%.0f/s (%d in %.1fs)", float64(s.Connected)/s.ConnectSeconds, s.Connected, s.ConnectSeconds)

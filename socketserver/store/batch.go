@@ -44,14 +44,26 @@ func newBatcher(rdb redis.UniversalClient) *batcher {
 
 // run executes script and waits for its reply or ctx.
 func (b *batcher) run(ctx context.Context, script *redis.Script, keys []string, args ...any) *redis.Cmd {
+	return b.start(ctx, script, keys, args...).wait(ctx)
+}
+
+// start queues script; wait for its reply. Several started before their
+// waits share pipelines.
+func (b *batcher) start(ctx context.Context, script *redis.Script, keys []string, args ...any) *scriptReq {
 	r := &scriptReq{script: script, keys: keys, args: args, done: make(chan struct{})}
 	select {
 	case b.reqs <- r:
 	case <-ctx.Done():
-		return errCmd(ctx, ctx.Err())
+		r.cmd = errCmd(ctx, ctx.Err())
+		close(r.done)
 	case <-b.quit:
-		return errCmd(ctx, redis.ErrClosed)
+		r.cmd = errCmd(ctx, redis.ErrClosed)
+		close(r.done)
 	}
+	return r
+}
+
+func (r *scriptReq) wait(ctx context.Context) *redis.Cmd {
 	select {
 	case <-r.done:
 		return r.cmd

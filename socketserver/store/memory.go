@@ -141,6 +141,14 @@ func (m *Memory) Pending(_ context.Context, device string, after uint64, limit i
 	return out, nil
 }
 
+func (m *Memory) EnqueueMany(ctx context.Context, batches []DeviceBatch, lim Limits) []Enqueued {
+	out := make([]Enqueued, len(batches))
+	for i, b := range batches {
+		out[i].Stored, out[i].Err = m.EnqueueBatch(ctx, b.Device, b.Msgs, lim)
+	}
+	return out
+}
+
 func (m *Memory) EnqueueBatch(_ context.Context, device string, msgs []Outgoing, lim Limits) ([]Stored, error) {
 	now := time.Now()
 	m.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -28,18 +29,46 @@ import (
 // Servers are told about new messages and takeovers on the channel
 // <prefix>:srv:{server}. On a single node the scripts publish themselves (one
 // round trip per operation); on Cluster the channel lives in another slot, so
-// the store publishes with SPUBLISH after the script.
+// the store publishes with SPUBLISH after the script. A message for a device
+// held by a server subscribed through this same Redis value (the server that
+// took the POST) is handed to it directly: no PUBLISH, no read back.
 type Redis struct {
 	rdb     redis.UniversalClient
 	batch   *batcher
 	prefix  string
 	cluster bool
+
+	mu   sync.Mutex
+	subs map[string]Handler // local subscribers by server name
 }
 
 // NewRedis wraps a client. Sessions are written under prefix.
 func NewRedis(rdb redis.UniversalClient, prefix string) *Redis {
 	_, cluster := rdb.(*redis.ClusterClient)
-	return &Redis{rdb: rdb, batch: newBatcher(rdb), prefix: prefix, cluster: cluster}
+	return &Redis{rdb: rdb, batch: newBatcher(rdb), prefix: prefix, cluster: cluster, subs: map[string]Handler{}}
+}
+
+// local returns the handler of server if it subscribed through r.
+func (r *Redis) local(server string) Handler {
+	if server == "" {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.subs[server]
+}
+
+// localNames lists the servers subscribed through r, for the scripts,
+// which notify none of them: the caller delivers to them directly.
+func (r *Redis) localNames() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.subs) == 1 { // the usual case: one server per process
+		for n := range r.subs {
+			return n
+		}
+	}
+	return strings.Join(slices.Sorted(maps.Keys(r.subs)), "|")
 }
 
 func (r *Redis) sessionKey(d string) string { return r.prefix + ":{" + d + "}:s" }
@@ -184,81 +213,176 @@ func (r *Redis) Pending(ctx context.Context, device string, after uint64, limit 
 	return out, nil
 }
 
-// enqueueScript stores messages for one device as far as the outbox limits
-// let them in, and notifies the holder. KEYS: session, outbox, then the
-// idempotency keys of the messages that have one. ARGV: max pending, max
-// bytes, key TTL (ms), channel prefix (empty on Cluster, where the caller
-// notifies), device, then per message its key's index in KEYS (0: none)
-// and its payload. Returns the holder, then seq and duplicate flag of each
-// message answered.
+// enqueueScript stores the messages of one or more devices, each as far
+// as its outbox limits let them in, and notifies each holder. ARGV: max
+// pending, max bytes, key TTL (ms), channel prefix (empty on Cluster, where
+// the caller notifies), the local servers ('|'-separated: the caller
+// delivers to them), then per device: its name, its number of KEYS, its
+// number of messages, and per message its key's index among the device's
+// KEYS (0: none) and its payload. A device's KEYS are its session, its
+// outbox, then the idempotency keys of its messages that have one. Returns
+// per device its holder, the number of messages answered, then seq and
+// duplicate flag of each.
 var enqueueScript = script(`
-local seq, acked = outbox(KEYS[1])
-local v = redis.call('HMGET', KEYS[1], 'bytes', 'server')
-local bytes = math.max(tonumber(v[1] or '0'), 0)
-local server = v[2] or ''
 local maxp, maxb = tonumber(ARGV[1]), tonumber(ARGV[2])
-local notify = server ~= '' and ARGV[4] ~= ''
-local res, new, first = {server}, {}, seq
-for i = 6, #ARGV, 2 do
-  local k = tonumber(ARGV[i])
-  local dup = k > 0 and redis.call('GET', KEYS[k])
-  if dup then
-    res[#res + 1] = tonumber(dup)
-    res[#res + 1] = 1
-  else
-    local p = ARGV[i + 1]
-    if (maxp > 0 and seq - acked >= maxp) or (maxb > 0 and bytes + #p > maxb) then break end
-    seq = seq + 1
-    bytes = bytes + #p
-    new[#new + 1] = p
-    if k > 0 then redis.call('SET', KEYS[k], seq, 'PX', ARGV[3]) end
-    if notify then
-      redis.call('PUBLISH', ARGV[4] .. server .. '}', 'D|' .. str(seq) .. '|' .. ARGV[5] .. '|' .. p)
+local locals = '|' .. ARGV[5] .. '|'
+local res, ki, ai = {}, 0, 6
+while ai <= #ARGV do
+  local device, nk, nm = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  ai = ai + 3
+  local s, q = KEYS[ki + 1], KEYS[ki + 2]
+  local seq, acked = outbox(s)
+  local v = redis.call('HMGET', s, 'bytes', 'server')
+  local bytes = math.max(tonumber(v[1] or '0'), 0)
+  local server = v[2] or ''
+  local notify = server ~= '' and ARGV[4] ~= '' and string.find(locals, '|' .. server .. '|', 1, true) == nil
+  res[#res + 1] = server
+  local n = #res + 1
+  res[n] = 0
+  local new, full = {}, false
+  for j = 1, nm do
+    local k, p = tonumber(ARGV[ai]), ARGV[ai + 1]
+    ai = ai + 2
+    local dup = not full and k > 0 and redis.call('GET', KEYS[ki + k])
+    if full then
+    elseif dup then
+      res[#res + 1] = tonumber(dup)
+      res[#res + 1] = 1
+      res[n] = res[n] + 1
+    elseif (maxp > 0 and seq - acked >= maxp) or (maxb > 0 and bytes + #p > maxb) then
+      full = true
+    else
+      seq = seq + 1
+      bytes = bytes + #p
+      new[#new + 1] = p
+      if k > 0 then redis.call('SET', KEYS[ki + k], seq, 'PX', ARGV[3]) end
+      if notify then
+        redis.call('PUBLISH', ARGV[4] .. server .. '}', 'D|' .. str(seq) .. '|' .. device .. '|' .. p)
+      end
+      res[#res + 1] = seq
+      res[#res + 1] = 0
+      res[n] = res[n] + 1
     end
-    res[#res + 1] = seq
-    res[#res + 1] = 0
   end
-end
-if #new > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(new))
-  redis.call('HSET', KEYS[1], 'seq', seq, 'bytes', bytes)
+  if #new > 0 then
+    redis.call('RPUSH', q, unpack(new))
+    redis.call('HSET', s, 'seq', seq, 'bytes', bytes)
+  end
+  ki = ki + nk
 end
 return res
 `)
 
+// enqueueChunk bounds the devices of one script call: a script holds
+// Redis for its whole run.
+const enqueueChunk = 100
+
 func (r *Redis) keyKey(device, key string) string { return r.prefix + ":{" + device + "}:k:" + key }
 
 func (r *Redis) EnqueueBatch(ctx context.Context, device string, msgs []Outgoing, lim Limits) ([]Stored, error) {
-	keys := []string{r.sessionKey(device), r.outboxKey(device)}
-	args := make([]any, 0, 5+2*len(msgs))
-	args = append(args, lim.MaxPending, lim.MaxPendingBytes, lim.KeyTTL.Milliseconds(), r.channelPrefix(), device)
-	for _, m := range msgs {
-		k := 0
-		if m.Key != "" && lim.KeyTTL > 0 {
-			keys = append(keys, r.keyKey(device, m.Key))
-			k = len(keys)
+	res := r.EnqueueMany(ctx, []DeviceBatch{{Device: device, Msgs: msgs}}, lim)[0]
+	return res.Stored, res.Err
+}
+
+// EnqueueMany implements Store. On a single node a script call stores up to
+// enqueueChunk devices; on Cluster a script's keys must share a slot, so
+// each device gets its own call. The calls go out together, pipelined.
+func (r *Redis) EnqueueMany(ctx context.Context, batches []DeviceBatch, lim Limits) []Enqueued {
+	chunk := enqueueChunk
+	if r.cluster {
+		chunk = 1
+	}
+	locals := r.localNames()
+	var reqs []*scriptReq
+	for i := 0; i < len(batches); i += chunk {
+		part := batches[i:min(i+chunk, len(batches))]
+		keys := make([]string, 0, 3*len(part))
+		args := make([]any, 0, 5+5*len(part))
+		args = append(args, lim.MaxPending, lim.MaxPendingBytes, lim.KeyTTL.Milliseconds(), r.channelPrefix(), locals)
+		for _, b := range part {
+			first := len(keys)
+			keys = append(keys, r.sessionKey(b.Device), r.outboxKey(b.Device))
+			args = append(args, b.Device, 0, len(b.Msgs))
+			nk := len(args) - 2
+			for _, m := range b.Msgs {
+				k := 0
+				if m.Key != "" && lim.KeyTTL > 0 {
+					keys = append(keys, r.keyKey(b.Device, m.Key))
+					k = len(keys) - first
+				}
+				args = append(args, k, m.Payload)
+			}
+			args[nk] = len(keys) - first
 		}
-		args = append(args, k, m.Payload)
+		reqs = append(reqs, r.batch.start(ctx, enqueueScript, keys, args...))
 	}
-	res, err := r.batch.run(ctx, enqueueScript, keys, args...).Slice()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Stored, 0, (len(res)-1)/2)
-	for i := 1; i+1 < len(res); i += 2 {
-		out = append(out, Stored{Seq: uint64(res[i].(int64)), Duplicate: res[i+1].(int64) == 1})
-	}
-	if server := res[0].(string); r.cluster && server != "" {
-		for i, st := range out {
-			if !st.Duplicate {
-				r.notify(ctx, server, kindDeliver, st.Seq, device, msgs[i].Payload)
+	out := make([]Enqueued, len(batches))
+	for c, req := range reqs {
+		part := out[c*chunk : min((c+1)*chunk, len(out))]
+		res, err := req.wait(ctx).Slice()
+		if err == nil && !r.parseEnqueued(res, part) {
+			err = fmt.Errorf("enqueue script answered %d values for %d devices", len(res), len(part))
+		}
+		if err != nil {
+			for i := range part {
+				part[i] = Enqueued{Err: err}
 			}
 		}
 	}
-	if len(out) < len(msgs) {
-		return out, ErrOutboxFull
+	for i, b := range batches {
+		r.enqueued(ctx, b, &out[i])
 	}
-	return out, nil
+	return out
+}
+
+// parseEnqueued reads the script's answer into part; false if malformed.
+func (r *Redis) parseEnqueued(res []any, part []Enqueued) bool {
+	j := 0
+	for i := range part {
+		if j+2 > len(res) {
+			return false
+		}
+		server, _ := res[j].(string)
+		n, _ := res[j+1].(int64)
+		j += 2
+		if j+2*int(n) > len(res) {
+			return false
+		}
+		st := make([]Stored, n)
+		for k := range st {
+			seq, _ := res[j].(int64)
+			dup, _ := res[j+1].(int64)
+			st[k] = Stored{Seq: uint64(seq), Duplicate: dup == 1}
+			j += 2
+		}
+		part[i] = Enqueued{Stored: st, server: server}
+	}
+	return j == len(res)
+}
+
+// enqueued notifies the holder of b's stored messages (directly when it
+// is local, else on Cluster by SPUBLISH) and sets ErrOutboxFull if the
+// batch was cut short.
+func (r *Redis) enqueued(ctx context.Context, b DeviceBatch, e *Enqueued) {
+	if e.Err != nil {
+		return
+	}
+	if h := r.local(e.server); h != nil {
+		for i, st := range e.Stored {
+			if !st.Duplicate {
+				h.Deliver(b.Device, st.Seq, b.Msgs[i].Payload)
+			}
+		}
+	} else if r.cluster && e.server != "" {
+		for i, st := range e.Stored {
+			if !st.Duplicate {
+				r.notify(ctx, e.server, kindDeliver, st.Seq, b.Device, b.Msgs[i].Payload)
+			}
+		}
+	}
+	if len(e.Stored) < len(b.Msgs) {
+		e.Err = ErrOutboxFull
+	}
 }
 
 // NotApplied reports whether a failed operation certainly did not reach the
@@ -443,6 +567,9 @@ func (r *Redis) Device(ctx context.Context, device string) (DeviceInfo, error) {
 // itself after a lost link; every (re)subscription triggers Resync because
 // notifications sent in between are gone.
 func (r *Redis) Subscribe(ctx context.Context, server string, h Handler) error {
+	r.mu.Lock()
+	r.subs[server] = h
+	r.mu.Unlock()
 	var ps *redis.PubSub
 	if r.cluster {
 		ps = r.rdb.SSubscribe(ctx, r.channel(server))
@@ -451,6 +578,13 @@ func (r *Redis) Subscribe(ctx context.Context, server string, h Handler) error {
 	}
 	go func() {
 		defer ps.Close()
+		defer func() {
+			r.mu.Lock()
+			if r.subs[server] == h {
+				delete(r.subs, server)
+			}
+			r.mu.Unlock()
+		}()
 		for {
 			msg, err := ps.Receive(ctx)
 			if err != nil {

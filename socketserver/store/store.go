@@ -91,7 +91,8 @@ type AuditInfo struct {
 }
 
 // Handler receives what other servers (or this one) send to this server.
-// Calls come from one goroutine and must not block.
+// Calls must not block. Deliver may be called by several goroutines at
+// once (an enqueue on this server delivers directly), and out of seq order.
 type Handler interface {
 	// Deliver: a message was stored for a device this server holds.
 	Deliver(device string, seq uint64, payload []byte)
@@ -120,6 +121,10 @@ type Store interface {
 	// (stored, or duplicates of an earlier key); when the outbox fills up
 	// first, n is short and err is ErrOutboxFull.
 	EnqueueBatch(ctx context.Context, device string, msgs []Outgoing, lim Limits) ([]Stored, error)
+	// EnqueueMany is EnqueueBatch for many devices at once (each device
+	// at most once): the answer for batches[i] is at [i]. Redis stores
+	// them in as few script calls as the keys' slots allow.
+	EnqueueMany(ctx context.Context, batches []DeviceBatch, lim Limits) []Enqueued
 	// Ack applies a cumulative ACK if epoch is still current. ErrLost: the
 	// store no longer knows the session (Reclaim it).
 	Ack(ctx context.Context, device string, epoch, seq uint64) error
@@ -148,6 +153,19 @@ type Store interface {
 	// sessions); empty when it found none.
 	Warnings(ctx context.Context) ([]string, error)
 	Close() error
+}
+
+// DeviceBatch is one device's messages in an EnqueueMany.
+type DeviceBatch struct {
+	Device string
+	Msgs   []Outgoing
+}
+
+// Enqueued answers one DeviceBatch as EnqueueBatch would.
+type Enqueued struct {
+	Stored []Stored
+	Err    error
+	server string // the holder, as the Redis script found it
 }
 
 // Enqueue stores one message: EnqueueBatch for a batch of one.

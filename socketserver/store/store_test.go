@@ -658,3 +658,133 @@ func TestNotApplied(t *testing.T) {
 		t.Fatalf("HELLO against a Redis that is gone: %v, NotApplied %v", err, store.NotApplied(err))
 	}
 }
+
+// A message for a device held by a server that subscribed through the same
+// store value is handed to it directly, without a PUBLISH; one stored by
+// another server's store reaches the holder over pub/sub, payload included.
+func TestRedisLocalDelivery(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		clients func(t *testing.T) (a, b, raw redis.UniversalClient)
+	}{
+		{"redis", func(t *testing.T) (a, b, raw redis.UniversalClient) {
+			srv := redistest.Start(t)
+			return srv.Client(), srv.Client(), srv.Client()
+		}},
+		{"redis-cluster", func(t *testing.T) (a, b, raw redis.UniversalClient) {
+			cl := redistest.StartCluster(t)
+			return cl.Client(), cl.Client(), cl.Client()
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ca, cb, raw := c.clients(t)
+			stA, stB := store.NewRedis(ca, "t"), store.NewRedis(cb, "t")
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			// What goes over a's channel, as another subscriber sees it.
+			var ps *redis.PubSub
+			if cl, ok := raw.(*redis.ClusterClient); ok {
+				ps = cl.SSubscribe(ctx, "t:srv:{a}")
+			} else {
+				ps = raw.Subscribe(ctx, "t:srv:{a}")
+			}
+			defer ps.Close()
+			if _, err := ps.Receive(ctx); err != nil {
+				t.Fatal(err)
+			}
+			a, b := newRecorder(), newRecorder()
+			if err := stA.Subscribe(ctx, "a", a); err != nil {
+				t.Fatal(err)
+			}
+			if err := stB.Subscribe(ctx, "b", b); err != nil {
+				t.Fatal(err)
+			}
+			a.wait(t, func() bool { return a.resyncs > 0 })
+			b.wait(t, func() bool { return b.resyncs > 0 })
+			hello(t, stA, "d", "a", 0)
+			local, err := enqueue(t, stA, "d", "here", noLimits)
+			if err != nil {
+				t.Fatal(err)
+			}
+			remote, err := enqueue(t, stB, "d", "there", noLimits)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.wait(t, func() bool { return len(a.delivered) == 2 })
+			want := []string{fmt.Sprintf("d/%d/here", local.Seq), fmt.Sprintf("d/%d/there", remote.Seq)}
+			if fmt.Sprint(a.delivered) != fmt.Sprint(want) {
+				t.Fatalf("holder got %v, want %v", a.delivered, want)
+			}
+			// Pub/sub keeps order: had the local message been published, it would come first.
+			msg, err := ps.ReceiveMessage(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w := fmt.Sprintf("D|%d|d|there", remote.Seq); msg.Payload != w {
+				t.Fatalf("first message on a's channel %q, want %q (the local one must not be published)", msg.Payload, w)
+			}
+			if len(b.delivered) != 0 {
+				t.Fatalf("a server that does not hold the device was told: %v", b.delivered)
+			}
+		})
+	}
+}
+
+// Many devices in one call: each gets what EnqueueBatch would have given
+// it (stored in order, duplicates answered, cut at its own limit), and its
+// holder is told.
+func TestEnqueueMany(t *testing.T) {
+	forEachStore(t, func(t *testing.T, st store.Store) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		rec := newRecorder()
+		if err := st.Subscribe(ctx, "a", rec); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := st.(*store.Redis); ok {
+			rec.wait(t, func() bool { return rec.resyncs > 0 })
+		}
+		lim := store.Limits{MaxPending: 2, KeyTTL: time.Minute}
+		hello(t, st, "held", "a", 0)
+		full := mustEnqueue(t, st, "full", 1)
+		first, err := st.EnqueueBatch(ctx, "keyed", []store.Outgoing{{Payload: []byte("k1"), Key: "x"}}, lim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := func(ps ...string) []store.Outgoing {
+			var o []store.Outgoing
+			for _, p := range ps {
+				k, p, _ := strings.Cut(p, "=")
+				o = append(o, store.Outgoing{Key: k, Payload: []byte(p)})
+			}
+			return o
+		}
+		res := st.EnqueueMany(ctx, []store.DeviceBatch{
+			{Device: "held", Msgs: out("=h1", "=h2")},
+			{Device: "full", Msgs: out("=f2", "=f3", "=f4")},
+			{Device: "keyed", Msgs: out("x=again", "y=k2")},
+		}, lim)
+		if len(res) != 3 {
+			t.Fatalf("%d answers for 3 devices", len(res))
+		}
+		if r := res[0]; r.Err != nil || len(r.Stored) != 2 || r.Stored[1].Seq != r.Stored[0].Seq+1 {
+			t.Fatalf("held: %+v", r)
+		}
+		if r := res[1]; !errors.Is(r.Err, store.ErrOutboxFull) || len(r.Stored) != 1 || r.Stored[0].Seq != full+2 {
+			t.Fatalf("full (1 of 2 pending): %+v, want one stored at %d, then outbox full", r, full+2)
+		}
+		if r := res[2]; r.Err != nil || len(r.Stored) != 2 || r.Stored[0] != (store.Stored{Seq: first[0].Seq, Duplicate: true}) ||
+			r.Stored[1] != (store.Stored{Seq: first[0].Seq + 1}) {
+			t.Fatalf("keyed: %+v, want the first seq %d answered duplicate, then the next", r, first[0].Seq)
+		}
+		msgs, err := st.Pending(ctx, "keyed", 0, 10)
+		if err != nil || len(msgs) != 2 || string(msgs[1].Payload) != "k2" {
+			t.Fatalf("keyed outbox %v, %v", msgs, err)
+		}
+		rec.wait(t, func() bool { return len(rec.delivered) == 2 })
+		want := fmt.Sprint([]string{fmt.Sprintf("held/%d/h1", res[0].Stored[0].Seq), fmt.Sprintf("held/%d/h2", res[0].Stored[1].Seq)})
+		if fmt.Sprint(rec.delivered) != want {
+			t.Fatalf("holder told %v, want %v", rec.delivered, want)
+		}
+	})
+}
