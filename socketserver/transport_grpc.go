@@ -1,7 +1,6 @@
 package socketserver
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -292,23 +291,13 @@ func (g *grpcConn) Write(b []byte) (int, error) {
 		t := time.AfterFunc(time.Until(d), func() { _ = g.Close() })
 		defer t.Stop()
 	}
-	n := 0
-	for len(b) >= protocol.HeaderSize+1 {
-		size := int(binary.BigEndian.Uint32(b))
-		if len(b) < protocol.HeaderSize+size {
-			return n, errors.New("grpc: truncated frame")
-		}
-		m, err := grpcframe.Server(b[protocol.HeaderSize], b[protocol.HeaderSize+1:protocol.HeaderSize+size])
+	return grpcframe.Each(b, func(typ byte, body []byte) error {
+		m, err := grpcframe.Server(typ, body)
 		if err != nil {
-			return n, err
+			return err
 		}
-		if err := g.stream.SendMsg(m); err != nil {
-			return n, err
-		}
-		b = b[protocol.HeaderSize+size:]
-		n += protocol.HeaderSize + size
-	}
-	return n, nil
+		return g.stream.SendMsg(m)
+	})
 }
 
 // Close ends the call (Connect returns); a send or receive blocked on
