@@ -235,7 +235,8 @@ func TestGRPCTakeoverAcrossTransports(t *testing.T) {
 }
 
 // Drain over gRPC: the health service turns NOT_SERVING with /readyz, the
-// device gets its GOAWAY frame, and once it left the gRPC server stops.
+// device gets its GOAWAY frame, and once the drain is over a new device is
+// still answered with GOAWAY (as on TCP), not refused.
 func TestGRPCDrain(t *testing.T) {
 	srv := startServer(t, store.NewMemory(), "pod-a", nil)
 	cc, err := grpc.NewClient(srv.Addrs().GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -274,8 +275,13 @@ func TestGRPCDrain(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("drain did not finish once the device left")
 	}
-	// Drained: the gRPC server stopped, a new call fails.
-	if _, err := health.Check(context.Background(), &healthpb.HealthCheckRequest{}); err == nil {
-		t.Fatal("health check answered after the drain")
+	if s := check(""); s != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health after the drain: %v", s)
+	}
+	late := grpcDial(t, srv.Addrs().GRPC)
+	_ = late.send(protocol.TypeHello, protocol.MustJSON(protocol.Hello{Protocol: 1, Device: "d2", Token: token("d2", time.Hour)}))
+	g = protocol.GoAway{}
+	if err := json.Unmarshal(late.expect(t, protocol.TypeGoAway), &g); err != nil || g.Reason != "draining" {
+		t.Fatalf("GOAWAY to a device after the drain: %+v %v", g, err)
 	}
 }
