@@ -3,6 +3,7 @@ package socketserver_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
@@ -12,12 +13,14 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/socketcluster/socketcluster/internal/redistest"
+	"github.com/socketcluster/socketcluster/internal/testcert"
 	"github.com/socketcluster/socketcluster/socketserver"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/scpv1"
@@ -283,5 +286,38 @@ func TestGRPCDrain(t *testing.T) {
 	g = protocol.GoAway{}
 	if err := json.Unmarshal(late.expect(t, protocol.TypeGoAway), &g); err != nil || g.Reason != "draining" {
 		t.Fatalf("GOAWAY to a device after the drain: %+v %v", g, err)
+	}
+}
+
+// gRPC's TLS handshakes take --max-handshakes slots like the other
+// listeners': while idle connections hold them all, a gRPC client's
+// handshake does not run; it does once one of them leaves. Each TLS
+// listener holds a slot while it waits to accept (TCP and WebSocket
+// here), so 4 slots leave 2 to the gRPC connections.
+func TestGRPCTLSHandshakeBound(t *testing.T) {
+	cert, pool := testcert.SelfSigned(t)
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		c.MaxHandshakes = 4
+		c.HelloTimeout = time.Minute
+		c.HandshakeTimeout = 30 * time.Second
+	})
+	idle := holdIdle(t, srv.Addrs().GRPC, 2)
+	cc, err := grpc.NewClient(srv.Addrs().GRPC, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	health := healthpb.NewHealthClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err == nil {
+		t.Fatal("a third handshake ran while two were in progress")
+	}
+	idle[0].Close()
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("after an idle handshake left: %v", err)
 	}
 }
