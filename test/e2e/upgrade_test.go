@@ -28,18 +28,20 @@ import (
 )
 
 const (
-	tcpPort = 7000
-	wsPort  = 8080 // WebSocket and SSE
-	// sseShare: one device in sseShare holds an SSE stream instead of TCP.
-	sseShare  = 4
+	tcpPort  = 7000
+	wsPort   = 8080 // WebSocket and SSE
+	grpcPort = 7001
+	// share: of every share devices, one holds an SSE stream and one a
+	// gRPC stream instead of TCP.
+	share     = 4
 	redisPort = 6379
 	scName    = "e2e"
 )
 
 // TestRollingUpgradeUnderLoad is the scenario the product exists for: the
 // operator (installed by its chart) runs a 3-replica SocketCluster on Redis;
-// E2E_DEVICES devices (default 2000; one in sseShare over SSE, the others
-// over TCP) stay connected through pod IPs while
+// E2E_DEVICES devices (default 2000; one in share over SSE, one over
+// gRPC, the others over TCP) stay connected through pod IPs while
 // backends send to them and they publish; then the image is patched, a pod
 // is deleted and a container is killed hard. Every accepted message must
 // reach its device once and in order, every acknowledged publish must be in
@@ -85,13 +87,13 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	devs := make([]*device, nDevices)
 	var running sync.WaitGroup
 	for i := range devs {
-		devs[i] = newDevice(fmt.Sprintf("e2e-dev-%05d", i), srv, i%sseShare == 0)
+		devs[i] = newDevice(fmt.Sprintf("e2e-dev-%05d", i), srv, []string{"sse", "grpc", "tcp", "tcp"}[i%share])
 		running.Add(2)
 		go func() { defer running.Done(); devs[i].client.Run(loadCtx) }()
 		go func() { defer running.Done(); devs[i].publishLoop(loadCtx, 5*time.Second) }()
 	}
 	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
-	t.Logf("%d devices connected (%d over SSE, the others over TCP)", nDevices, (nDevices+sseShare-1)/sseShare)
+	t.Logf("%d devices connected (%d over SSE, %d over gRPC, the others over TCP)", nDevices, (nDevices+share-1)/share, (nDevices+share-2)/share)
 
 	backendCtx, stopBackends := context.WithCancel(loadCtx)
 	var sent backendStats
@@ -341,10 +343,14 @@ spec:
     addresses: [%q]
   auth:
     insecureNoAuth: true
+  listeners:
+    grpc:
+      enabled: true
+      port: %d
   drain:
     timeout: 20s
     jitter: 2s
-`, v1alpha1.GroupVersion.String(), scName, ns, img, redisAddr)
+`, v1alpha1.GroupVersion.String(), scName, ns, img, redisAddr, grpcPort)
 	cmd := exec.Command(cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-")
 	cmd.Stdin = strings.NewReader(manifest)
 	if out, err := cmd.CombinedOutput(); err != nil {
