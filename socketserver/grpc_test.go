@@ -291,14 +291,15 @@ func TestGRPCDrain(t *testing.T) {
 
 // gRPC's TLS handshakes take --max-handshakes slots like the other
 // listeners': while idle connections hold them all, a gRPC client's
-// handshake does not run; it does once one of them leaves. Each TLS
-// listener holds a slot while it waits to accept (TCP and WebSocket
-// here), so 4 slots leave 2 to the gRPC connections.
+// handshake does not run; it does once one of them leaves. Every TLS
+// listener takes a slot before it accepts, so the server has the gRPC
+// listener alone, whose 2 slots the idle connections hold.
 func TestGRPCTLSHandshakeBound(t *testing.T) {
 	cert, pool := testcert.SelfSigned(t)
 	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
 		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-		c.MaxHandshakes = 4
+		c.TCPAddr, c.WSAddr = "", ""
+		c.MaxHandshakes = 2
 		c.HelloTimeout = time.Minute
 		c.HandshakeTimeout = 30 * time.Second
 	})
