@@ -3,6 +3,7 @@ package socketserver_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
@@ -12,12 +13,14 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/socketcluster/socketcluster/internal/redistest"
+	"github.com/socketcluster/socketcluster/internal/testcert"
 	"github.com/socketcluster/socketcluster/socketserver"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/scpv1"
@@ -235,7 +238,8 @@ func TestGRPCTakeoverAcrossTransports(t *testing.T) {
 }
 
 // Drain over gRPC: the health service turns NOT_SERVING with /readyz, the
-// device gets its GOAWAY frame, and once it left the gRPC server stops.
+// device gets its GOAWAY frame, and once the drain is over a new device is
+// still answered with GOAWAY (as on TCP), not refused.
 func TestGRPCDrain(t *testing.T) {
 	srv := startServer(t, store.NewMemory(), "pod-a", nil)
 	cc, err := grpc.NewClient(srv.Addrs().GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -274,8 +278,47 @@ func TestGRPCDrain(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("drain did not finish once the device left")
 	}
-	// Drained: the gRPC server stopped, a new call fails.
-	if _, err := health.Check(context.Background(), &healthpb.HealthCheckRequest{}); err == nil {
-		t.Fatal("health check answered after the drain")
+	if s := check(""); s != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("health after the drain: %v", s)
+	}
+	late := grpcDial(t, srv.Addrs().GRPC)
+	_ = late.send(protocol.TypeHello, protocol.MustJSON(protocol.Hello{Protocol: 1, Device: "d2", Token: token("d2", time.Hour)}))
+	g = protocol.GoAway{}
+	if err := json.Unmarshal(late.expect(t, protocol.TypeGoAway), &g); err != nil || g.Reason != "draining" {
+		t.Fatalf("GOAWAY to a device after the drain: %+v %v", g, err)
+	}
+}
+
+// gRPC's TLS handshakes take --max-handshakes slots like the other
+// listeners': while idle connections hold them all, a gRPC client's
+// handshake does not run; it does once one of them leaves. Every TLS
+// listener takes a slot before it accepts, so the server has the gRPC
+// listener alone, whose 2 slots the idle connections hold.
+func TestGRPCTLSHandshakeBound(t *testing.T) {
+	cert, pool := testcert.SelfSigned(t)
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+		c.TCPAddr, c.WSAddr = "", ""
+		c.MaxHandshakes = 2
+		c.HelloTimeout = time.Minute
+		c.HandshakeTimeout = 30 * time.Second
+	})
+	idle := holdIdle(t, srv.Addrs().GRPC, 2)
+	cc, err := grpc.NewClient(srv.Addrs().GRPC, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	health := healthpb.NewHealthClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err == nil {
+		t.Fatal("a third handshake ran while two were in progress")
+	}
+	idle[0].Close()
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := health.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatalf("after an idle handshake left: %v", err)
 	}
 }

@@ -677,9 +677,9 @@ func (s *Server) drain() {
 	s.goingAway.Store(true)
 	start := time.Now()
 	deadline := start.Add(s.cfg.DrainTimeout)
-	// Once every device had its GOAWAY frame and left (or the timeout
-	// passed), gRPC's own graceful stop ends what remains of its connections.
-	defer s.stopGRPC(deadline)
+	// The gRPC server keeps serving until Shutdown, as the other listeners
+	// do: a device that still arrives gets its GOAWAY (with a reconnect
+	// hint), not a refused connection that it would retry here.
 	if !s.goAwayPaced(s.sessions.all(), nil) {
 		return
 	}

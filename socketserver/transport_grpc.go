@@ -1,7 +1,6 @@
 package socketserver
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -78,7 +77,7 @@ func (s *Server) grpcOptions() []grpc.ServerOption {
 		grpc.InitialConnWindowSize(window),
 	}
 	if s.cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(credentials.NewTLS(s.cfg.TLS)))
+		opts = append(opts, grpc.Creds(slotCreds{TransportCredentials: credentials.NewTLS(s.cfg.TLS), slots: s.handshakes}))
 	}
 	return opts
 }
@@ -120,21 +119,57 @@ type grpcListener struct {
 	open atomic.Int64
 }
 
+// With TLS, a connection takes a --max-handshakes slot before it is
+// accepted, as on the other listeners (the excess waits in the listen
+// backlog, holding no descriptor); slotCreds frees it when the handshake
+// ends.
 func (l *grpcListener) Accept() (net.Conn, error) {
+	s := l.srv
+	tls := s.cfg.TLS != nil
 	for {
-		nc, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
+		if tls {
+			select {
+			case s.handshakes <- struct{}{}:
+			case <-s.ctx.Done():
+				return nil, net.ErrClosed
+			}
 		}
-		s := l.srv
-		if s.maxConns > 0 && (s.Connections() >= s.maxConns || l.open.Load() >= int64(s.maxConns)) {
+		nc, err := l.Listener.Accept()
+		if err == nil && s.maxConns > 0 && (s.Connections() >= s.maxConns || l.open.Load() >= int64(s.maxConns)) {
 			s.metrics.closes.WithLabelValues(ReasonRejected.String()).Inc()
 			_ = nc.Close()
-			continue
+			nc, err = nil, errRefused
+		}
+		if err != nil {
+			if tls {
+				<-s.handshakes
+			}
+			if errors.Is(err, errRefused) {
+				continue
+			}
+			return nil, err
 		}
 		l.open.Add(1)
 		return &countedConn{Conn: nc, open: &l.open}, nil
 	}
+}
+
+var errRefused = errors.New("grpc: connection refused over the limit")
+
+// slotCreds frees the connection's --max-handshakes slot (taken in
+// grpcListener.Accept) once its TLS handshake ended, however.
+type slotCreds struct {
+	credentials.TransportCredentials
+	slots chan struct{}
+}
+
+func (c slotCreds) ServerHandshake(nc net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	defer func() { <-c.slots }()
+	return c.TransportCredentials.ServerHandshake(nc)
+}
+
+func (c slotCreds) Clone() credentials.TransportCredentials {
+	return slotCreds{TransportCredentials: c.TransportCredentials.Clone(), slots: c.slots}
 }
 
 // countedConn leaves its listener's count when closed.
@@ -292,23 +327,13 @@ func (g *grpcConn) Write(b []byte) (int, error) {
 		t := time.AfterFunc(time.Until(d), func() { _ = g.Close() })
 		defer t.Stop()
 	}
-	n := 0
-	for len(b) >= protocol.HeaderSize+1 {
-		size := int(binary.BigEndian.Uint32(b))
-		if len(b) < protocol.HeaderSize+size {
-			return n, errors.New("grpc: truncated frame")
-		}
-		m, err := grpcframe.Server(b[protocol.HeaderSize], b[protocol.HeaderSize+1:protocol.HeaderSize+size])
+	return grpcframe.Each(b, func(typ byte, body []byte) error {
+		m, err := grpcframe.Server(typ, body)
 		if err != nil {
-			return n, err
+			return err
 		}
-		if err := g.stream.SendMsg(m); err != nil {
-			return n, err
-		}
-		b = b[protocol.HeaderSize+size:]
-		n += protocol.HeaderSize + size
-	}
-	return n, nil
+		return g.stream.SendMsg(m)
+	})
 }
 
 // Close ends the call (Connect returns); a send or receive blocked on

@@ -78,7 +78,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&c.DrainJitter, "drain-jitter", d.DrainJitter, "upper bound of the reconnect delay hinted in GOAWAY")
 	fs.IntVar(&c.MaxFrameBytes, "max-frame-bytes", d.MaxFrameBytes, "largest frame (type byte + body)")
 	fs.IntVar(&c.MaxConnections, "max-connections", 0, "connection limit (0 = as many as open files allow)")
-	fs.IntVar(&c.MaxHandshakes, "max-handshakes", d.MaxHandshakes, "TLS and WebSocket handshakes in progress at a time; more wait in the listen backlog")
+	fs.IntVar(&c.MaxHandshakes, "max-handshakes", d.MaxHandshakes, "TLS (TCP, WebSocket, gRPC) and WebSocket handshakes in progress at a time; more wait in the listen backlog")
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "time from accept to a completed TLS or WebSocket handshake (at most --hello-timeout)")
 	fs.IntVar(&c.MaxPending, "max-pending", d.MaxPending, "unacknowledged messages per device before the backend gets 429")
 	fs.Int64Var(&c.MaxPendingBytes, "max-pending-bytes", d.MaxPendingBytes, "unacknowledged payload bytes per device before the backend gets 429 (0 = unbounded)")

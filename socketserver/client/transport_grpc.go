@@ -3,7 +3,6 @@ package client
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -128,20 +127,13 @@ func (g *grpcConn) Write(b []byte) (int, error) {
 	}
 	g.sendMu.Lock()
 	defer g.sendMu.Unlock()
-	n := 0
-	for len(b) >= protocol.HeaderSize+1 {
-		size := int(binary.BigEndian.Uint32(b))
-		m, err := grpcframe.Client(b[protocol.HeaderSize], b[protocol.HeaderSize+1:protocol.HeaderSize+size])
+	return grpcframe.Each(b, func(typ byte, body []byte) error {
+		m, err := grpcframe.Client(typ, body)
 		if err != nil {
-			return n, err
+			return err
 		}
-		if err := g.stream.Send(m); err != nil {
-			return n, err
-		}
-		b = b[protocol.HeaderSize+size:]
-		n += protocol.HeaderSize + size
-	}
-	return n, nil
+		return g.stream.Send(m)
+	})
 }
 
 func (g *grpcConn) Close() error {

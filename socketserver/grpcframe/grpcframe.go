@@ -142,3 +142,23 @@ func FromServer(m *scpv1.ServerFrame) (typ byte, body []byte, err error) {
 	}
 	return 0, nil, protocol.Errorf(protocol.CodeBadFrame, "ServerFrame carries no frame this client knows")
 }
+
+// Each calls send with the type and body of each length-prefixed frame of
+// b (a writer's output, encoded as on TCP) and returns the bytes of the
+// frames sent. The server's and the client's stand-ins for a socket turn
+// a Write into messages with it.
+func Each(b []byte, send func(typ byte, body []byte) error) (int, error) {
+	n := 0
+	for len(b) >= protocol.HeaderSize+1 {
+		size := int(binary.BigEndian.Uint32(b))
+		if size < 1 || len(b) < protocol.HeaderSize+size {
+			return n, fmt.Errorf("grpcframe: truncated frame (%d of %d bytes)", len(b)-protocol.HeaderSize, size)
+		}
+		if err := send(b[protocol.HeaderSize], b[protocol.HeaderSize+1:protocol.HeaderSize+size]); err != nil {
+			return n, err
+		}
+		b = b[protocol.HeaderSize+size:]
+		n += protocol.HeaderSize + size
+	}
+	return n, nil
+}

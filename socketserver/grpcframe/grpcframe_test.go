@@ -61,3 +61,24 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal("a HELLO became a ServerFrame")
 	}
 }
+
+// Each hands over every frame of a write in order, and a write that ends
+// mid-frame is an error after the whole frames before it.
+func TestEach(t *testing.T) {
+	b := protocol.AppendFrame(nil, protocol.TypePing, []byte("a"))
+	b = protocol.AppendFrame(b, protocol.TypePong, nil)
+	whole := len(b)
+	var got []byte
+	n, err := Each(b, func(typ byte, body []byte) error {
+		got = append(append(got, typ), body...)
+		return nil
+	})
+	if err != nil || n != whole || !bytes.Equal(got, []byte{protocol.TypePing, 'a', protocol.TypePong}) {
+		t.Fatalf("Each = %d, %v, frames %q; want %d, nil, PING a PONG", n, err, got, whole)
+	}
+	b = protocol.AppendFrame(b, protocol.TypePing, []byte("cut"))
+	n, err = Each(b[:len(b)-1], func(byte, []byte) error { return nil })
+	if err == nil || n != whole {
+		t.Fatalf("truncated: Each = %d, %v; want %d and an error", n, err, whole)
+	}
+}

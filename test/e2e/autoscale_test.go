@@ -71,7 +71,7 @@ spec:
 	var running sync.WaitGroup
 	connect := func(from, to int) {
 		for i := from; i < to; i++ {
-			devs[i] = newDevice(fmt.Sprintf("%s-dev-%05d", name, i), srv, i%sseShare == 0)
+			devs[i] = newDevice(fmt.Sprintf("%s-dev-%05d", name, i), srv, sseOrTCP(i))
 			running.Add(1)
 			go func() { defer running.Done(); devs[i].client.Run(loadCtx) }()
 		}

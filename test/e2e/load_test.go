@@ -151,13 +151,19 @@ type device struct {
 	unknown  map[uint64]bool // numbers still ambiguous after every retry: stored or not
 }
 
-// newDevice is a device on TCP, or on SSE (its stream and POSTs to the
-// WebSocket port) when sse is set.
-func newDevice(name string, srv *servers, sse bool) *device {
+// newDevice is a device over transport: tcp, sse (its stream and POSTs to
+// the WebSocket port), grpc (a Connect stream on the gRPC port) or mqtt
+// (MQTT 5 on the MQTT port).
+func newDevice(name string, srv *servers, transport string) *device {
 	d := &device{name: name, unknown: map[uint64]bool{}}
 	port, addr := tcpPort, "socketcluster:"+strconv.Itoa(tcpPort) // the host is replaced by Dial
-	if sse {
+	switch transport {
+	case "sse":
 		port, addr = wsPort, "http://socketcluster:"+strconv.Itoa(wsPort)+"/sse"
+	case "grpc":
+		port, addr = grpcPort, "grpc://socketcluster:"+strconv.Itoa(grpcPort)
+	case "mqtt":
+		port, addr = mqttPort, "mqtt://socketcluster:"+strconv.Itoa(mqttPort)
 	}
 	d.client = client.New(client.Config{
 		Addr:   addr,

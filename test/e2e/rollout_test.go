@@ -92,7 +92,7 @@ spec:
 	go srv.refresh(loadCtx, ns, selector)
 	devs := make([]*device, nDevices)
 	for i := range devs {
-		devs[i] = newDevice(fmt.Sprintf("%s-dev-%05d", name, i), srv, i%sseShare == 0)
+		devs[i] = newDevice(fmt.Sprintf("%s-dev-%05d", name, i), srv, sseOrTCP(i))
 	}
 	sampleStart, sampled := devicesPerPod(loadCtx, devs)
 	var running sync.WaitGroup

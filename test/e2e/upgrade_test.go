@@ -27,10 +27,24 @@ import (
 	"github.com/socketcluster/socketcluster/controllers/resources"
 )
 
+// upgradeMix is the transport of each device of the rolling upgrade, in turn.
+var upgradeMix = []string{"sse", "grpc", "mqtt", "tcp", "tcp"}
+
+// sseOrTCP is the transport of device i of the rollout and autoscale tests.
+func sseOrTCP(i int) string {
+	if i%sseShare == 0 {
+		return "sse"
+	}
+	return "tcp"
+}
+
 const (
-	tcpPort = 7000
-	wsPort  = 8080 // WebSocket and SSE
-	// sseShare: one device in sseShare holds an SSE stream instead of TCP.
+	tcpPort  = 7000
+	wsPort   = 8080 // WebSocket and SSE
+	grpcPort = 7001
+	mqttPort = 1883
+	// sseShare: in the rollout and autoscale tests (TCP and SSE only), one
+	// device in sseShare holds an SSE stream.
 	sseShare  = 4
 	redisPort = 6379
 	scName    = "e2e"
@@ -38,8 +52,8 @@ const (
 
 // TestRollingUpgradeUnderLoad is the scenario the product exists for: the
 // operator (installed by its chart) runs a 3-replica SocketCluster on Redis;
-// E2E_DEVICES devices (default 2000; one in sseShare over SSE, the others
-// over TCP) stay connected through pod IPs while
+// E2E_DEVICES devices (default 2000; of every five one over SSE, one over
+// gRPC, one over MQTT, the others over TCP) stay connected through pod IPs while
 // backends send to them and they publish; then the image is patched, a pod
 // is deleted and a container is killed hard. Every accepted message must
 // reach its device once and in order, every acknowledged publish must be in
@@ -85,13 +99,18 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	devs := make([]*device, nDevices)
 	var running sync.WaitGroup
 	for i := range devs {
-		devs[i] = newDevice(fmt.Sprintf("e2e-dev-%05d", i), srv, i%sseShare == 0)
+		devs[i] = newDevice(fmt.Sprintf("e2e-dev-%05d", i), srv, upgradeMix[i%len(upgradeMix)])
 		running.Add(2)
 		go func() { defer running.Done(); devs[i].client.Run(loadCtx) }()
 		go func() { defer running.Done(); devs[i].publishLoop(loadCtx, 5*time.Second) }()
 	}
 	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
-	t.Logf("%d devices connected (%d over SSE, the others over TCP)", nDevices, (nDevices+sseShare-1)/sseShare)
+	byTransport := map[string]int{}
+	for i := range devs {
+		byTransport[upgradeMix[i%len(upgradeMix)]]++
+	}
+	t.Logf("%d devices connected (%d over SSE, %d over gRPC, %d over MQTT, %d over TCP)", nDevices,
+		byTransport["sse"], byTransport["grpc"], byTransport["mqtt"], byTransport["tcp"])
 
 	backendCtx, stopBackends := context.WithCancel(loadCtx)
 	var sent backendStats
@@ -341,10 +360,17 @@ spec:
     addresses: [%q]
   auth:
     insecureNoAuth: true
+  listeners:
+    grpc:
+      enabled: true
+      port: %d
+    mqtt:
+      enabled: true
+      port: %d
   drain:
     timeout: 20s
     jitter: 2s
-`, v1alpha1.GroupVersion.String(), scName, ns, img, redisAddr)
+`, v1alpha1.GroupVersion.String(), scName, ns, img, redisAddr, grpcPort, mqttPort)
 	cmd := exec.Command(cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-")
 	cmd.Stdin = strings.NewReader(manifest)
 	if out, err := cmd.CombinedOutput(); err != nil {
