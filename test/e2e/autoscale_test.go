@@ -80,20 +80,7 @@ spec:
 	connect(0, nDevices/2)
 	connect(nDevices/2, nDevices)
 	start := time.Now()
-	backendCtx, stopBackends := context.WithCancel(loadCtx)
-	var sent backendStats
-	var backends sync.WaitGroup
-	for b := range 4 {
-		var mine []*device
-		for i := b; i < len(devs); i += 4 {
-			mine = append(mine, devs[i])
-		}
-		backends.Add(1)
-		go func() {
-			defer backends.Done()
-			backend(backendCtx, mine, srv, adminPort, apiToken, 40*time.Millisecond, &sent)
-		}()
-	}
+	sent, stopBackends := startBackends(loadCtx, devs, srv, apiToken, 4)
 
 	var before, after []int64
 	eventually(t, 5*time.Minute, "4 pods, each counted", func() error {
@@ -132,7 +119,6 @@ spec:
 	})
 	balanced := time.Since(start)
 	stopBackends()
-	backends.Wait()
 	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
 	eventually(t, 5*time.Minute, "all messages delivered", func() error { return allReceived(devs) })
 	stopLoad()

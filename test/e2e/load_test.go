@@ -222,6 +222,26 @@ func (d *device) publishLoop(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// startBackends sends to devs from n backends, each with its share of the
+// devices, until stop, which waits for them to end.
+func startBackends(ctx context.Context, devs []*device, srv *servers, apiToken string, n int) (sent *backendStats, stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	sent = &backendStats{}
+	var wg sync.WaitGroup
+	for b := range n {
+		var mine []*device
+		for i := b; i < len(devs); i += n {
+			mine = append(mine, devs[i])
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			backend(ctx, mine, srv, adminPort, apiToken, 40*time.Millisecond, sent)
+		}()
+	}
+	return sent, func() { cancel(); wg.Wait() }
+}
+
 // backendStats counts what the backends saw: sends answered with a seq,
 // sends with an ambiguous attempt (timeout, 5xx, connection lost after the
 // request was written), the retries, answers marked duplicate (an earlier

@@ -101,21 +101,7 @@ spec:
 		go func() { defer running.Done(); d.client.Run(loadCtx) }()
 	}
 	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
-	backendCtx, stopBackends := context.WithCancel(loadCtx)
-	var sent backendStats
-	var backends sync.WaitGroup
-	const nBackends = 4
-	for b := range nBackends {
-		var mine []*device
-		for i := b; i < len(devs); i += nBackends {
-			mine = append(mine, devs[i])
-		}
-		backends.Add(1)
-		go func() {
-			defer backends.Done()
-			backend(backendCtx, mine, srv, adminPort, apiToken, 40*time.Millisecond, &sent)
-		}()
-	}
+	sent, stopBackends := startBackends(loadCtx, devs, srv, apiToken, 4)
 	time.Sleep(5 * time.Second) // traffic before the rollout
 	before := 0
 	for _, d := range devs {
@@ -131,7 +117,6 @@ spec:
 	eventually(t, 5*time.Minute, "all devices connected again", func() error { return allConnected(devs) })
 	kubectl(t, "-n", ns, "wait", "--for=condition=Progressing=False", "socketcluster/"+name, "--timeout=2m")
 	stopBackends()
-	backends.Wait()
 	eventually(t, 5*time.Minute, "all messages delivered", func() error { return allReceived(devs) })
 	stopLoad()
 	running.Wait()

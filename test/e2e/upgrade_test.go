@@ -112,21 +112,7 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	t.Logf("%d devices connected (%d over SSE, %d over gRPC, %d over MQTT, %d over TCP)", nDevices,
 		byTransport["sse"], byTransport["grpc"], byTransport["mqtt"], byTransport["tcp"])
 
-	backendCtx, stopBackends := context.WithCancel(loadCtx)
-	var sent backendStats
-	var backends sync.WaitGroup
-	const nBackends = 8
-	for b := range nBackends {
-		var mine []*device
-		for i := b; i < len(devs); i += nBackends {
-			mine = append(mine, devs[i])
-		}
-		backends.Add(1)
-		go func() {
-			defer backends.Done()
-			backend(backendCtx, mine, srv, adminPort, apiToken, 40*time.Millisecond, &sent)
-		}()
-	}
+	sent, stopBackends := startBackends(loadCtx, devs, srv, apiToken, 8)
 	time.Sleep(10 * time.Second) // traffic before the disruption
 	connectionsReported(t, ns, nDevices)
 
@@ -145,7 +131,6 @@ func TestRollingUpgradeUnderLoad(t *testing.T) {
 	// 7. Settle, stop the backends, let every device catch up.
 	time.Sleep(10 * time.Second)
 	stopBackends()
-	backends.Wait()
 	eventually(t, 5*time.Minute, "all devices connected again", func() error { return allConnected(devs) })
 	eventually(t, 5*time.Minute, "all messages delivered", func() error { return allReceived(devs) })
 	connectionsReported(t, ns, nDevices)
