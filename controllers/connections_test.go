@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers/resources"
@@ -66,22 +67,10 @@ spec:
   auth: {deviceKeySecretRef: {name: device-key, key: key}}
 `)
 	// envtest schedules nothing: create the pods the Deployment would.
-	for _, name := range []string{"edge-a", "edge-b", "edge-c"} {
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: resources.SelectorLabels(sc)},
-			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
-		}
-		if err := c.Create(ctx, pod); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createPods(t, c, ns, resources.SelectorLabels(sc), "edge-a", "edge-b", "edge-c")
 	now := time.Now()
 	publish := func(pod string, conns int64, updated time.Time) {
-		t.Helper()
-		v, _ := json.Marshal(store.ServerStats{Connections: conns, UpdatedUnixMs: updated.UnixMilli()})
-		if err := rdb.HSet(ctx, store.ServersKey("t1"), pod, v).Err(); err != nil {
-			t.Fatal(err)
-		}
+		publishStats(t, rdb, "t1", pod, store.ServerStats{Connections: conns, UpdatedUnixMs: updated.UnixMilli()})
 	}
 	publish("edge-a", 100, now)
 	publish("edge-b", 20, now)
@@ -135,15 +124,7 @@ spec:
   redis: {addresses: ["`+addr+`"], keyPrefix: t2}
   auth: {deviceKeySecretRef: {name: device-key, key: key}}
 `)
-	for _, name := range []string{"edge-a", "edge-b"} {
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: resources.SelectorLabels(sc)},
-			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
-		}
-		if err := c.Create(ctx, pod); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createPods(t, c, ns, resources.SelectorLabels(sc), "edge-a", "edge-b")
 	storeDurable := func(status metav1.ConditionStatus, reason string, msg ...string) func() error {
 		return func() error {
 			if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
@@ -208,21 +189,9 @@ spec:
   redis: {addresses: ["`+addr+`"], keyPrefix: dc}
   auth: {deviceKeySecretRef: {name: device-key, key: key}}
 `)
-	for _, name := range []string{"edge-a", "edge-b", "edge-c"} {
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: resources.SelectorLabels(sc)},
-			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
-		}
-		if err := c.Create(ctx, pod); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createPods(t, c, ns, resources.SelectorLabels(sc), "edge-a", "edge-b", "edge-c")
 	publish := func(pod string, conns int64) {
-		t.Helper()
-		v, _ := json.Marshal(store.ServerStats{Connections: conns, UpdatedUnixMs: time.Now().UnixMilli()})
-		if err := rdb.HSet(ctx, store.ServersKey("dc"), pod, v).Err(); err != nil {
-			t.Fatal(err)
-		}
+		publishStats(t, rdb, "dc", pod, store.ServerStats{Connections: conns, UpdatedUnixMs: time.Now().UnixMilli()})
 	}
 	costs := func(want map[string]string) func() error {
 		return func() error {
@@ -266,21 +235,9 @@ spec:
   auth: {deviceKeySecretRef: {name: device-key, key: key}}
   autoscaling: {minReplicas: 2, maxReplicas: 6, targetConnectionsPerPod: 100, scaleDownStabilization: 3s}
 `)
-	for _, name := range []string{"edge-a", "edge-b"} {
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: resources.SelectorLabels(sc)},
-			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
-		}
-		if err := c.Create(ctx, pod); err != nil {
-			t.Fatal(err)
-		}
-	}
+	createPods(t, c, ns, resources.SelectorLabels(sc), "edge-a", "edge-b")
 	publish := func(pod string, conns int64) {
-		t.Helper()
-		v, _ := json.Marshal(store.ServerStats{Connections: conns, UpdatedUnixMs: time.Now().UnixMilli()})
-		if err := rdb.HSet(ctx, store.ServersKey("as"), pod, v).Err(); err != nil {
-			t.Fatal(err)
-		}
+		publishStats(t, rdb, "as", pod, store.ServerStats{Connections: conns, UpdatedUnixMs: time.Now().UnixMilli()})
 	}
 	replicas := func(want int32) func() error {
 		return func() error {
@@ -326,4 +283,28 @@ spec:
 		publish("edge-b", 50)
 		return replicas(2)()
 	})
+}
+
+// createPods makes the pods a Deployment would, with labels: envtest
+// schedules nothing.
+func createPods(t *testing.T, c client.Client, ns string, labels map[string]string, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+			Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
+		}
+		if err := c.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// publishStats writes a pod's stats under the key prefix, as its server does.
+func publishStats(t *testing.T, rdb *redis.Client, prefix, pod string, st store.ServerStats) {
+	t.Helper()
+	v, _ := json.Marshal(st)
+	if err := rdb.HSet(ctx, store.ServersKey(prefix), pod, v).Err(); err != nil {
+		t.Fatal(err)
+	}
 }

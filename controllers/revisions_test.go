@@ -1,7 +1,6 @@
 package controllers_test
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -77,21 +76,11 @@ spec:
 	deployment(t, c, ns, anyDeployment)
 	setAvailable(t, c, ns, "edge", 4)
 	publish := func(pod string, conns int64) {
-		t.Helper()
-		v, _ := json.Marshal(store.ServerStats{Connections: conns, Draining: true, UpdatedUnixMs: time.Now().UnixMilli()})
-		if err := rdb.HSet(ctx, store.ServersKey("ro"), pod, v).Err(); err != nil {
-			t.Fatal(err)
-		}
+		publishStats(t, rdb, "ro", pod, store.ServerStats{Connections: conns, Draining: true, UpdatedUnixMs: time.Now().UnixMilli()})
 	}
 	// A pod of the Surge Deployment, holding devices (envtest has no kubelet).
-	old := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "edge-old-1", Labels: resources.Labels(sc)},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "socketserver", Image: "x"}}},
-	}
-	if err := c.Create(ctx, old); err != nil {
-		t.Fatal(err)
-	}
-	publish(old.Name, 500)
+	createPods(t, c, ns, resources.Labels(sc), "edge-old-1")
+	publish("edge-old-1", 500)
 
 	patchSpec(t, c, ns, "edge", `{"image":"socketcluster/socketcluster:next","rollout":{"strategy":"ReconnectOnce"}}`)
 	var rev string
@@ -141,7 +130,7 @@ spec:
 		}
 		var pod *v1alpha1.PodStatus
 		for i := range sc.Status.Pods {
-			if sc.Status.Pods[i].Name == old.Name {
+			if sc.Status.Pods[i].Name == "edge-old-1" {
 				pod = &sc.Status.Pods[i]
 			}
 		}
@@ -162,7 +151,7 @@ spec:
 		t.Fatalf("the old Deployment went while its pod held devices: %v", err)
 	}
 
-	publish(old.Name, 0)
+	publish("edge-old-1", 0)
 	touch(t, c, ns, "edge")
 	eventually(t, "the empty old Deployment goes", func() error {
 		err := c.Get(ctx, key(ns, "edge"), &appsv1.Deployment{})
@@ -171,6 +160,7 @@ spec:
 		}
 		return nil
 	})
+	old := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "edge-old-1"}}
 	if err := c.Delete(ctx, old); err != nil { // the garbage collector's part
 		t.Fatal(err)
 	}
