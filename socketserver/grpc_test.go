@@ -298,7 +298,9 @@ func TestGRPCTLSHandshakeBound(t *testing.T) {
 	cert, pool := testcert.SelfSigned(t)
 	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
 		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-		c.TCPAddr, c.WSAddr = "", ""
+		// gRPC alone: every listener's accept loop takes a slot before it
+		// accepts, and another listener could take the one freed below.
+		c.TCPAddr, c.WSAddr, c.MQTTAddr = "", "", ""
 		c.MaxHandshakes = 2
 		c.HelloTimeout = time.Minute
 		c.HandshakeTimeout = 30 * time.Second
