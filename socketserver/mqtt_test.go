@@ -51,6 +51,8 @@ func (c *mqttConn) write(pks ...packets.Packet) {
 			err = pk.PubackEncode(&buf)
 		case packets.Subscribe:
 			err = pk.SubscribeEncode(&buf)
+		case packets.Unsubscribe:
+			err = pk.UnsubscribeEncode(&buf)
 		case packets.Pingreq:
 			err = pk.PingreqEncode(&buf)
 		case packets.Disconnect:
@@ -91,6 +93,8 @@ func (c *mqttConn) read() (packets.Packet, bool) {
 		err = pk.PubackDecode(rest)
 	case packets.Suback:
 		err = pk.SubackDecode(rest)
+	case packets.Unsuback:
+		err = pk.UnsubackDecode(rest)
 	case packets.Disconnect:
 		err = pk.DisconnectDecode(rest)
 	}
@@ -276,6 +280,11 @@ func TestMQTTSubscribeOnlyOwnInbox(t *testing.T) {
 		}
 		if pk := c.expect(packets.Suback); pk.PacketID != 3 || !bytes.Equal(pk.ReasonCodes, []byte{1, 0, refused, refused}) {
 			t.Fatalf("SUBACK %d %x", pk.PacketID, pk.ReasonCodes)
+		}
+		c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, PacketID: 4,
+			Filters: packets.Subscriptions{{Filter: "devices/sub/inbox"}}})
+		if pk := c.expect(packets.Unsuback); pk.PacketID != 4 {
+			t.Fatalf("UNSUBACK for packet %d, want 4", pk.PacketID)
 		}
 	})
 }

@@ -345,36 +345,31 @@ func (t *mqttTransport) subscribe(pk *packets.Packet, rest []byte) error {
 	if t.device == "" {
 		return t.fail(rcProtocolError, protocol.CodeHelloRequired, "MQTT: SUBSCRIBE before CONNACK")
 	}
-	unsubscribe := pk.FixedHeader.Type == mqttUnsubscribe
-	var err error
-	if unsubscribe {
-		err = pk.UnsubscribeDecode(rest)
-	} else {
-		err = pk.SubscribeDecode(rest)
-	}
-	if err != nil {
-		return t.fail(rcMalformed, protocol.CodeBadFrame, "MQTT SUBSCRIBE: %v", err)
-	}
-	codes := make([]byte, len(pk.Filters))
-	for i, f := range pk.Filters {
-		switch {
-		case unsubscribe:
-			codes[i] = 0 // success
-		case !strings.HasPrefix(f.Filter, "devices/"+t.device+"/") || !mqttMatch(f.Filter, t.inbox):
-			codes[i] = map[bool]byte{true: rcNotAuthorized, false: 0x80}[t.version == 5]
-		default:
-			codes[i] = min(f.Qos, 1)
-		}
-	}
-	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Suback}, ProtocolVersion: t.version,
-		PacketID: pk.PacketID, ReasonCodes: codes}
-	if unsubscribe {
-		ack.FixedHeader.Type = packets.Unsuback
-	}
+	ack := packets.Packet{ProtocolVersion: t.version}
 	var buf bytes.Buffer
-	if unsubscribe {
+	if pk.FixedHeader.Type == mqttUnsubscribe {
+		if err := pk.UnsubscribeDecode(rest); err != nil {
+			return t.fail(rcMalformed, protocol.CodeBadFrame, "MQTT UNSUBSCRIBE: %v", err)
+		}
+		ack.FixedHeader.Type, ack.ReasonCodes = packets.Unsuback, make([]byte, len(pk.Filters)) // all success
+		ack.PacketID = pk.PacketID
 		_ = ack.UnsubackEncode(&buf)
 	} else {
+		if err := pk.SubscribeDecode(rest); err != nil {
+			return t.fail(rcMalformed, protocol.CodeBadFrame, "MQTT SUBSCRIBE: %v", err)
+		}
+		refused := byte(0x80) // 3.1.1's only failure code
+		if t.version == 5 {
+			refused = rcNotAuthorized
+		}
+		ack.FixedHeader.Type, ack.PacketID = packets.Suback, pk.PacketID
+		for _, f := range pk.Filters {
+			code := min(f.Qos, 1)
+			if !strings.HasPrefix(f.Filter, "devices/"+t.device+"/") || !mqttMatch(f.Filter, t.inbox) {
+				code = refused
+			}
+			ack.ReasonCodes = append(ack.ReasonCodes, code)
+		}
 		_ = ack.SubackEncode(&buf)
 	}
 	t.out.write(func(dst []byte) []byte { return append(dst, buf.Bytes()...) })
@@ -537,7 +532,11 @@ func (t *mqttTransport) appendRefusal(dst []byte, reason byte, message string) [
 // last_publish_id.
 func (t *mqttTransport) appendConnack(dst []byte, sessionPresent bool, reason byte, welcome []packets.UserProperty) []byte {
 	if t.version != 5 {
-		return append(dst, 2<<4, 2, map[bool]byte{true: 1}[sessionPresent], connackCode(reason))
+		present := byte(0)
+		if sessionPresent {
+			present = 1
+		}
+		return append(dst, 2<<4, 2, present, connackCode(reason))
 	}
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ProtocolVersion: 5,
 		SessionPresent: sessionPresent, ReasonCode: reason}
