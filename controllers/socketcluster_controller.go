@@ -89,7 +89,11 @@ type SocketClusterReconciler struct {
 func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Request) (res ctrl.Result, err error) {
 	log := logf.FromContext(ctx)
 	sc := &v1alpha1.SocketCluster{}
-	if err := r.Client.Get(ctx, req.NamespacedName, sc); err != nil {
+	// From the API server, not the cache: the status carries state (the
+	// autoscaler's replicas and window, the active revision) that a cache
+	// lagging behind the last status write would roll back, e.g. scale a
+	// Deployment down from the autoscaler's 5 pods to spec.replicas.
+	if err := r.APIReader.Get(ctx, req.NamespacedName, sc); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.redis.Forget(req.String())
 			forgetConditions(req.NamespacedName)
