@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socketcluster/socketcluster/internal/poll"
+
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -76,9 +78,7 @@ func TestPreStopHookDrainsAfterTheWait(t *testing.T) {
 
 	exit := make(chan int, 1)
 	go func() { exit <- drainCommand(args) }()
-	for !srv.Draining() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 30*time.Second, "the server draining", poll.True(srv.Draining))
 	resp, err := http.Get("http://" + srv.Addrs().Admin + "/readyz")
 	if err != nil {
 		t.Fatal(err)
