@@ -6,9 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"sort"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -54,11 +52,7 @@ spec:
     targetConnectionsPerPod: %d
     scaleDownStabilization: 10m
 `, v1alpha1.GroupVersion.String(), name, ns, image(tagA), redisAddr, target)
-	cmd := exec.Command(cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-")
-	cmd.Stdin = strings.NewReader(manifest)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
+	kubectlApply(t, manifest)
 	kubectl(t, "-n", ns, "wait", "--for=condition=Available", "socketcluster/"+name, "--timeout=5m")
 	apiToken := generatedAPIToken(t, ctx, ns, name)
 

@@ -148,6 +148,16 @@ func kubectl(t *testing.T, args ...string) string {
 	return string(out)
 }
 
+// kubectlApply applies a manifest, failing the test with kubectl's words.
+func kubectlApply(t *testing.T, manifest string) {
+	t.Helper()
+	cmd := exec.Command(cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(manifest)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+}
+
 // namespace creates a namespace for one test and deletes it (waiting until
 // it is gone, so that the cluster is empty for the next test) afterwards.
 func namespace(t *testing.T, prefix string) string {

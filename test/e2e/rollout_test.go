@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -76,11 +75,7 @@ spec:
     timeout: 20s
     jitter: 2s%s
 `, v1alpha1.GroupVersion.String(), name, ns, imgA, redisAddr, name, strategy, clusterRate)
-	cmd := exec.Command(cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-")
-	cmd.Stdin = strings.NewReader(manifest)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
+	kubectlApply(t, manifest)
 	defer kubectlNoFail("-n", ns, "delete", "socketcluster", name, "--wait=true", "--timeout=2m")
 	kubectl(t, "-n", ns, "wait", "--for=condition=Available", "socketcluster/"+name, "--timeout=5m")
 	apiToken := generatedAPIToken(t, ctx, ns, name)

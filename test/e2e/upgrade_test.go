@@ -356,11 +356,7 @@ spec:
     timeout: 20s
     jitter: 2s
 `, v1alpha1.GroupVersion.String(), scName, ns, img, redisAddr, grpcPort, mqttPort)
-	cmd := exec.Command(cluster.env["KUBECTL"], "--kubeconfig", cluster.kubeconfig, "apply", "-f", "-")
-	cmd.Stdin = strings.NewReader(manifest)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("kubectl apply: %v\n%s", err, out)
-	}
+	kubectlApply(t, manifest)
 }
 
 // rolledOutTo is nil once the SocketCluster's 3 pods all run img, all
