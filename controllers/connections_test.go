@@ -3,9 +3,6 @@ package controllers_test
 import (
 	"encoding/json"
 	"fmt"
-	"net"
-	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,45 +16,15 @@ import (
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers/resources"
+	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
-
-// redisServer starts a throwaway redis-server on a free loopback port and
-// stops it when the test ends (or earlier, through the returned function).
-func redisServer(t *testing.T) (addr string, stop func()) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-	cmd := exec.Command("redis-server", "--save", "", "--appendonly", "no", "--port", strconv.Itoa(port), "--bind", "127.0.0.1")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting redis-server: %v", err)
-	}
-	stopped := false
-	stop = func() {
-		if !stopped {
-			stopped = true
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	}
-	t.Cleanup(stop)
-	addr = fmt.Sprintf("127.0.0.1:%d", port)
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	defer func() { _ = rdb.Close() }()
-	eventually(t, "redis up", func() error { return rdb.Ping(ctx).Err() })
-	return addr, stop
-}
 
 func TestConnectionsFromRedis(t *testing.T) {
 	c := k8s(t)
 	ns := namespace(t, c)
-	addr, stopRedis := redisServer(t)
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	defer func() { _ = rdb.Close() }()
+	rs := redistest.Start(t)
+	addr, rdb := rs.Addr, rs.Client()
 
 	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
 	sc := socketCluster(t, c, ns, `
@@ -96,7 +63,7 @@ spec:
 	})
 
 	// Redis gone: the last count stays, and the status says why it is old.
-	stopRedis()
+	rs.Kill()
 	touch(t, c, ns, "edge")
 	eventually(t, "redis unreachable", func() error {
 		if err := c.Get(ctx, key(ns, "edge"), sc); err != nil {
@@ -113,9 +80,8 @@ spec:
 func TestStoreWarningsFromRedis(t *testing.T) {
 	c := k8s(t)
 	ns := namespace(t, c)
-	addr, _ := redisServer(t)
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	defer func() { _ = rdb.Close() }()
+	rs := redistest.Start(t)
+	addr, rdb := rs.Addr, rs.Client()
 
 	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
 	sc := socketCluster(t, c, ns, `
@@ -179,9 +145,8 @@ spec:
 func TestDeletionCostFollowsConnections(t *testing.T) {
 	c := k8s(t)
 	ns := namespace(t, c)
-	addr, _ := redisServer(t)
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	defer func() { _ = rdb.Close() }()
+	rs := redistest.Start(t)
+	addr, rdb := rs.Addr, rs.Client()
 	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
 	sc := socketCluster(t, c, ns, `
 metadata: {name: edge}
@@ -223,9 +188,8 @@ spec:
 func TestAutoscalingOnConnections(t *testing.T) {
 	c := k8s(t)
 	ns := namespace(t, c)
-	addr, _ := redisServer(t)
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	defer func() { _ = rdb.Close() }()
+	rs := redistest.Start(t)
+	addr, rdb := rs.Addr, rs.Client()
 	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
 	sc := socketCluster(t, c, ns, `
 metadata: {name: edge}

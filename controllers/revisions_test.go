@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers/resources"
+	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
 
@@ -60,9 +60,8 @@ func revisionDeployments(c client.Client, ns string) (map[string]*appsv1.Deploym
 func TestReconnectOnceRollout(t *testing.T) {
 	c := k8s(t)
 	ns := namespace(t, c)
-	addr, _ := redisServer(t)
-	rdb := redis.NewClient(&redis.Options{Addr: addr})
-	defer func() { _ = rdb.Close() }()
+	rs := redistest.Start(t)
+	addr, rdb := rs.Addr, rs.Client()
 	secret(t, c, ns, "device-key", map[string]string{"key": "k1"})
 	sc := socketCluster(t, c, ns, `
 metadata: {name: edge}
