@@ -87,7 +87,7 @@ func (s *session) frame(typ byte, body []byte, pendingAck *uint64) bool {
 			}
 			*pendingAck = 0
 		}
-		if typ == protocol.TypeAck {
+		if typ == protocol.TypeAck || typ == protocol.TypeNone {
 			return true
 		}
 	}
@@ -175,7 +175,7 @@ func (s *session) hello(body []byte) error {
 	}
 	s.device, s.epoch = h.Device, sess.Epoch
 	if w, ok := c.tr.(welcomer); ok {
-		w.welcomed(h.Device, sess.LastPublishID)
+		w.welcomed(h.Device, sess)
 	}
 	s.pubHigh.Store(sess.LastPublishID)
 	c.tr.SetMaxFrame(srv.cfg.MaxFrameBytes)

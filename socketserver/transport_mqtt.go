@@ -16,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
+	"github.com/socketcluster/socketcluster/socketserver/store"
 )
 
 // MQTT 3.1.1 and 5.0 devices on the session model. The transport
@@ -95,6 +96,10 @@ type mqttTransport struct {
 	device    string
 	inbox     string
 	outbox    string
+	// dupThrough: deliveries up to this seq were stored before this
+	// connection of a resumed session, so an earlier connection may have
+	// sent them; they go out with DUP.
+	dupThrough uint64
 
 	// Read loop only.
 	connected bool
@@ -166,10 +171,14 @@ func (t *mqttTransport) windowFree() int {
 	return t.receiveMax - len(t.inflight)
 }
 
-// welcomed learns the session's device and last upstream id.
-func (t *mqttTransport) welcomed(device string, lastPublishID uint64) {
+// welcomed learns the session's device, last upstream id and which
+// deliveries may be re-sends.
+func (t *mqttTransport) welcomed(device string, sess store.Session) {
 	t.device, t.inbox, t.outbox = device, MQTTInboxTopic(device), MQTTOutboxTopic(device)
-	t.pubNext = lastPublishID + 1
+	t.pubNext = sess.LastPublishID + 1
+	if sess.Resumed {
+		t.dupThrough = sess.HeadSeq
+	}
 }
 
 // silenceLimit is how long the device may stay silent: MQTT's one and a
@@ -183,7 +192,8 @@ func (t *mqttTransport) silenceLimit() time.Duration {
 }
 
 // ReadFrame reads packets until one means a frame to the session; the
-// others (SUBSCRIBE, a PUBACK that does not move the ACK) are answered here.
+// others (SUBSCRIBE, a PUBACK that does not move the ACK) are answered
+// here, and TypeNone says so when no more input is buffered.
 func (t *mqttTransport) ReadFrame() (byte, []byte, error) {
 	for {
 		first, rest, err := t.r.ReadPacket()
@@ -191,7 +201,7 @@ func (t *mqttTransport) ReadFrame() (byte, []byte, error) {
 			return 0, nil, err
 		}
 		typ, body, err := t.translate(first, rest)
-		if err != nil || typ != 0 {
+		if err != nil || typ != protocol.TypeNone || !t.r.Buffered() {
 			return typ, body, err
 		}
 	}
@@ -431,7 +441,11 @@ func (t *mqttTransport) AppendSeqFrame(dst []byte, typ byte, n uint64, payload [
 		if t.version == 5 {
 			props = 1 + mqttSeqProp + len(seq)
 		}
-		dst = protocol.AppendMQTTHeader(dst, mqttPublish<<4|1<<1, 2+len(t.inbox)+2+props+len(payload))
+		flags := byte(1 << 1) // QoS 1
+		if n <= t.dupThrough {
+			flags |= 1 << 3 // DUP
+		}
+		dst = protocol.AppendMQTTHeader(dst, mqttPublish<<4|flags, 2+len(t.inbox)+2+props+len(payload))
 		dst = binary.BigEndian.AppendUint16(dst, uint16(len(t.inbox)))
 		dst = append(dst, t.inbox...)
 		dst = binary.BigEndian.AppendUint16(dst, mqttPacketID(n))
