@@ -267,24 +267,16 @@ func (s *Server) Addrs() Addrs { return s.addrs }
 func (s *Server) acceptLoop(l net.Listener, f transportFactory) {
 	defer s.wg.Done()
 	// Every connection of this listener starts with a handshake. Its slot
-	// is taken before the accept, so connections beyond MaxHandshakes wait
-	// in the listen backlog, where they hold no descriptor.
+	// is taken once the connection is accepted (taken before, the loop of
+	// an idle listener would hold one): beyond MaxHandshakes the loop
+	// waits holding this one connection, and the next ones wait in the
+	// listen backlog, where they hold no descriptor.
 	_, upgrades := f.(upgrader)
 	needsHandshake := upgrades || s.cfg.TLS != nil
 	var delay time.Duration
 	for {
-		if needsHandshake {
-			select {
-			case s.handshakes <- struct{}{}:
-			case <-s.ctx.Done():
-				return
-			}
-		}
 		nc, err := l.Accept()
 		if err != nil {
-			if needsHandshake {
-				<-s.handshakes
-			}
 			if s.ctx.Err() != nil {
 				return
 			}
@@ -304,16 +296,22 @@ func (s *Server) acceptLoop(l net.Listener, f transportFactory) {
 		full, ok := s.track(c)
 		if !ok {
 			_ = nc.Close()
-			if needsHandshake {
-				<-s.handshakes
-			}
 			continue
 		}
 		if full && needsHandshake {
 			// No framed ERROR can go out before the handshake: refuse first.
-			<-s.handshakes
 			go s.refuse(c, f)
 			continue
+		}
+		if needsHandshake {
+			select {
+			case s.handshakes <- struct{}{}:
+			case <-s.ctx.Done():
+				_ = nc.Close()
+				s.untrack(c)
+				s.wg.Done()
+				return
+			}
 		}
 		go s.serveConn(c, f, full)
 	}
