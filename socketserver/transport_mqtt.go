@@ -70,8 +70,22 @@ const (
 )
 
 // MQTTInboxTopic and MQTTOutboxTopic are a device's two topics.
-func MQTTInboxTopic(device string) string  { return "devices/" + device + "/inbox" }
-func MQTTOutboxTopic(device string) string { return "devices/" + device + "/outbox" }
+func MQTTInboxTopic(device string) string  { return mqttTopicPrefix + device + mqttInbox }
+func MQTTOutboxTopic(device string) string { return mqttTopicPrefix + device + mqttOutbox }
+
+const (
+	mqttTopicPrefix = "devices/"
+	mqttInbox       = "/inbox"
+	mqttOutbox      = "/outbox"
+)
+
+// mqttTopicIs reports whether topic is the device's topic with suffix
+// without building it: a connection keeps no topic strings.
+func mqttTopicIs(topic, device, suffix string) bool {
+	n := len(mqttTopicPrefix)
+	return len(topic) == n+len(device)+len(suffix) && topic[:n] == mqttTopicPrefix &&
+		topic[n:n+len(device)] == device && topic[n+len(device):] == suffix
+}
 
 type mqttFactory struct{}
 
@@ -94,8 +108,6 @@ type mqttTransport struct {
 	clean     bool
 	keepalive time.Duration
 	device    string
-	inbox     string
-	outbox    string
 	// dupThrough: deliveries up to this seq were stored before this
 	// connection of a resumed session, so an earlier connection may have
 	// sent them; they go out with DUP.
@@ -174,7 +186,7 @@ func (t *mqttTransport) windowFree() int {
 // welcomed learns the session's device, last upstream id and which
 // deliveries may be re-sends.
 func (t *mqttTransport) welcomed(device string, sess store.Session) {
-	t.device, t.inbox, t.outbox = device, MQTTInboxTopic(device), MQTTOutboxTopic(device)
+	t.device = device
 	t.pubNext = sess.LastPublishID + 1
 	if sess.Resumed {
 		t.dupThrough = sess.HeadSeq
@@ -288,12 +300,12 @@ func (t *mqttTransport) publish(pk *packets.Packet, rest []byte) (byte, []byte, 
 		return 0, nil, t.fail(rcQoSUnsupported, protocol.CodeBadFrame, "MQTT: QoS 2 is not supported (CONNACK's Maximum QoS is 1)")
 	case pk.FixedHeader.Retain && t.version == 5:
 		return 0, nil, t.fail(rcRetainUnsupported, protocol.CodeBadFrame, "MQTT: retained messages are not supported")
-	case pk.TopicName != t.outbox:
+	case !mqttTopicIs(pk.TopicName, t.device, mqttOutbox):
 		if t.version == 5 && qos == 1 {
 			t.out.write(func(dst []byte) []byte { return appendMQTTAck(dst, mqttPuback<<4, pk.PacketID, rcNotAuthorized) })
 			return 0, nil, nil
 		}
-		return 0, nil, t.fail(rcNotAuthorized, protocol.CodeBadFrame, "MQTT: device %s may publish on %s only, not %s", t.device, t.outbox, pk.TopicName)
+		return 0, nil, t.fail(rcNotAuthorized, protocol.CodeBadFrame, "MQTT: device %s may publish on %s only, not %s", t.device, MQTTOutboxTopic(t.device), pk.TopicName)
 	}
 	id, exact := mqttUserID(pk.Properties.User)
 	t.mu.Lock()
@@ -375,7 +387,7 @@ func (t *mqttTransport) subscribe(pk *packets.Packet, rest []byte) error {
 		ack.FixedHeader.Type, ack.PacketID = packets.Suback, pk.PacketID
 		for _, f := range pk.Filters {
 			code := min(f.Qos, 1)
-			if !strings.HasPrefix(f.Filter, "devices/"+t.device+"/") || !mqttMatch(f.Filter, t.inbox) {
+			if !strings.HasPrefix(f.Filter, "devices/"+t.device+"/") || !mqttMatch(f.Filter, MQTTInboxTopic(t.device)) {
 				code = refused
 			}
 			ack.ReasonCodes = append(ack.ReasonCodes, code)
@@ -445,9 +457,10 @@ func (t *mqttTransport) AppendSeqFrame(dst []byte, typ byte, n uint64, payload [
 		if n <= t.dupThrough {
 			flags |= 1 << 3 // DUP
 		}
-		dst = protocol.AppendMQTTHeader(dst, mqttPublish<<4|flags, 2+len(t.inbox)+2+props+len(payload))
-		dst = binary.BigEndian.AppendUint16(dst, uint16(len(t.inbox)))
-		dst = append(dst, t.inbox...)
+		topic := len(mqttTopicPrefix) + len(t.device) + len(mqttInbox)
+		dst = protocol.AppendMQTTHeader(dst, mqttPublish<<4|flags, 2+topic+2+props+len(payload))
+		dst = binary.BigEndian.AppendUint16(dst, uint16(topic))
+		dst = append(append(append(dst, mqttTopicPrefix...), t.device...), mqttInbox...)
 		dst = binary.BigEndian.AppendUint16(dst, mqttPacketID(n))
 		if t.version == 5 {
 			dst = append(dst, byte(mqttSeqProp+len(seq)), packets.PropUser, 0, 3, 's', 'e', 'q', 0, byte(len(seq)))
