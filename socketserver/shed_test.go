@@ -1,10 +1,13 @@
 package socketserver_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -394,4 +397,43 @@ func pump(c *rawConn) <-chan frame {
 		}
 	}()
 	return ch
+}
+
+// gRPC streams and SSE streams are refused by the same decision: a GOAWAY
+// "rebalancing" (SSE: a goaway event whose retry is the hint) ends them.
+func TestShedRefusesGRPCAndSSE(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.DrainJitter = time.Second })
+	for _, d := range []string{"a", "b"} {
+		dial(t, srv.Addrs().TCP).welcome(d, 0)
+	}
+	shedWith(t, srv, adminapi.ShedRequest{Count: 1, Target: 1, RefuseForMs: time.Hour.Milliseconds()})
+
+	l, err := dialGRPCLink(srv.Addrs().GRPC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	if err := l.send(protocol.TypeHello, protocol.MustJSON(protocol.Hello{Protocol: 1, Device: "g", Token: token("g", time.Hour)})); err != nil {
+		t.Fatal(err)
+	}
+	typ, body, err := l.read()
+	var g protocol.GoAway
+	if err != nil || typ != protocol.TypeGoAway || protocol.ParseJSON(body, &g) != nil || g.Reason != "rebalancing" {
+		t.Fatalf("gRPC HELLO: %s %s %v, want GOAWAY rebalancing", protocol.TypeName(typ), body, err)
+	}
+
+	resp, err := sseOpen(t, srv, "s", nil, http.Header{"Authorization": {"Bearer " + token("s", time.Hour)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	d := &sseDevice{t: t, device: "s", resp: resp, lines: bufio.NewReader(resp.Body)}
+	ev := d.expect("goaway")
+	if err := json.Unmarshal([]byte(ev.data), &g); err != nil || g.Reason != "rebalancing" || g.ReconnectAfterMs != ev.retry {
+		t.Fatalf("SSE goaway %+v: %v", ev, err)
+	}
+	d.ended()
+	if n := metric(t, srv, "socketserver_shed_refused_hellos_total"); n != 2 {
+		t.Fatalf("socketserver_shed_refused_hellos_total %v, want 2", n)
+	}
 }
