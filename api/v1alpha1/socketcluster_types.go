@@ -164,7 +164,8 @@ func (r RebalanceSpec) RebalanceEnabled() bool { return r.Enabled == nil || *r.E
 // when every recommendation of the last scaleDownStabilization was lower
 // (devices of a removed pod all reconnect). When the pods are uneven (after
 // a scale-up, new pods hold nothing) the operator sheds connections from the
-// fuller ones (POST /shed), so that devices reconnect to the emptier ones.
+// fuller ones (POST /shed), so that devices reconnect to the emptier ones;
+// spec.rebalance sets when and how fast.
 // +kubebuilder:validation:XValidation:rule="self.minReplicas <= self.maxReplicas",message="autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
 type AutoscalingSpec struct {
 	// +kubebuilder:default=1
