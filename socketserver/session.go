@@ -149,6 +149,12 @@ func (s *session) hello(body []byte) error {
 		s.goAway()
 		return nil
 	}
+	if !srv.admit(h.Device) {
+		srv.metrics.hellos.WithLabelValues("goaway").Inc()
+		srv.metrics.shedRefused.Inc()
+		s.goAwayFor("rebalancing")
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.StoreTimeout)
 	sess, err := srv.store.Hello(ctx, h.Device, c.holder(), h.LastSeq)
 	cancel()
@@ -411,7 +417,10 @@ func (s *session) pickForShed() bool {
 	return true
 }
 
-func (s *session) goAway() {
+func (s *session) goAway() { s.goAwayFor("draining") }
+
+// goAwayFor is goAway with the GOAWAY's reason.
+func (s *session) goAwayFor(reason string) {
 	c := s.c
 	s.mu.Lock()
 	if s.goaway {
@@ -423,7 +432,7 @@ func (s *session) goAway() {
 		if j := c.srv.cfg.DrainJitter.Milliseconds(); j > 0 {
 			jitter = rand.Int64N(j + 1)
 		}
-		body := protocol.MustJSON(protocol.GoAway{Reason: "draining", ReconnectAfterMs: jitter})
+		body := protocol.MustJSON(protocol.GoAway{Reason: reason, ReconnectAfterMs: jitter})
 		return c.tr.AppendFrame(dst, protocol.TypeGoAway, body)
 	}, 0)
 	sent := s.goaway
