@@ -152,7 +152,7 @@ func (s *session) hello(body []byte) error {
 	if !srv.admit(h.Device) {
 		srv.metrics.hellos.WithLabelValues("goaway").Inc()
 		srv.metrics.shedRefused.Inc()
-		s.goAwayFor("rebalancing")
+		s.goAway()
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.StoreTimeout)
@@ -417,10 +417,7 @@ func (s *session) pickForShed() bool {
 	return true
 }
 
-func (s *session) goAway() { s.goAwayFor("draining") }
-
-// goAwayFor is goAway with the GOAWAY's reason.
-func (s *session) goAwayFor(reason string) {
+func (s *session) goAway() {
 	c := s.c
 	s.mu.Lock()
 	if s.goaway {
@@ -432,7 +429,7 @@ func (s *session) goAwayFor(reason string) {
 		if j := c.srv.cfg.DrainJitter.Milliseconds(); j > 0 {
 			jitter = rand.Int64N(j + 1)
 		}
-		body := protocol.MustJSON(protocol.GoAway{Reason: reason, ReconnectAfterMs: jitter})
+		body := protocol.MustJSON(protocol.GoAway{Reason: "draining", ReconnectAfterMs: jitter})
 		return c.tr.AppendFrame(dst, protocol.TypeGoAway, body)
 	}, 0)
 	sent := s.goaway

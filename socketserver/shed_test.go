@@ -258,7 +258,7 @@ func TestShedRefusesNewDevicesAtTarget(t *testing.T) {
 	for i := range 8 {
 		c := dial(t, srv.Addrs().TCP)
 		c.hello(fmt.Sprintf("new%d", i), 0)
-		hints[c.expectGoAway("rebalancing", jitter).ReconnectAfterMs] = true
+		hints[c.expectGoAway("draining", jitter).ReconnectAfterMs] = true
 		c.nc.Close()
 	}
 	if len(hints) < 2 {
@@ -400,7 +400,7 @@ func pump(c *rawConn) <-chan frame {
 }
 
 // gRPC streams and SSE streams are refused by the same decision: a GOAWAY
-// "rebalancing" (SSE: a goaway event whose retry is the hint) ends them.
+// "draining" (SSE: a goaway event whose retry is the hint) ends them.
 func TestShedRefusesGRPCAndSSE(t *testing.T) {
 	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.DrainJitter = time.Second })
 	for _, d := range []string{"a", "b"} {
@@ -418,8 +418,8 @@ func TestShedRefusesGRPCAndSSE(t *testing.T) {
 	}
 	typ, body, err := l.read()
 	var g protocol.GoAway
-	if err != nil || typ != protocol.TypeGoAway || protocol.ParseJSON(body, &g) != nil || g.Reason != "rebalancing" {
-		t.Fatalf("gRPC HELLO: %s %s %v, want GOAWAY rebalancing", protocol.TypeName(typ), body, err)
+	if err != nil || typ != protocol.TypeGoAway || protocol.ParseJSON(body, &g) != nil || g.Reason != "draining" {
+		t.Fatalf("gRPC HELLO: %s %s %v, want GOAWAY draining", protocol.TypeName(typ), body, err)
 	}
 
 	resp, err := sseOpen(t, srv, "s", nil, http.Header{"Authorization": {"Bearer " + token("s", time.Hour)}})
@@ -429,7 +429,7 @@ func TestShedRefusesGRPCAndSSE(t *testing.T) {
 	defer resp.Body.Close()
 	d := &sseDevice{t: t, device: "s", resp: resp, lines: bufio.NewReader(resp.Body)}
 	ev := d.expect("goaway")
-	if err := json.Unmarshal([]byte(ev.data), &g); err != nil || g.Reason != "rebalancing" || g.ReconnectAfterMs != ev.retry {
+	if err := json.Unmarshal([]byte(ev.data), &g); err != nil || g.Reason != "draining" || g.ReconnectAfterMs != ev.retry {
 		t.Fatalf("SSE goaway %+v: %v", ev, err)
 	}
 	d.ended()

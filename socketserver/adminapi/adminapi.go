@@ -172,7 +172,8 @@ type ServerInfo struct {
 //
 // With Target, the server also refuses new devices while it sheds: as long
 // as it holds at least Target connections, a HELLO of a device it does not
-// hold gets GOAWAY (reason "rebalancing", a jittered hint) instead of a
+// hold gets GOAWAY (reason "draining", as protocol v1 has only that one,
+// and a jittered hint) instead of a
 // WELCOME, so that the devices it sheds, and those a random L4 balancer
 // sends it meanwhile, land on the emptier pods. The refusal ends when it
 // holds fewer than Target, after RefuseForMs, or at a drain; never later,
