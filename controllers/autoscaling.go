@@ -48,7 +48,7 @@ func (r *SocketClusterReconciler) autoscaleStatus(sc *v1alpha1.SocketCluster, po
 	d := autoscale.Decide(in)
 	st := &v1alpha1.AutoscalingStatus{Replicas: d.Replicas, Recommendation: d.Recommendation}
 	if prev != nil {
-		st.LastScaleTime, st.RebalancedAt, st.ShedUntil = prev.LastScaleTime, prev.RebalancedAt, prev.ShedUntil
+		st.LastScaleTime = prev.LastScaleTime
 	}
 	if d.LowSince != nil {
 		st.LowSince = &metav1.Time{Time: *d.LowSince}
@@ -65,10 +65,13 @@ func (r *SocketClusterReconciler) autoscaleStatus(sc *v1alpha1.SocketCluster, po
 // runs and every such pod is ready and counted. It records what it saw in
 // obs.balance for the Balanced condition.
 func (r *SocketClusterReconciler) rebalance(ctx context.Context, sc *v1alpha1.SocketCluster, obs *observation, token string) {
-	as := obs.autoscaling
-	if as == nil || !sc.Spec.Rebalance.RebalanceEnabled() {
+	if !sc.Spec.Rebalance.RebalanceEnabled() {
 		return // the condition says why
 	}
+	if obs.rebalance == nil {
+		obs.rebalance = &v1alpha1.RebalanceStatus{}
+	}
+	st, replicas := obs.rebalance, ptrValue(sc.Spec.Replicas) // the autoscaler's, when it decides
 	unknown := func(why string) { obs.balance = &conditions.BalanceReport{Why: why} }
 	if obs.report == nil {
 		unknown("the pods' connection counts could not be read from Redis")
@@ -79,8 +82,8 @@ func (r *SocketClusterReconciler) rebalance(ctx context.Context, sc *v1alpha1.So
 		return
 	}
 	d := obs.active
-	if d == nil || available(d) < as.Replicas || d.Status.Replicas != as.Replicas {
-		unknown(fmt.Sprintf("scaling to %d pods", as.Replicas))
+	if d == nil || available(d) < replicas || d.Status.Replicas != replicas {
+		unknown(fmt.Sprintf("scaling to %d pods", replicas))
 		return
 	}
 	active := ""
@@ -107,7 +110,7 @@ func (r *SocketClusterReconciler) rebalance(ctx context.Context, sc *v1alpha1.So
 	r.balanceEvent(sc, b)
 	now := time.Now()
 	wait := max(minRebalanceInterval, sc.Spec.Drain.Timeout.Duration+sc.Spec.Drain.Jitter.Duration)
-	if (as.RebalancedAt != nil && now.Sub(as.RebalancedAt.Time) < wait) || (as.ShedUntil != nil && now.Before(as.ShedUntil.Time)) {
+	if (st.RebalancedAt != nil && now.Sub(st.RebalancedAt.Time) < wait) || (st.ShedUntil != nil && now.Before(st.ShedUntil.Time)) {
 		return // the last shed has not settled
 	}
 	shed := autoscale.Rebalance(conns, th)
@@ -136,9 +139,9 @@ func (r *SocketClusterReconciler) rebalance(ctx context.Context, sc *v1alpha1.So
 			"pod %s sheds %d of its %d connections and refuses new devices while it holds %d or more, for at most %s",
 			name, res.Shed, res.Connections, sh.Target, refuse.Round(time.Second))
 	}
-	as.RebalancedAt = &metav1.Time{Time: now}
+	st.RebalancedAt = &metav1.Time{Time: now}
 	if !until.IsZero() {
-		as.ShedUntil = &metav1.Time{Time: until}
+		st.ShedUntil = &metav1.Time{Time: until}
 	}
 }
 

@@ -178,7 +178,8 @@ func eventWith(t *testing.T, c client.Client, ns, reason, msg string) {
 // whether that is uneven; when it is, the operator asks the fuller pod to
 // shed down to the mean with a target, so that the pod refuses new
 // devices meanwhile; the Balanced condition and events follow, and
-// spec.rebalance.enabled: false turns it all off.
+// spec.rebalance.enabled: false turns it all off. Rebalancing needs no
+// spec.autoscaling: a kubectl scale out is as uneven.
 func TestRebalanceShedsToTheMean(t *testing.T) {
 	c := k8s(t)
 	ns := namespace(t, c)
@@ -191,7 +192,7 @@ spec:
   redis: {addresses: ["`+rs.Addr+`"], keyPrefix: rb}
   auth: {deviceKeySecretRef: {name: device-key, key: key}}
   listeners: {adminPort: `+strconv.Itoa(port)+`}
-  autoscaling: {minReplicas: 2, maxReplicas: 2, targetConnectionsPerPod: 1000}
+  replicas: 2
   rebalance: {shedRate: 100}
 `)
 	// Defaults that keep the thresholds of before.
@@ -252,8 +253,8 @@ spec:
 	if err := c.Get(ctx, key(ns, "edge"), got); err != nil {
 		t.Fatal(err)
 	}
-	if as := got.Status.Autoscaling; as == nil || as.RebalancedAt == nil || as.ShedUntil == nil || !as.ShedUntil.After(as.RebalancedAt.Time) {
-		t.Fatalf("status.autoscaling %+v, want rebalancedAt and a later shedUntil", as)
+	if rb := got.Status.Rebalance; rb == nil || rb.RebalancedAt == nil || rb.ShedUntil == nil || !rb.ShedUntil.After(rb.RebalancedAt.Time) {
+		t.Fatalf("status.rebalance %+v, want rebalancedAt and a later shedUntil", rb)
 	}
 
 	// The shed devices reconnect to the emptier pod: balanced.

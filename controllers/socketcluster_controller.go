@@ -141,6 +141,7 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		obs.report = &report
 		r.updateDeletionCosts(ctx, pods.Items, &report)
 	}
+	obs.rebalance = sc.Status.Rebalance.DeepCopy()
 	if sc.Spec.Autoscaling != nil {
 		obs.autoscaling = r.autoscaleStatus(sc, pods.Items, obs.report, time.Now())
 		// In memory only: the Deployments, the rollout and the conditions
@@ -194,6 +195,8 @@ type observation struct {
 	problems    conditions.Problems
 	// report is nil when Redis could not be read.
 	report *connections.Report
+	// rebalance is the rebalancer's state, nil when it is off.
+	rebalance *v1alpha1.RebalanceStatus
 	// balance is what the rebalancer saw, nil when it did not look.
 	balance *conditions.BalanceReport
 	// apiTokenSecret is the Secret the pods read the API token from, empty
@@ -518,6 +521,7 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 		}
 		st.Pods = podStatuses(obs.pods, obs.report)
 		st.Autoscaling = obs.autoscaling
+		st.Rebalance = obs.rebalance
 		conds = append(conds, conditions.Available(sc, obs.active), conditions.Progressing(sc, obs.deploy, obs.step),
 			conditions.Draining(sc, obs.step), conditions.StoreDurable(sc, store), conditions.Balanced(sc, obs.balance))
 	} else {

@@ -114,8 +114,8 @@ type SocketClusterSpec struct {
 	// +optional
 	Autoscaling *AutoscalingSpec `json:"autoscaling,omitempty"`
 	// Rebalance sets when and how fast the operator moves devices from
-	// fuller pods to emptier ones (with spec.autoscaling, after it
-	// settled; see the Balanced condition).
+	// fuller pods to emptier ones, after any scale-out once the pods
+	// settled (see the Balanced condition).
 	// +kubebuilder:default={}
 	// +optional
 	Rebalance RebalanceSpec `json:"rebalance,omitzero"`
@@ -580,6 +580,9 @@ type SocketClusterStatus struct {
 	// Autoscaling is what spec.autoscaling decided.
 	// +optional
 	Autoscaling *AutoscalingStatus `json:"autoscaling,omitempty"`
+	// Rebalance is when connections were last shed (spec.rebalance).
+	// +optional
+	Rebalance *RebalanceStatus `json:"rebalance,omitempty"`
 	// Pods are the SocketCluster's pods with their revision and what they
 	// last published to Redis.
 	// +listType=map
@@ -605,6 +608,10 @@ type AutoscalingStatus struct {
 	// LastScaleTime is when Replicas last changed.
 	// +optional
 	LastScaleTime *metav1.Time `json:"lastScaleTime,omitempty"`
+}
+
+// RebalanceStatus is the rebalancer's state (spec.rebalance).
+type RebalanceStatus struct {
 	// RebalancedAt is when connections were last shed from the fuller
 	// pods; the next shed waits for the devices to settle.
 	// +optional

@@ -28,8 +28,6 @@ func Balanced(sc *v1alpha1.SocketCluster, r *BalanceReport) metav1.Condition {
 	switch {
 	case !sc.Spec.Rebalance.RebalanceEnabled():
 		return unknown(v1alpha1.ReasonRebalanceDisabled, "spec.rebalance.enabled is false: connections are never shed")
-	case sc.Spec.Autoscaling == nil:
-		return unknown(v1alpha1.ReasonRebalanceDisabled, "rebalancing follows spec.autoscaling, which is not set")
 	case r == nil || r.Balance == nil:
 		why := "no connection counts yet"
 		if r != nil && r.Why != "" {
