@@ -12,8 +12,7 @@ const (
 	// thresholds; the fuller pods shed connections (or will, once the last
 	// shed settled).
 	ReasonRebalancing = "Rebalancing"
-	// ReasonRebalanceDisabled: spec.rebalance.enabled is false, or the
-	// cluster has no spec.autoscaling (rebalancing follows its scaling).
+	// ReasonRebalanceDisabled: spec.rebalance.enabled is false.
 	ReasonRebalanceDisabled = "RebalanceDisabled"
 	// ReasonCountsUnknown: not every serving pod is ready with a fresh
 	// count, or a rollout or scaling is under way.
