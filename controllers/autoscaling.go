@@ -65,6 +65,9 @@ func (r *SocketClusterReconciler) rebalance(ctx context.Context, sc *v1alpha1.So
 	if as == nil || obs.report == nil || (obs.step != nil && obs.step.Phase != v1alpha1.ReasonNoOldRevision) {
 		return
 	}
+	if obs.scaleDown != nil && obs.scaleDown.Active() {
+		return // its drains move devices already
+	}
 	d := obs.active
 	if d == nil || available(d) < as.Replicas || d.Status.Replicas != as.Replicas {
 		return // scaling or rolling: the pods are about to change

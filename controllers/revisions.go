@@ -132,9 +132,10 @@ func (r *SocketClusterReconciler) planRevisions(ctx context.Context, sc *v1alpha
 	return rollout.Plan(in), old, nil
 }
 
-// drainOld starts the drain of the old pods that do not drain yet, through
-// their admin API, sharing drain.clusterRate among them.
-func (r *SocketClusterReconciler) drainOld(ctx context.Context, sc *v1alpha1.SocketCluster, old []corev1.Pod, token, into string) error {
+// drainPods starts the drain of the pods that do not drain yet, through
+// their admin API, sharing drain.clusterRate among them; why ends the
+// event of each pod ("into revision x").
+func (r *SocketClusterReconciler) drainPods(ctx context.Context, sc *v1alpha1.SocketCluster, old []corev1.Pod, token, why string) error {
 	var live []corev1.Pod
 	for _, p := range old {
 		if p.Status.PodIP != "" && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
@@ -155,8 +156,8 @@ func (r *SocketClusterReconciler) drainOld(ctx context.Context, sc *v1alpha1.Soc
 			err = api.DrainAtRate(cctx, rate)
 			if err == nil {
 				logf.FromContext(ctx).Info("draining", "pod", p.Name, "connections", info.Connections, "rate", rate)
-				r.Recorder.Eventf(sc, p, corev1.EventTypeNormal, "Draining", "Drain", "draining pod %s (revision %q, %d connections) into revision %s at %s",
-					p.Name, p.Labels[resources.LabelRevision], info.Connections, into, rateText(rate))
+				r.Recorder.Eventf(sc, p, corev1.EventTypeNormal, "Draining", "Drain", "draining pod %s (revision %q, %d connections) %s at %s",
+					p.Name, p.Labels[resources.LabelRevision], info.Connections, why, rateText(rate))
 			}
 		}
 		cancel()
