@@ -44,7 +44,14 @@ func (r *SocketClusterReconciler) scaleDown(ctx context.Context, sc *v1alpha1.So
 	in := scaledown.Input{
 		Want: ptrValue(sc.Spec.Replicas), Current: replicasOf(d), Now: time.Now(),
 		DrainTimeout: sc.Spec.Drain.Timeout.Duration,
-		ResumeWindow: sc.Spec.Drain.Jitter.Duration + scaledown.ResumeGrace,
+		ResumeWindow: sc.Spec.Drain.Timeout.Duration + sc.Spec.Drain.Jitter.Duration + scaledown.ResumeGrace,
+		Threshold:    scaledown.DefaultThreshold,
+	}
+	if w := sc.Spec.Rollout.ResumeWindow; w != nil {
+		in.ResumeWindow = w.Duration
+	}
+	if t := sc.Spec.Rollout.ResumeThreshold; t != nil {
+		in.Threshold = float64(*t) / 100
 	}
 	if v, ok := sc.Annotations[scaledown.AnnotationResume]; ok {
 		in.ResumedAt, _ = time.Parse(time.RFC3339, v)

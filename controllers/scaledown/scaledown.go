@@ -24,7 +24,7 @@ const (
 	AnnotationChosen = "sockets.socketcluster.io/scale-down"
 	// AnnotationConnectionsBefore records, on a chosen pod whose drain
 	// started, the connections the serving pods held just before: its
-	// devices have come back once they hold ResumeThreshold of it again.
+	// devices have come back once they hold the threshold of it again.
 	AnnotationConnectionsBefore = "sockets.socketcluster.io/scale-down-connections-before"
 	// AnnotationResume, on the SocketCluster, set to an RFC 3339 time
 	// after a drain started, lets the scale-down go on although that
@@ -34,12 +34,11 @@ const (
 	// Chosen is AnnotationChosen's value before the drain starts.
 	Chosen = "chosen"
 
-	// ResumeThreshold is the share of the connections before a drain that
-	// the serving pods must hold again before the next pod drains.
-	ResumeThreshold = 0.9
+	// DefaultThreshold is rollout.resumeThreshold's default (90%).
+	DefaultThreshold = 0.9
 	// ResumeGrace is how long, beyond drain.timeout and drain.jitter, the
 	// devices of a drained pod may take to come back before the
-	// scale-down pauses.
+	// scale-down pauses, when rollout.resumeWindow is empty.
 	ResumeGrace = 30 * time.Second
 )
 
@@ -67,9 +66,13 @@ type Input struct {
 	// Pods are the live (not terminating) pods of the serving revision.
 	Pods []Pod
 	Now  time.Time
-	// DrainTimeout is drain.timeout; ResumeWindow how long after the end
-	// of a drain its devices may take to come back.
+	// DrainTimeout is drain.timeout; ResumeWindow how long after the
+	// start of a drain its devices may take to come back.
 	DrainTimeout, ResumeWindow time.Duration
+	// Threshold is the share (0 to 1) of the connections before a drain
+	// the serving pods must hold again before the next pod drains; 0 lets
+	// every drain follow the one before at once.
+	Threshold float64
 	// ResumedAt is AnnotationResume, zero when absent or invalid.
 	ResumedAt time.Time
 }
@@ -165,8 +168,8 @@ func Decide(in Input) Step {
 		}
 	}
 	serving := servingConnections(in.Pods)
-	if last != nil && !Recovered(last.Before, serving) && !in.ResumedAt.After(last.DrainStarted) {
-		deadline := last.DrainStarted.Add(in.DrainTimeout + in.ResumeWindow)
+	if last != nil && !Recovered(last.Before, serving, in.Threshold) && !in.ResumedAt.After(last.DrainStarted) {
+		deadline := last.DrainStarted.Add(in.ResumeWindow)
 		if in.Now.Before(deadline) {
 			st.Message = fmt.Sprintf("scaling down from %d to %d pods: waiting for the devices of pod %s to come back (%s of %d)",
 				in.Current, in.Want, last.Name, connectionsText(serving), last.Before)
@@ -175,7 +178,7 @@ func Decide(in Input) Step {
 		st.Phase = v1alpha1.ReasonDevicesNotReturning
 		st.Message = fmt.Sprintf("scale-down paused: the serving pods hold %s connections, below %.0f%% of the %d before pod %s drained; "+
 			"it goes on once they come back, or after `kubectl annotate socketcluster <name> %s=$(date -u +%%FT%%TZ) --overwrite`",
-			connectionsText(serving), ResumeThreshold*100, last.Before, last.Name, AnnotationResume)
+			connectionsText(serving), in.Threshold*100, last.Before, last.Name, AnnotationResume)
 		st.RequeueAfter = 0
 		return st
 	}
@@ -207,9 +210,9 @@ func Pick(pods []Pod, n int) []Pod {
 }
 
 // Recovered tells whether the serving pods, now holding after
-// connections (-1: unknown), hold ResumeThreshold of before again.
-func Recovered(before, after int64) bool {
-	return after >= 0 && float64(after) >= ResumeThreshold*float64(before)
+// connections (-1: unknown), hold the threshold share of before again.
+func Recovered(before, after int64, threshold float64) bool {
+	return threshold <= 0 || (after >= 0 && float64(after) >= threshold*float64(before))
 }
 
 func load(p Pod) int64 {

@@ -39,16 +39,17 @@ func TestPickLeastLoadedReadyFirst(t *testing.T) {
 func TestRecovered(t *testing.T) {
 	for _, c := range []struct {
 		before, after int64
+		threshold     float64
 		want          bool
-	}{{1000, 900, true}, {1000, 899, false}, {1000, -1, false}, {0, 0, true}} {
-		if got := scaledown.Recovered(c.before, c.after); got != c.want {
-			t.Errorf("Recovered(%d, %d) = %v, want %v", c.before, c.after, got, c.want)
+	}{{1000, 900, 0.9, true}, {1000, 899, 0.9, false}, {1000, -1, 0.9, false}, {0, 0, 0.9, true}, {1000, 10, 0, true}, {1000, -1, 0, true}} {
+		if got := scaledown.Recovered(c.before, c.after, c.threshold); got != c.want {
+			t.Errorf("Recovered(%d, %d, %v) = %v, want %v", c.before, c.after, c.threshold, got, c.want)
 		}
 	}
 }
 
 func input(want, current int32, pods ...scaledown.Pod) scaledown.Input {
-	return scaledown.Input{Want: want, Current: current, Pods: pods, Now: t0, DrainTimeout: time.Minute, ResumeWindow: 40 * time.Second}
+	return scaledown.Input{Want: want, Current: current, Pods: pods, Now: t0, DrainTimeout: time.Minute, ResumeWindow: 100 * time.Second, Threshold: 0.9}
 }
 
 func ready(name string, conns int64) scaledown.Pod {
@@ -111,6 +112,17 @@ func TestScaleDownChoosesHoldsAndDrainsOneAtATime(t *testing.T) {
 		t.Fatalf("resumed: %+v, want b to drain", st)
 	}
 	in.ResumedAt = time.Time{}
+	// The devices came back late: on again.
+	in.Pods[0].Connections = 500
+	if st := scaledown.Decide(in); st.Drain != "b" || st.Before != 930 {
+		t.Fatalf("devices back after a pause: %+v, want b to drain", st)
+	}
+	// No gate.
+	in.Pods[0].Connections, in.Threshold = 0, 0
+	if st := scaledown.Decide(in); st.Drain != "b" {
+		t.Fatalf("without a gate: %+v, want b to drain", st)
+	}
+	in.Threshold = 0.9
 
 	// Both drained (b timed out with 3 left): the Deployment goes to 2.
 	in.Pods[1] = draining("b", 3, t0.Add(-time.Minute), 830)
