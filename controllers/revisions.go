@@ -133,9 +133,11 @@ func (r *SocketClusterReconciler) planRevisions(ctx context.Context, sc *v1alpha
 }
 
 // drainPods starts the drain of the pods that do not drain yet, through
-// their admin API, sharing drain.clusterRate among them; why ends the
-// event of each pod ("into revision x").
-func (r *SocketClusterReconciler) drainPods(ctx context.Context, sc *v1alpha1.SocketCluster, old []corev1.Pod, token, why string) error {
+// their admin API, sharing drain.clusterRate among them. Their first
+// GOAWAY goes after delay: the time the load balancer takes to stop
+// sending them devices, 0 when it did already. why ends the event of
+// each pod ("into revision x").
+func (r *SocketClusterReconciler) drainPods(ctx context.Context, sc *v1alpha1.SocketCluster, old []corev1.Pod, token string, delay time.Duration, why string) error {
 	var live []corev1.Pod
 	for _, p := range old {
 		if p.Status.PodIP != "" && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
@@ -153,9 +155,9 @@ func (r *SocketClusterReconciler) drainPods(ctx context.Context, sc *v1alpha1.So
 		cctx, cancel := context.WithTimeout(ctx, adminCallTimeout)
 		info, err := api.Server(cctx)
 		if err == nil && !info.Draining {
-			err = api.DrainAtRate(cctx, rate)
+			err = api.DrainAfterAtRate(cctx, delay, rate)
 			if err == nil {
-				logf.FromContext(ctx).Info("draining", "pod", p.Name, "connections", info.Connections, "rate", rate)
+				logf.FromContext(ctx).Info("draining", "pod", p.Name, "connections", info.Connections, "rate", rate, "delay", delay.String())
 				r.Recorder.Eventf(sc, p, corev1.EventTypeNormal, "Draining", "Drain", "draining pod %s (revision %q, %d connections) %s at %s",
 					p.Name, p.Labels[resources.LabelRevision], info.Connections, why, rateText(rate))
 			}

@@ -41,10 +41,13 @@ func (r *SocketClusterReconciler) scaleDown(ctx context.Context, sc *v1alpha1.So
 		return nil, nil // a Surge rolling update replaces the pods meanwhile
 	}
 	serving := labels.SelectorFromSet(resources.PublicSelectorLabels(sc, active))
+	// The pod stays in the Service until its readiness fails: its first
+	// GOAWAY waits the preStop wait, as when it terminates.
+	deregistration := resources.TimingsFor(sc).PreStopWait
 	in := scaledown.Input{
 		Want: ptrValue(sc.Spec.Replicas), Current: replicasOf(d), Now: time.Now(),
-		DrainTimeout: sc.Spec.Drain.Timeout.Duration,
-		ResumeWindow: sc.Spec.Drain.Timeout.Duration + sc.Spec.Drain.Jitter.Duration + scaledown.ResumeGrace,
+		DrainTimeout: deregistration + sc.Spec.Drain.Timeout.Duration,
+		ResumeWindow: deregistration + sc.Spec.Drain.Timeout.Duration + sc.Spec.Drain.Jitter.Duration + scaledown.ResumeGrace,
 		Threshold:    scaledown.DefaultThreshold,
 	}
 	if w := sc.Spec.Rollout.ResumeWindow; w != nil {
@@ -95,7 +98,7 @@ func (r *SocketClusterReconciler) scaleDown(ctx context.Context, sc *v1alpha1.So
 	}
 	if name := step.Drain; name != "" {
 		why := fmt.Sprintf("to scale down from %d to %d pods", in.Current, in.Want)
-		if err := r.drainPods(ctx, sc, []corev1.Pod{*pods[name]}, token, why); err != nil {
+		if err := r.drainPods(ctx, sc, []corev1.Pod{*pods[name]}, token, deregistration, why); err != nil {
 			log.Info("cannot start the scale-down drain", "error", err.Error()) // tried again on the next reconcile
 		} else if err := r.annotatePod(ctx, pods[name], map[string]any{
 			scaledown.AnnotationChosen:            time.Now().UTC().Format(time.RFC3339),

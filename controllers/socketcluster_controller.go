@@ -352,7 +352,7 @@ func (r *SocketClusterReconciler) retireOld(ctx context.Context, sc *v1alpha1.So
 	deleteOld := false
 	if st := obs.step; st != nil {
 		if st.Drain {
-			if err := r.drainPods(ctx, sc, oldPods, apiToken(sc, secrets), "into revision "+st.Active); err != nil {
+			if err := r.drainPods(ctx, sc, oldPods, apiToken(sc, secrets), 0, "into revision "+st.Active); err != nil {
 				// The next reconcile (in a few seconds) tries again.
 				logf.FromContext(ctx).Info("cannot start the drain of every old pod", "error", err.Error())
 			}
