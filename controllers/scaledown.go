@@ -41,9 +41,10 @@ func (r *SocketClusterReconciler) scaleDown(ctx context.Context, sc *v1alpha1.So
 		return nil, nil // a Surge rolling update replaces the pods meanwhile
 	}
 	serving := labels.SelectorFromSet(resources.PublicSelectorLabels(sc, active))
-	// The pod stays in the Service until its readiness fails: its first
-	// GOAWAY waits the preStop wait, as when it terminates.
-	deregistration := resources.TimingsFor(sc).PreStopWait
+	// Unlike a terminating pod, a drained one stays in the Service until
+	// its readiness probe fails; then the load balancer takes the preStop
+	// wait to stop sending it devices. Its first GOAWAY waits for both.
+	deregistration := resources.ReadinessDetection + resources.TimingsFor(sc).PreStopWait
 	in := scaledown.Input{
 		Want: ptrValue(sc.Spec.Replicas), Current: replicasOf(d), Now: time.Now(),
 		DrainTimeout: deregistration + sc.Spec.Drain.Timeout.Duration,

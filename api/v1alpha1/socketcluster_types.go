@@ -459,7 +459,8 @@ type RolloutSpec struct {
 	ResumeThreshold *int32 `json:"resumeThreshold,omitempty"`
 	// ResumeWindow is how long, from the start of a pod's drain, its
 	// devices may take to come back before the scale-down pauses. Empty
-	// means drain.preStopWait + drain.timeout + drain.jitter + 30s.
+	// means as long as the drain may take (10s for the readiness probe to
+	// fail, drain.preStopWait, drain.timeout) + drain.jitter + 30s.
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
 	// +optional
