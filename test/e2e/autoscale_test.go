@@ -129,8 +129,8 @@ spec:
 		}
 	}
 	t.Logf("AUTOSCALE devices=%d target-per-pod=%d scaled-to-4-after=%s pods-before-rebalance=%v balanced-after=%s pods-after=%v "+
-		"reconnects=%d messages-accepted=%d devices-with-lost-messages=%d",
-		nDevices, target, scaled.Round(time.Second), before, balanced.Round(time.Second), after, reconnects, sent.accepted.Load(), lost)
+		"reconnects-before-the-scale-down=%d messages-accepted=%d devices-with-lost-messages=%d",
+		nDevices, target, scaled.Round(time.Second), before, balanced.Round(time.Second), after, reconnects-sd.reconnects, sent.accepted.Load(), lost)
 	t.Logf("SCALEDOWN maxReplicas 4->3: pods-before=%v pods-after=%v removed=%s (%d connections, least loaded %d) devices-moved=%d reconnects=%d took=%s devices-with-lost-messages=%d",
 		sd.before, sd.after, sd.removed, sd.removedConns, sd.before[0], sd.moved, sd.reconnects, sd.took.Round(time.Second), lost)
 }
