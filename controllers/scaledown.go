@@ -100,7 +100,10 @@ func (r *SocketClusterReconciler) scaleDown(ctx context.Context, sc *v1alpha1.So
 	if name := step.Drain; name != "" {
 		why := fmt.Sprintf("to scale down from %d to %d pods", in.Current, in.Want)
 		if err := r.drainPods(ctx, sc, []corev1.Pod{*pods[name]}, token, deregistration, why); err != nil {
-			log.Info("cannot start the scale-down drain", "error", err.Error()) // tried again on the next reconcile
+			// Tried again on the next reconcile; the Deployment keeps the
+			// pod meanwhile, and the Draining condition says why.
+			log.Info("cannot start the scale-down drain", "error", err.Error())
+			step.Message = fmt.Sprintf("scaling down from %d to %d pods: cannot start the drain of pod %s: %v", in.Current, in.Want, name, err)
 		} else if err := r.annotatePod(ctx, pods[name], map[string]any{
 			scaledown.AnnotationChosen:            time.Now().UTC().Format(time.RFC3339),
 			scaledown.AnnotationConnectionsBefore: strconv.FormatInt(step.Before, 10),
