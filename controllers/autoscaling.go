@@ -2,18 +2,21 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers/autoscale"
+	"github.com/socketcluster/socketcluster/controllers/conditions"
 	"github.com/socketcluster/socketcluster/controllers/connections"
 	"github.com/socketcluster/socketcluster/controllers/resources"
 	"github.com/socketcluster/socketcluster/socketserver/adminapi"
@@ -45,7 +48,7 @@ func (r *SocketClusterReconciler) autoscaleStatus(sc *v1alpha1.SocketCluster, po
 	d := autoscale.Decide(in)
 	st := &v1alpha1.AutoscalingStatus{Replicas: d.Replicas, Recommendation: d.Recommendation}
 	if prev != nil {
-		st.LastScaleTime, st.RebalancedAt = prev.LastScaleTime, prev.RebalancedAt
+		st.LastScaleTime, st.RebalancedAt, st.ShedUntil = prev.LastScaleTime, prev.RebalancedAt, prev.ShedUntil
 	}
 	if d.LowSince != nil {
 		st.LowSince = &metav1.Time{Time: *d.LowSince}
@@ -58,22 +61,30 @@ func (r *SocketClusterReconciler) autoscaleStatus(sc *v1alpha1.SocketCluster, po
 }
 
 // rebalance sheds connections from the fuller pods that serve devices
-// when they are uneven (after a scale-up), once no rollout runs and every
-// such pod is ready and counted.
+// when they are uneven (spec.rebalance; after a scale-up), once no rollout
+// runs and every such pod is ready and counted. It records what it saw in
+// obs.balance for the Balanced condition.
 func (r *SocketClusterReconciler) rebalance(ctx context.Context, sc *v1alpha1.SocketCluster, obs *observation, token string) {
 	as := obs.autoscaling
-	if as == nil || obs.report == nil || (obs.step != nil && obs.step.Phase != v1alpha1.ReasonNoOldRevision) {
+	if as == nil || !sc.Spec.Rebalance.RebalanceEnabled() {
+		return // the condition says why
+	}
+	unknown := func(why string) { obs.balance = &conditions.BalanceReport{Why: why} }
+	if obs.report == nil {
+		unknown("the pods' connection counts could not be read from Redis")
+		return
+	}
+	if obs.step != nil && obs.step.Phase != v1alpha1.ReasonNoOldRevision {
+		unknown("a rollout is under way: its drain moves the devices")
 		return
 	}
 	if obs.scaleDown != nil && obs.scaleDown.Active() {
-		return // its drains move devices already
+		unknown("a scale-down drains the pods that go: its drains move the devices")
+		return
 	}
 	d := obs.active
 	if d == nil || available(d) < as.Replicas || d.Status.Replicas != as.Replicas {
-		return // scaling or rolling: the pods are about to change
-	}
-	wait := max(minRebalanceInterval, sc.Spec.Drain.Timeout.Duration+sc.Spec.Drain.Jitter.Duration)
-	if as.RebalancedAt != nil && time.Since(as.RebalancedAt.Time) < wait {
+		unknown(fmt.Sprintf("scaling to %d pods", as.Replicas))
 		return
 	}
 	active := ""
@@ -89,26 +100,70 @@ func (r *SocketClusterReconciler) rebalance(ctx context.Context, sc *v1alpha1.So
 		}
 		s, ok := obs.report.Pods[p.Name]
 		if !podReady(&p) || !ok || s.Draining || p.Status.PodIP == "" {
-			return // not settled yet
+			unknown(fmt.Sprintf("pod %s is not ready, drains, or has no fresh connection count", p.Name))
+			return
 		}
 		conns[p.Name], ips[p.Name] = s.Connections, p.Status.PodIP
 	}
-	shed := autoscale.Rebalance(conns)
+	th := autoscale.ThresholdsOf(sc.Spec.Rebalance)
+	b := autoscale.Measure(conns, th)
+	obs.balance = &conditions.BalanceReport{Balance: &b}
+	r.balanceEvent(sc, b)
+	now := time.Now()
+	wait := max(minRebalanceInterval, sc.Spec.Drain.Timeout.Duration+sc.Spec.Drain.Jitter.Duration)
+	if (as.RebalancedAt != nil && now.Sub(as.RebalancedAt.Time) < wait) || (as.ShedUntil != nil && now.Before(as.ShedUntil.Time)) {
+		return // the last shed has not settled
+	}
+	shed := autoscale.Rebalance(conns, th)
 	if len(shed) == 0 {
 		return
 	}
-	for name, n := range shed {
+	rate := float64(sc.Spec.Rebalance.ShedRate)
+	if rate == 0 {
+		rate = float64(sc.Spec.Drain.Rate)
+	}
+	var until time.Time
+	for name, sh := range shed {
+		refuse := autoscale.ShedTime(sh.Count, rate, sc.Spec.Drain.Timeout.Duration, sc.Spec.Drain.Jitter.Duration, adminapi.MaxShedRefuse)
+		req := adminapi.ShedRequest{Count: sh.Count, Target: sh.Target, RefuseForMs: max(refuse.Milliseconds(), 1),
+			Rate: float64(sc.Spec.Rebalance.ShedRate)}
 		api := &adminapi.Client{BaseURL: net.JoinHostPort(ips[name], strconv.Itoa(int(sc.Spec.Listeners.AdminPort))), Token: token, HTTP: r.adminHTTP()}
 		cctx, cancel := context.WithTimeout(ctx, adminCallTimeout)
-		res, err := api.Shed(cctx, n)
+		res, err := api.ShedWith(cctx, req)
 		cancel()
 		if err != nil {
 			logf.FromContext(ctx).Info("cannot shed connections", "pod", name, "error", err.Error())
 			continue
 		}
-		r.Recorder.Eventf(sc, nil, corev1.EventTypeNormal, "Rebalancing", "Shed", "pod %s sheds %d of its %d connections onto the emptier pods", name, res.Shed, res.Connections)
+		until = maxTime(until, now.Add(refuse))
+		r.Recorder.Eventf(sc, nil, corev1.EventTypeNormal, "Shed", "Rebalance",
+			"pod %s sheds %d of its %d connections and refuses new devices while it holds %d or more, for at most %s",
+			name, res.Shed, res.Connections, sh.Target, refuse.Round(time.Second))
 	}
-	as.RebalancedAt = &metav1.Time{Time: time.Now()}
+	as.RebalancedAt = &metav1.Time{Time: now}
+	if !until.IsZero() {
+		as.ShedUntil = &metav1.Time{Time: until}
+	}
+}
+
+// balanceEvent tells people when rebalancing starts and when it ends
+// (a change of the Balanced condition's reason), not on every reconcile.
+func (r *SocketClusterReconciler) balanceEvent(sc *v1alpha1.SocketCluster, b autoscale.Balance) {
+	prev := meta.FindStatusCondition(sc.Status.Conditions, v1alpha1.ConditionBalanced)
+	was := prev != nil && prev.Reason == v1alpha1.ReasonRebalancing
+	switch {
+	case b.Uneven && !was:
+		r.Recorder.Eventf(sc, nil, corev1.EventTypeNormal, v1alpha1.ReasonRebalancing, "Rebalance", "uneven pods, %s: the fuller pods shed down to the mean", b)
+	case !b.Uneven && was:
+		r.Recorder.Eventf(sc, nil, corev1.EventTypeNormal, v1alpha1.ReasonBalanced, "Rebalance", "balanced: %s", b)
+	}
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func podReady(p *corev1.Pod) bool {

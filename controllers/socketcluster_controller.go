@@ -208,6 +208,8 @@ type observation struct {
 	problems    conditions.Problems
 	// report is nil when Redis could not be read.
 	report *connections.Report
+	// balance is what the rebalancer saw, nil when it did not look.
+	balance *conditions.BalanceReport
 	// apiTokenSecret is the Secret the pods read the API token from, empty
 	// until known to be usable.
 	apiTokenSecret string
@@ -531,7 +533,7 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 		st.Pods = podStatuses(obs.pods, obs.report)
 		st.Autoscaling = obs.autoscaling
 		conds = append(conds, conditions.Available(sc, obs.active), conditions.Progressing(sc, obs.deploy, obs.step),
-			conditions.Draining(sc, obs.step, obs.scaleDown), conditions.StoreDurable(sc, store))
+			conditions.Draining(sc, obs.step, obs.scaleDown), conditions.StoreDurable(sc, store), conditions.Balanced(sc, obs.balance))
 	} else {
 		p.Error = reconcileErr
 	}

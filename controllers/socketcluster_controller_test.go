@@ -241,6 +241,22 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
   autoscaling: {minReplicas: 5, maxReplicas: 3, targetConnectionsPerPod: 1000}`, "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"},
+		{"rebalance threshold of 0%", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  rebalance: {relativeThreshold: 0}`, "rebalance.relativeThreshold is a percentage of the mean connections per pod: from 1 to 100"},
+		{"rebalance threshold above 100%", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  rebalance: {relativeThreshold: 150}`, "rebalance.relativeThreshold is a percentage of the mean connections per pod: from 1 to 100"},
+		{"rebalance absolute threshold of 0", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  rebalance: {absoluteThreshold: 0}`, "rebalance.absoluteThreshold is a number of connections: at least 1"},
+		{"negative shed rate", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  rebalance: {shedRate: -1}`, "rebalance.shedRate is GOAWAYs per second: 0 (pace like a drain) or more"},
 		{"autoscaling without a target", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}

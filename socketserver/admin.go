@@ -430,12 +430,12 @@ func (s *Server) postDrain(w http.ResponseWriter, r *http.Request) {
 func (s *Server) postShed(w http.ResponseWriter, r *http.Request) {
 	var req adminapi.ShedRequest
 	dec := json.NewDecoder(io.LimitReader(r.Body, 4096))
-	if err := dec.Decode(&req); err != nil || dec.More() || req.Count < 1 {
-		writeError(w, http.StatusBadRequest, adminapi.CodeBadBody, `want {"count":N} with N >= 1`)
+	if err := dec.Decode(&req); err != nil || dec.More() || !req.Valid() {
+		writeError(w, http.StatusBadRequest, adminapi.CodeBadBody, adminapi.ShedRule)
 		return
 	}
 	held := s.Connections()
-	writeJSON(w, http.StatusAccepted, adminapi.ShedStarted{Shed: s.Shed(req.Count), Connections: held})
+	writeJSON(w, http.StatusAccepted, adminapi.ShedStarted{Shed: s.ShedWith(req), Connections: held})
 }
 
 // dropBody makes net/http close the connection after the answer instead

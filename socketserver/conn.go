@@ -149,6 +149,7 @@ func (c *conn) park() bool {
 		return false
 	}
 	c.tr.Release()
+	c.w.release()
 	c.state.Store(parked)
 	if p.arm(c) {
 		return true

@@ -291,16 +291,11 @@ func TestGRPCDrain(t *testing.T) {
 
 // gRPC's TLS handshakes take --max-handshakes slots like the other
 // listeners': while idle connections hold them all, a gRPC client's
-// handshake does not run; it does once one of them leaves. Every TLS
-// listener takes a slot before it accepts, so the server has the gRPC
-// listener alone, whose 2 slots the idle connections hold.
+// handshake does not run; it does once one of them leaves.
 func TestGRPCTLSHandshakeBound(t *testing.T) {
 	cert, pool := testcert.SelfSigned(t)
 	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
 		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-		// gRPC alone: every listener's accept loop takes a slot before it
-		// accepts, and another listener could take the one freed below.
-		c.TCPAddr, c.WSAddr, c.MQTTAddr = "", "", ""
 		c.MaxHandshakes = 2
 		c.HelloTimeout = time.Minute
 		c.HandshakeTimeout = 30 * time.Second

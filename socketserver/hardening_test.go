@@ -413,6 +413,31 @@ func TestHandshakeBounds(t *testing.T) {
 	}
 }
 
+// The accept loops of idle listeners hold no handshake slot: with one slot
+// and TLS on every listener, a handshake completes on each in turn.
+func TestHandshakeSlotNotHeldByIdleListeners(t *testing.T) {
+	cert, pool := testcert.SelfSigned(t)
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
+		c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
+		c.MaxHandshakes = 1
+	})
+	a := srv.Addrs()
+	// Twice round: a loop holding the slot would let only its own listener
+	// through (by luck, in the order asked, about once in 4^8 runs).
+	addrs := []string{a.TCP, a.WS, a.MQTT, a.GRPC, a.TCP, a.WS, a.MQTT, a.GRPC}
+	for i, addr := range addrs {
+		name := []string{"tcp", "ws", "mqtt", "grpc"}[i%4]
+		d := &tls.Dialer{Config: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", NextProtos: []string{"h2", "http/1.1"}}}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		nc, err := d.DialContext(ctx, "tcp", addr)
+		cancel()
+		if err != nil {
+			t.Fatalf("TLS handshake on the %s listener with one slot: %v", name, err)
+		}
+		nc.Close()
+	}
+}
+
 // With the process at its open-file ceiling, idle handshakes cannot starve
 // the admin listener: over the ceiling connections are refused before any
 // handshake, and a reserve of descriptors stays free.

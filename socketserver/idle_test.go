@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/socketcluster/socketcluster/socketserver"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
@@ -48,6 +51,16 @@ func TestIdleConnectionsPark(t *testing.T) {
 		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
 			t.Fatalf("stream on a kept-alive connection: %v %v", resp, err)
 		}
+	}
+	// MQTT devices that subscribed (as they all do) park too: the SUBACK
+	// is the transport's own answer, after which it has nothing to read.
+	for i := range n / 2 {
+		m := dialMQTT(t, srv, byte(4+i%2))
+		device := fmt.Sprintf("idle-mqtt-%d", i)
+		m.connect(device)
+		m.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+			Filters: packets.Subscriptions{{Filter: socketserver.MQTTInboxTopic(device), Qos: 1}}})
+		m.expect(packets.Suback)
 	}
 	parked := func() bool { return runtime.NumGoroutine() < base+n/10 }
 	eventually(t, "idle connections hold no goroutine", parked)

@@ -31,6 +31,7 @@ type metrics struct {
 	goaways     prometheus.Counter
 	drains      prometheus.Counter
 	shed        prometheus.Counter
+	shedRefused prometheus.Counter
 	errors      *prometheus.CounterVec
 	closes      *prometheus.CounterVec
 	storeErrors *prometheus.CounterVec
@@ -101,6 +102,8 @@ func newMetrics(transports []string, draining func() bool, maxConns int, drainTi
 			Help: "Drains started."}),
 		shed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "shed_total",
 			Help: "Sessions picked by POST /shed to move to other pods (rebalancing)."}),
+		shedRefused: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "shed_refused_hellos_total",
+			Help: "HELLOs of devices not held here answered with GOAWAY because a shed refuses new devices while the server holds its target (also counted in hellos_total as goaway)."}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "errors_total",
 			Help: "ERROR frames sent, by code."}, []string{"code"}),
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "closes_total",
@@ -133,7 +136,7 @@ func newMetrics(transports []string, draining func() bool, maxConns int, drainTi
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help}, f)
 	}
 	m.reg.MustRegister(m.connections, m.hellos, m.resumes, m.reclaims, m.fenced, m.warnings, m.deliveries, m.acks, m.publishes, m.goaways,
-		m.drains, m.shed, m.errors, m.closes, m.storeErrors, m.enqueued, m.redis,
+		m.drains, m.shed, m.shedRefused, m.errors, m.closes, m.storeErrors, m.enqueued, m.redis,
 		m.outboxPending, m.outboxOldest, m.drainStarted, m.drainDelay, m.storeUp, m.resumeFails, m.helloLatency,
 		gaugeFunc("draining", "1 while the server drains (unready, in its delay or sending GOAWAYs).", func() float64 { return b2f(draining()) }),
 		gaugeFunc("drain_timeout_seconds", "The drain timeout: connections that remain this long after the first GOAWAY are closed.",

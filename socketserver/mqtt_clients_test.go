@@ -1,7 +1,9 @@
 package socketserver_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -126,6 +128,138 @@ func TestMQTTPahoResumesAcrossADrain(t *testing.T) {
 	}
 	if up := upstreamOf(t, r, device); strings.Join(up, " ") != "up-0 up-1 up-2 up-3 up-4" {
 		t.Fatalf("upstream of the device: %q, want its 5 publishes once each", up)
+	}
+}
+
+// pahoEvent is a line the Paho MQTT 5 device (testdata/paho_mqtt5.py) prints.
+type pahoEvent struct {
+	Event, Topic, Payload, Server, Seq string
+	RC, QoS, Mid                       int
+	Dup                                bool
+	SessionPresent                     bool `json:"session_present"`
+	Codes                              []int
+}
+
+// The Eclipse Paho Python client (Debian's python3-paho-mqtt) as an MQTT 5
+// device: JWT as the password, a backend message received and PUBACKed,
+// someone else's inbox refused, a drain that sends it DISCONNECT 0x8B,
+// its session resumed on the other pod with every message once, and its
+// publishes stored once each.
+func TestMQTTPaho5ResumesAcrossADrain(t *testing.T) {
+	python := "/usr/bin/python3" // Debian's, which has its python3-paho-mqtt
+	if err := exec.Command(python, "-c", "import paho.mqtt.client").Run(); err != nil {
+		if os.Getenv("CI") == "" {
+			t.Skipf("no Paho for %s: apt-get install python3-paho-mqtt; with CI set this is a failure", python)
+		}
+		t.Fatalf("no Paho for %s (%v): apt-get install python3-paho-mqtt", python, err)
+	}
+	r := redistest.Start(t)
+	a := startServer(t, redisStore(t, r), "pod-a", nil)
+	b := startServer(t, redisStore(t, r), "pod-b", nil)
+	const device = "paho5-1"
+	for i := 0; i < 5; i++ {
+		send(t, a, device, fmt.Sprintf("before-%d", i))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, python, "testdata/paho_mqtt5.py", device, token(device, time.Hour), a.Addrs().MQTT, b.Addrs().MQTT)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan pahoEvent, 64)
+	go func() {
+		defer close(events)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			var e pahoEvent
+			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+				t.Errorf("paho printed %q: %v", sc.Text(), err)
+				continue
+			}
+			events <- e
+		}
+	}()
+	t.Cleanup(func() {
+		fmt.Fprintln(stdin, "quit")
+		_ = cmd.Wait()
+	})
+	got := map[string]int{}
+	// next returns the next event of kind, counting the messages on the way.
+	next := func(kind string) pahoEvent {
+		t.Helper()
+		for e := range events {
+			if e.Event == "message" {
+				if e.Topic != socketserver.MQTTInboxTopic(device) || e.QoS != 1 || e.Seq == "" {
+					t.Fatalf("message %+v: want QoS 1 on the inbox with a seq", e)
+				}
+				got[e.Payload]++
+			}
+			if e.Event == kind {
+				return e
+			}
+		}
+		t.Fatalf("paho ended before a %s event", kind)
+		return pahoEvent{}
+	}
+	say := func(line string) {
+		if _, err := fmt.Fprintln(stdin, line); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if e := next("connack"); e.RC != 0 || e.Server != "pod-a" || e.SessionPresent {
+		t.Fatalf("first CONNACK %+v: want accepted by pod-a, no session present", e)
+	}
+	say("sub")
+	if e := next("suback"); fmt.Sprint(e.Codes) != "[1]" {
+		t.Fatalf("SUBACK on its inbox: %v, want QoS 1 granted", e.Codes)
+	}
+	for len(got) < 5 {
+		next("message")
+	}
+	eventually(t, "Paho's PUBACKs stored as the ACK", func() bool { return deviceInfo(t, a, device).Pending == 0 })
+	say("sub devices/other/inbox")
+	if e := next("suback"); fmt.Sprint(e.Codes) != "[135]" {
+		t.Fatalf("SUBACK on another device's inbox: %v, want 0x87 not authorized", e.Codes)
+	}
+
+	if code, _ := api(t, a, "POST", "/drain", ""); code != 202 {
+		t.Fatalf("drain: %d", code)
+	}
+	if e := next("disconnect"); e.RC != 0x8B {
+		t.Fatalf("drain ended the connection with %d, want DISCONNECT 0x8B (server shutting down)", e.RC)
+	}
+	for i := 0; i < 5; i++ {
+		send(t, b, device, fmt.Sprintf("after-%d", i))
+	}
+	if e := next("connack"); e.RC != 0 || e.Server != "pod-b" || !e.SessionPresent {
+		t.Fatalf("CONNACK after the drain %+v: want pod-b with the session present", e)
+	}
+	for len(got) < 10 {
+		next("message")
+	}
+	for i := 0; i < 5; i++ {
+		say(fmt.Sprintf("pub up-%d", i))
+		next("puback")
+	}
+	if up := upstreamOf(t, r, device); strings.Join(up, " ") != "up-0 up-1 up-2 up-3 up-4" {
+		t.Fatalf("upstream of the device: %q, want its 5 publishes once each", up)
+	}
+	eventually(t, "all acknowledged on pod-b", func() bool { return deviceInfo(t, b, device).Pending == 0 })
+	for p, n := range got {
+		if n != 1 {
+			t.Errorf("%s received %d times; every message was acknowledged before the drain, so once", p, n)
+		}
 	}
 }
 

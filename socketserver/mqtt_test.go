@@ -184,8 +184,8 @@ func TestMQTTDeliveryAcksThePrefix(t *testing.T) {
 		var pids []uint16
 		for i := 1; i <= 3; i++ {
 			pk := c.expect(packets.Publish)
-			if pk.TopicName != socketserver.MQTTInboxTopic(device) || pk.FixedHeader.Qos != 1 || string(pk.Payload) != fmt.Sprintf("m%d", i) {
-				t.Fatalf("PUBLISH %d: topic %q QoS %d payload %q", i, pk.TopicName, pk.FixedHeader.Qos, pk.Payload)
+			if pk.TopicName != socketserver.MQTTInboxTopic(device) || pk.FixedHeader.Qos != 1 || pk.FixedHeader.Dup || string(pk.Payload) != fmt.Sprintf("m%d", i) {
+				t.Fatalf("PUBLISH %d: topic %q QoS %d DUP %v payload %q (want no DUP: the session's first connection)", i, pk.TopicName, pk.FixedHeader.Qos, pk.FixedHeader.Dup, pk.Payload)
 			}
 			if want := fmt.Sprint(seqs[i-1]); version == 5 && (len(pk.Properties.User) != 1 || pk.Properties.User[0] != packets.UserProperty{Key: "seq", Val: want}) {
 				t.Fatalf("PUBLISH %d user properties %v, want seq=%s", i, pk.Properties.User, want)
@@ -202,23 +202,31 @@ func TestMQTTDeliveryAcksThePrefix(t *testing.T) {
 	})
 }
 
-// Resumed, unacknowledged messages come again with their packet ids.
+// Resumed, unacknowledged messages come again with their packet ids and
+// DUP, on either store; a message stored while the device is connected is
+// a first attempt.
 func TestMQTTRedeliveryKeepsPacketIDs(t *testing.T) {
-	srv := startServer(t, store.NewMemory(), "pod-a", nil)
-	send(t, srv, "mq", "m1")
-	c := dialMQTT(t, srv, 5)
-	c.connect("mq")
-	first := c.expect(packets.Publish)
-	c.nc.Close()
-	eventually(t, "disconnect seen", func() bool { return !deviceInfo(t, srv, "mq").Connected })
-	c2 := dialMQTT(t, srv, 5)
-	c2.write(func() packets.Packet { p := connectPacket("mq", token("mq", time.Hour)); return p }())
-	if ack := c2.expect(packets.Connack); !ack.SessionPresent {
-		t.Fatal("CONNACK without session present on resume")
-	}
-	if again := c2.expect(packets.Publish); again.PacketID != first.PacketID || string(again.Payload) != "m1" {
-		t.Fatalf("re-sent as %d %q, first as %d", again.PacketID, again.Payload, first.PacketID)
-	}
+	forEachStore(t, func(t *testing.T, newStore func() store.Store) {
+		srv := startServer(t, newStore(), "pod-a", nil)
+		send(t, srv, "mq", "m1")
+		c := dialMQTT(t, srv, 5)
+		c.connect("mq")
+		first := c.expect(packets.Publish)
+		c.nc.Close()
+		eventually(t, "disconnect seen", func() bool { return !deviceInfo(t, srv, "mq").Connected })
+		c2 := dialMQTT(t, srv, 5)
+		c2.write(connectPacket("mq", token("mq", time.Hour)))
+		if ack := c2.expect(packets.Connack); !ack.SessionPresent {
+			t.Fatal("CONNACK without session present on resume")
+		}
+		if again := c2.expect(packets.Publish); again.PacketID != first.PacketID || string(again.Payload) != "m1" || !again.FixedHeader.Dup {
+			t.Fatalf("re-sent as %d %q DUP %v, first as %d", again.PacketID, again.Payload, again.FixedHeader.Dup, first.PacketID)
+		}
+		send(t, srv, "mq", "m2")
+		if next := c2.expect(packets.Publish); string(next.Payload) != "m2" || next.FixedHeader.Dup {
+			t.Fatalf("new message %q with DUP %v, want m2 without", next.Payload, next.FixedHeader.Dup)
+		}
+	})
 }
 
 // A device's PUBLISH on its outbox is stored once before its PUBACK, also
@@ -263,6 +271,22 @@ func TestMQTTPublishUpstream(t *testing.T) {
 		} else {
 			c.expectEnd(0)
 		}
+	})
+}
+
+// A PUBACK followed in the same read by a packet the transport answers
+// itself (SUBSCRIBE) is applied at once, not when the device next sends.
+func TestMQTTAckBeforeSubscribeIsApplied(t *testing.T) {
+	forEachMQTT(t, func(t *testing.T, version byte) {
+		srv := startServer(t, store.NewMemory(), "pod-a", nil)
+		send(t, srv, "sub-ack", "m1")
+		c := dialMQTT(t, srv, version)
+		c.connect("sub-ack")
+		pk := c.expect(packets.Publish)
+		c.write(puback(pk.PacketID), packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 3,
+			Filters: packets.Subscriptions{{Filter: "devices/sub-ack/inbox", Qos: 1}}})
+		c.expect(packets.Suback)
+		eventually(t, "the PUBACK applied", func() bool { return deviceInfo(t, srv, "sub-ack").Pending == 0 })
 	})
 }
 

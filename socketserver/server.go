@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 
+	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
@@ -140,6 +141,8 @@ type Server struct {
 	drainNow  chan struct{} // closed to end a drain's delay early
 	nowOnce   sync.Once
 	drainDone chan struct{}
+	// refusal, while set, turns away new devices during a shed (see admit).
+	refusal atomic.Pointer[shedRefusal]
 
 	sessions registry
 	connIDs  atomic.Uint64
@@ -267,24 +270,16 @@ func (s *Server) Addrs() Addrs { return s.addrs }
 func (s *Server) acceptLoop(l net.Listener, f transportFactory) {
 	defer s.wg.Done()
 	// Every connection of this listener starts with a handshake. Its slot
-	// is taken before the accept, so connections beyond MaxHandshakes wait
-	// in the listen backlog, where they hold no descriptor.
+	// is taken once the connection is accepted (taken before, the loop of
+	// an idle listener would hold one): beyond MaxHandshakes the loop
+	// waits holding this one connection, and the next ones wait in the
+	// listen backlog, where they hold no descriptor.
 	_, upgrades := f.(upgrader)
 	needsHandshake := upgrades || s.cfg.TLS != nil
 	var delay time.Duration
 	for {
-		if needsHandshake {
-			select {
-			case s.handshakes <- struct{}{}:
-			case <-s.ctx.Done():
-				return
-			}
-		}
 		nc, err := l.Accept()
 		if err != nil {
-			if needsHandshake {
-				<-s.handshakes
-			}
 			if s.ctx.Err() != nil {
 				return
 			}
@@ -304,16 +299,22 @@ func (s *Server) acceptLoop(l net.Listener, f transportFactory) {
 		full, ok := s.track(c)
 		if !ok {
 			_ = nc.Close()
-			if needsHandshake {
-				<-s.handshakes
-			}
 			continue
 		}
 		if full && needsHandshake {
 			// No framed ERROR can go out before the handshake: refuse first.
-			<-s.handshakes
 			go s.refuse(c, f)
 			continue
+		}
+		if needsHandshake {
+			select {
+			case s.handshakes <- struct{}{}:
+			case <-s.ctx.Done():
+				_ = nc.Close()
+				s.untrack(c)
+				s.wg.Done()
+				return
+			}
 		}
 		go s.serveConn(c, f, full)
 	}
@@ -649,6 +650,7 @@ func (s *Server) DrainAfterRate(delay time.Duration, rate float64) <-chan struct
 			s.drainRate.Store(math.Float64bits(rate))
 		}
 		s.draining.Store(true)
+		s.refusal.Store(nil) // the drain sends everyone away
 		s.grpcNotReady()
 		s.metrics.drains.Inc()
 		s.metrics.drainStarted.Set(float64(time.Now().UnixMilli()) / 1e3)
@@ -680,7 +682,7 @@ func (s *Server) drain() {
 	// The gRPC server keeps serving until Shutdown, as the other listeners
 	// do: a device that still arrives gets its GOAWAY (with a reconnect
 	// hint), not a refused connection that it would retry here.
-	if !s.goAwayPaced(s.sessions.all(), nil) {
+	if !s.goAwayPaced(s.sessions.all(), nil, 0) {
 		return
 	}
 	for time.Now().Before(deadline) {
@@ -710,16 +712,18 @@ func (s *Server) drain() {
 	}
 }
 
-// goAwayPaced sends GOAWAY to sessions, the first at once, then at
-// DrainRate per second or spread over the first 80% of the drain timeout.
-// It returns false when the server stops, or when stop (if not nil) is
-// closed, before the last.
-func (s *Server) goAwayPaced(sessions []*session, stop <-chan struct{}) bool {
+// goAwayPaced sends GOAWAY to sessions, the first at once, then at rate
+// per second, or else the drain's rate, or else spread over the first 80%
+// of the drain timeout. It returns false when the server stops, or when
+// stop (if not nil) is closed, before the last.
+func (s *Server) goAwayPaced(sessions []*session, stop <-chan struct{}, rate float64) bool {
 	start := time.Now()
 	var interval time.Duration
-	rate := s.cfg.DrainRate
-	if r := math.Float64frombits(s.drainRate.Load()); r > 0 {
-		rate = r
+	if rate <= 0 {
+		rate = s.cfg.DrainRate
+		if r := math.Float64frombits(s.drainRate.Load()); r > 0 {
+			rate = r
+		}
 	}
 	switch {
 	case rate > 0:
@@ -751,10 +755,24 @@ func (s *Server) goAwayPaced(sessions []*session, stop <-chan struct{}) bool {
 // load balancer and spread over the other pods. It returns how many
 // sessions it picked (none while draining); a drain that starts meanwhile
 // takes over the rest.
-func (s *Server) Shed(n int) int {
+func (s *Server) Shed(n int) int { return s.ShedWith(adminapi.ShedRequest{Count: n}) }
+
+// ShedWith is Shed paced at req.Rate (when set) that, with req.Target,
+// also refuses new devices while the server holds at least the target,
+// for at most req.RefuseForMs (see adminapi.ShedRequest and admit). A
+// later shed replaces the refusal.
+func (s *Server) ShedWith(req adminapi.ShedRequest) int {
 	if s.draining.Load() {
 		return 0 // the drain moves every device
 	}
+	if req.Target > 0 {
+		until := time.Now().Add(time.Duration(req.RefuseForMs) * time.Millisecond)
+		s.refusal.Store(&shedRefusal{target: req.Target, until: until})
+		s.log.Info("refusing new devices while shedding", "target", req.Target, "until", until.Format(time.RFC3339))
+	} else {
+		s.refusal.Store(nil)
+	}
+	n := req.Count
 	var kept []*session
 	for _, sess := range s.sessions.all() {
 		if len(kept) == n {
@@ -767,9 +785,33 @@ func (s *Server) Shed(n int) int {
 	if len(kept) > 0 {
 		s.metrics.shed.Add(float64(len(kept)))
 		s.log.Info("shedding connections", "count", len(kept), "connections", s.Connections())
-		go s.goAwayPaced(kept, s.drainNow)
+		go s.goAwayPaced(kept, s.drainNow, req.Rate)
 	}
 	return len(kept)
+}
+
+// shedRefusal is a shed's bound on new devices: refused while the server
+// holds at least target connections, until the deadline.
+type shedRefusal struct {
+	target int
+	until  time.Time
+}
+
+// admit says whether a HELLO of device may be welcomed while a shed may
+// refuse new devices. A device this server holds (a takeover, a resume on
+// a new connection) is always welcomed: sending it away would move it
+// twice. The refusal ends for good once the server holds fewer than its
+// target (this HELLO's own connection aside) or its time is up.
+func (s *Server) admit(device string) bool {
+	r := s.refusal.Load()
+	if r == nil {
+		return true
+	}
+	if time.Now().After(r.until) || s.Connections()-1 < r.target {
+		s.refusal.CompareAndSwap(r, nil)
+		return true
+	}
+	return s.sessions.lookup(device) != nil
 }
 
 // Shutdown stops listening, closes every connection and waits for them to

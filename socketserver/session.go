@@ -87,7 +87,7 @@ func (s *session) frame(typ byte, body []byte, pendingAck *uint64) bool {
 			}
 			*pendingAck = 0
 		}
-		if typ == protocol.TypeAck {
+		if typ == protocol.TypeAck || typ == protocol.TypeNone {
 			return true
 		}
 	}
@@ -149,6 +149,12 @@ func (s *session) hello(body []byte) error {
 		s.goAway()
 		return nil
 	}
+	if !srv.admit(h.Device) {
+		srv.metrics.hellos.WithLabelValues("goaway").Inc()
+		srv.metrics.shedRefused.Inc()
+		s.goAwayFor("rebalancing")
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), srv.cfg.StoreTimeout)
 	sess, err := srv.store.Hello(ctx, h.Device, c.holder(), h.LastSeq)
 	cancel()
@@ -175,7 +181,7 @@ func (s *session) hello(body []byte) error {
 	}
 	s.device, s.epoch = h.Device, sess.Epoch
 	if w, ok := c.tr.(welcomer); ok {
-		w.welcomed(h.Device, sess.LastPublishID)
+		w.welcomed(h.Device, sess)
 	}
 	s.pubHigh.Store(sess.LastPublishID)
 	c.tr.SetMaxFrame(srv.cfg.MaxFrameBytes)
@@ -411,7 +417,10 @@ func (s *session) pickForShed() bool {
 	return true
 }
 
-func (s *session) goAway() {
+func (s *session) goAway() { s.goAwayFor("draining") }
+
+// goAwayFor is goAway with the GOAWAY's reason.
+func (s *session) goAwayFor(reason string) {
 	c := s.c
 	s.mu.Lock()
 	if s.goaway {
@@ -423,7 +432,7 @@ func (s *session) goAway() {
 		if j := c.srv.cfg.DrainJitter.Milliseconds(); j > 0 {
 			jitter = rand.Int64N(j + 1)
 		}
-		body := protocol.MustJSON(protocol.GoAway{Reason: "draining", ReconnectAfterMs: jitter})
+		body := protocol.MustJSON(protocol.GoAway{Reason: reason, ReconnectAfterMs: jitter})
 		return c.tr.AppendFrame(dst, protocol.TypeGoAway, body)
 	}, 0)
 	sent := s.goaway

@@ -1,11 +1,18 @@
 package socketserver_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/socketcluster/socketcluster/socketserver"
 	"github.com/socketcluster/socketcluster/socketserver/adminapi"
@@ -182,4 +189,251 @@ func apiWithToken(t *testing.T, srv target, tok, method, path string) (int, erro
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// shedWith asks srv to shed with a target and a refusal bound.
+func shedWith(t *testing.T, srv target, req adminapi.ShedRequest) adminapi.ShedStarted {
+	t.Helper()
+	res, err := adminClient(srv, "").ShedWith(context.Background(), req)
+	if err != nil {
+		t.Fatalf("shed %+v: %v", req, err)
+	}
+	return res
+}
+
+// expectGoAway reads a GOAWAY with reason and a hint within the jitter.
+func (c *rawConn) expectGoAway(reason string, jitter time.Duration) protocol.GoAway {
+	c.t.Helper()
+	var g protocol.GoAway
+	if err := protocol.ParseJSON(c.expect(protocol.TypeGoAway).body, &g); err != nil || g.Reason != reason ||
+		g.ReconnectAfterMs < 0 || g.ReconnectAfterMs > jitter.Milliseconds() {
+		c.t.Fatalf("GOAWAY %+v (%v), want reason %q and a hint within %s", g, err, reason, jitter)
+	}
+	return g
+}
+
+// A shed with a target turns away new devices while the server holds at
+// least the target, with the drain's jittered hints, so that they land on
+// the emptier pods; devices it holds still take over their session here;
+// the refusal ends for good once the server holds fewer.
+func TestShedRefusesNewDevicesAtTarget(t *testing.T) {
+	const jitter = 2 * time.Second
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
+		c.DrainRate = 1000
+		c.DrainJitter = jitter
+	})
+	held := map[string]*rawConn{}
+	for _, d := range []string{"a", "b", "c", "d"} {
+		held[d] = dial(t, srv.Addrs().TCP)
+		held[d].welcome(d, 0)
+	}
+	frames := map[string]<-chan frame{}
+	for d, c := range held {
+		frames[d] = pump(c)
+	}
+	// Shed one of four, down to 3; the shed device leaves at its GOAWAY.
+	if res := shedWith(t, srv, adminapi.ShedRequest{Count: 1, Target: 3, RefuseForMs: time.Hour.Milliseconds()}); res.Shed != 1 {
+		t.Fatalf("shed: %+v", res)
+	}
+	eventually(t, "the GOAWAY of the shed device", func() bool {
+		for d, ch := range frames {
+			select {
+			case f := <-ch:
+				if f.typ != protocol.TypeGoAway {
+					t.Fatalf("%s got %v, want GOAWAY", d, f)
+				}
+				held[d].nc.Close()
+				delete(held, d)
+				delete(frames, d)
+				return true
+			default:
+			}
+		}
+		return false
+	})
+	eventually(t, "the shed device gone", func() bool { return srv.Connections() == 3 })
+
+	// New devices are refused, again and again, with jittered hints.
+	hints := map[int64]bool{}
+	for i := range 8 {
+		c := dial(t, srv.Addrs().TCP)
+		c.hello(fmt.Sprintf("new%d", i), 0)
+		hints[c.expectGoAway("rebalancing", jitter).ReconnectAfterMs] = true
+		c.nc.Close()
+	}
+	if len(hints) < 2 {
+		t.Fatalf("reconnect hints not jittered: %v", hints)
+	}
+	if n := metric(t, srv, "socketserver_shed_refused_hellos_total"); n != 8 {
+		t.Fatalf("socketserver_shed_refused_hellos_total %v, want 8", n)
+	}
+	// A refused HELLO was not accepted: the store never saw the device.
+	if _, err := adminClient(srv, "").Device(context.Background(), "new0"); err == nil {
+		t.Fatal("a refused device has a session")
+	}
+	eventually(t, "the refused connections gone", func() bool { return srv.Connections() == 3 })
+
+	// A device held here takes its session over on a new connection, and
+	// resumes it, though the server holds its target.
+	var name string
+	for name = range held {
+		break
+	}
+	again := dial(t, srv.Addrs().TCP)
+	if w := again.welcome(name, 0); !w.Resumed {
+		t.Fatalf("takeover not resumed: %+v", w)
+	}
+	if f := <-frames[name]; f.typ != protocol.TypeError || !strings.Contains(string(f.body), string(protocol.CodeSessionTakenOver)) {
+		t.Fatalf("the taken-over connection got %v", f)
+	}
+	send(t, srv, name, "m")
+	if seq, payload := again.deliver(); payload != "m" {
+		t.Fatalf("deliver after takeover: %d %q", seq, payload)
+	}
+	held[name] = again
+	eventually(t, "the taken-over connection gone", func() bool { return srv.Connections() == 3 })
+
+	// Below the target the server welcomes new devices again, and keeps
+	// doing so when it is back at the target: the refusal is over.
+	for d, c := range held {
+		c.nc.Close()
+		delete(held, d)
+		break
+	}
+	eventually(t, "2 connections", func() bool { return srv.Connections() == 2 })
+	for _, d := range []string{"x", "y", "z"} {
+		dial(t, srv.Addrs().TCP).welcome(d, 0)
+	}
+}
+
+// The refusal never outlives its bound: a server that still holds its
+// target welcomes new devices once refuse_for_ms passed (the operator
+// that asked may be gone).
+func TestShedRefusalEnds(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.DrainJitter = time.Second })
+	for _, d := range []string{"a", "b", "c"} {
+		dial(t, srv.Addrs().TCP).welcome(d, 0)
+	}
+	// One GOAWAY'd connection stays open (its device does not leave): the
+	// server keeps holding 3, above its target of 1.
+	shedWith(t, srv, adminapi.ShedRequest{Count: 1, Target: 1, RefuseForMs: 300})
+	// Every attempt is refused or welcomed, nothing else, until the bound
+	// passes.
+	eventually(t, "a new device welcomed after refuse_for_ms", func() bool {
+		n := dial(t, srv.Addrs().TCP)
+		defer n.nc.Close()
+		n.hello("late", 0)
+		f := n.expectAny(protocol.TypeWelcome, protocol.TypeGoAway)
+		return f.typ == protocol.TypeWelcome
+	})
+}
+
+// expectAny reads a frame of one of the types.
+func (c *rawConn) expectAny(types ...byte) frame {
+	c.t.Helper()
+	f, err := c.read()
+	if err != nil {
+		c.t.Fatalf("waiting for a frame: %v", err)
+	}
+	for _, typ := range types {
+		if f.typ == typ {
+			return f
+		}
+	}
+	c.t.Fatalf("got %v", f)
+	return f
+}
+
+// Bad shed requests get bad_body and change nothing.
+func TestShedRequestValidation(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", nil)
+	for _, body := range []string{
+		`{"count":1,"target":3}`,                         // no bound
+		`{"count":1,"target":3,"refuse_for_ms":3600001}`, // beyond an hour
+		`{"count":1,"refuse_for_ms":1000}`,               // a bound without a target
+		`{"count":1,"target":-1,"refuse_for_ms":1000}`,
+		`{"count":1,"rate":-5}`,
+		`{"count":0,"target":3,"refuse_for_ms":1000}`,
+	} {
+		code, resp := api(t, srv, "POST", "/shed", body)
+		if code != 400 || !strings.Contains(resp, "bad_body") || !strings.Contains(resp, "refuse_for_ms") {
+			t.Errorf("POST /shed %s: %d %s, want 400 bad_body with the rule", body, code, resp)
+		}
+	}
+	dial(t, srv.Addrs().TCP).welcome("still-welcome", 0)
+}
+
+// MQTT devices are refused by the same decision: CONNACK "use another
+// server" (0x9C) on 5.0, "server unavailable" on 3.1.1.
+func TestShedRefusesMQTT(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", nil)
+	for _, d := range []string{"a", "b"} {
+		dial(t, srv.Addrs().TCP).welcome(d, 0)
+	}
+	shedWith(t, srv, adminapi.ShedRequest{Count: 1, Target: 1, RefuseForMs: time.Hour.Milliseconds()})
+	for version, want := range map[byte]byte{5: 0x9C, 4: 3} {
+		m := dialMQTT(t, srv, version)
+		m.write(connectPacket("m", token("m", time.Hour)))
+		if pk := m.expect(packets.Connack); pk.ReasonCode != want {
+			t.Fatalf("MQTT %d CONNACK %#x, want %#x", version, pk.ReasonCode, want)
+		}
+		m.expectEnd(0)
+	}
+}
+
+// pump reads c's frames into a channel until the connection ends, so that
+// a test can wait for whichever of many connections gets a frame.
+func pump(c *rawConn) <-chan frame {
+	ch := make(chan frame, 16)
+	go func() {
+		defer close(ch)
+		for {
+			_ = c.nc.SetReadDeadline(time.Now().Add(time.Minute))
+			typ, body, err := c.r.ReadFrame()
+			if err != nil {
+				return
+			}
+			ch <- frame{typ, bytes.Clone(body)}
+		}
+	}()
+	return ch
+}
+
+// gRPC streams and SSE streams are refused by the same decision: a GOAWAY
+// "rebalancing" (SSE: a goaway event whose retry is the hint) ends them.
+func TestShedRefusesGRPCAndSSE(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) { c.DrainJitter = time.Second })
+	for _, d := range []string{"a", "b"} {
+		dial(t, srv.Addrs().TCP).welcome(d, 0)
+	}
+	shedWith(t, srv, adminapi.ShedRequest{Count: 1, Target: 1, RefuseForMs: time.Hour.Milliseconds()})
+
+	l, err := dialGRPCLink(srv.Addrs().GRPC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+	if err := l.send(protocol.TypeHello, protocol.MustJSON(protocol.Hello{Protocol: 1, Device: "g", Token: token("g", time.Hour)})); err != nil {
+		t.Fatal(err)
+	}
+	typ, body, err := l.read()
+	var g protocol.GoAway
+	if err != nil || typ != protocol.TypeGoAway || protocol.ParseJSON(body, &g) != nil || g.Reason != "rebalancing" {
+		t.Fatalf("gRPC HELLO: %s %s %v, want GOAWAY rebalancing", protocol.TypeName(typ), body, err)
+	}
+
+	resp, err := sseOpen(t, srv, "s", nil, http.Header{"Authorization": {"Bearer " + token("s", time.Hour)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	d := &sseDevice{t: t, device: "s", resp: resp, lines: bufio.NewReader(resp.Body)}
+	ev := d.expect("goaway")
+	if err := json.Unmarshal([]byte(ev.data), &g); err != nil || g.Reason != "rebalancing" || g.ReconnectAfterMs != ev.retry {
+		t.Fatalf("SSE goaway %+v: %v", ev, err)
+	}
+	d.ended()
+	if n := metric(t, srv, "socketserver_shed_refused_hellos_total"); n != 2 {
+		t.Fatalf("socketserver_shed_refused_hellos_total %v, want 2", n)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
+	"github.com/socketcluster/socketcluster/socketserver/store"
 )
 
 // transport is a connection's wire as its read loop and writer see it:
@@ -80,9 +81,9 @@ type oneWay interface {
 // sessions (MQTT).
 type (
 	// welcomer learns the HELLO's outcome on the read loop, before it
-	// reads on: the device, and the last upstream id the store recorded.
+	// reads on: the device and its session as the store returned it.
 	welcomer interface {
-		welcomed(device string, lastPublishID uint64)
+		welcomed(device string, sess store.Session)
 	}
 	// goAwayEnder's GOAWAY is final (MQTT's DISCONNECT): the connection
 	// closes right after it, as on one-way transports.

@@ -119,42 +119,34 @@ type grpcListener struct {
 	open atomic.Int64
 }
 
-// With TLS, a connection takes a --max-handshakes slot before it is
-// accepted, as on the other listeners (the excess waits in the listen
-// backlog, holding no descriptor); slotCreds frees it when the handshake
-// ends.
+// With TLS, a connection takes a --max-handshakes slot once accepted, as
+// on the other listeners (beyond the bound the next ones wait in the
+// listen backlog, holding no descriptor); slotCreds frees it when the
+// handshake ends.
 func (l *grpcListener) Accept() (net.Conn, error) {
 	s := l.srv
-	tls := s.cfg.TLS != nil
 	for {
-		if tls {
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if s.maxConns > 0 && (s.Connections() >= s.maxConns || l.open.Load() >= int64(s.maxConns)) {
+			s.metrics.closes.WithLabelValues(ReasonRejected.String()).Inc()
+			_ = nc.Close()
+			continue
+		}
+		if s.cfg.TLS != nil {
 			select {
 			case s.handshakes <- struct{}{}:
 			case <-s.ctx.Done():
+				_ = nc.Close()
 				return nil, net.ErrClosed
 			}
-		}
-		nc, err := l.Listener.Accept()
-		if err == nil && s.maxConns > 0 && (s.Connections() >= s.maxConns || l.open.Load() >= int64(s.maxConns)) {
-			s.metrics.closes.WithLabelValues(ReasonRejected.String()).Inc()
-			_ = nc.Close()
-			nc, err = nil, errRefused
-		}
-		if err != nil {
-			if tls {
-				<-s.handshakes
-			}
-			if errors.Is(err, errRefused) {
-				continue
-			}
-			return nil, err
 		}
 		l.open.Add(1)
 		return &countedConn{Conn: nc, open: &l.open}, nil
 	}
 }
-
-var errRefused = errors.New("grpc: connection refused over the limit")
 
 // slotCreds frees the connection's --max-handshakes slot (taken in
 // grpcListener.Accept) once its TLS handshake ended, however.

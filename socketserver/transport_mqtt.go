@@ -16,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
+	"github.com/socketcluster/socketcluster/socketserver/store"
 )
 
 // MQTT 3.1.1 and 5.0 devices on the session model. The transport
@@ -69,8 +70,22 @@ const (
 )
 
 // MQTTInboxTopic and MQTTOutboxTopic are a device's two topics.
-func MQTTInboxTopic(device string) string  { return "devices/" + device + "/inbox" }
-func MQTTOutboxTopic(device string) string { return "devices/" + device + "/outbox" }
+func MQTTInboxTopic(device string) string  { return mqttTopicPrefix + device + mqttInbox }
+func MQTTOutboxTopic(device string) string { return mqttTopicPrefix + device + mqttOutbox }
+
+const (
+	mqttTopicPrefix = "devices/"
+	mqttInbox       = "/inbox"
+	mqttOutbox      = "/outbox"
+)
+
+// mqttTopicIs reports whether topic is the device's topic with suffix
+// without building it: a connection keeps no topic strings.
+func mqttTopicIs(topic, device, suffix string) bool {
+	n := len(mqttTopicPrefix)
+	return len(topic) == n+len(device)+len(suffix) && topic[:n] == mqttTopicPrefix &&
+		topic[n:n+len(device)] == device && topic[n+len(device):] == suffix
+}
 
 type mqttFactory struct{}
 
@@ -93,8 +108,10 @@ type mqttTransport struct {
 	clean     bool
 	keepalive time.Duration
 	device    string
-	inbox     string
-	outbox    string
+	// dupThrough: deliveries up to this seq were stored before this
+	// connection of a resumed session, so an earlier connection may have
+	// sent them; they go out with DUP.
+	dupThrough uint64
 
 	// Read loop only.
 	connected bool
@@ -166,10 +183,14 @@ func (t *mqttTransport) windowFree() int {
 	return t.receiveMax - len(t.inflight)
 }
 
-// welcomed learns the session's device and last upstream id.
-func (t *mqttTransport) welcomed(device string, lastPublishID uint64) {
-	t.device, t.inbox, t.outbox = device, MQTTInboxTopic(device), MQTTOutboxTopic(device)
-	t.pubNext = lastPublishID + 1
+// welcomed learns the session's device, last upstream id and which
+// deliveries may be re-sends.
+func (t *mqttTransport) welcomed(device string, sess store.Session) {
+	t.device = device
+	t.pubNext = sess.LastPublishID + 1
+	if sess.Resumed {
+		t.dupThrough = sess.HeadSeq
+	}
 }
 
 // silenceLimit is how long the device may stay silent: MQTT's one and a
@@ -183,7 +204,8 @@ func (t *mqttTransport) silenceLimit() time.Duration {
 }
 
 // ReadFrame reads packets until one means a frame to the session; the
-// others (SUBSCRIBE, a PUBACK that does not move the ACK) are answered here.
+// others (SUBSCRIBE, a PUBACK that does not move the ACK) are answered
+// here, and TypeNone says so when no more input is buffered.
 func (t *mqttTransport) ReadFrame() (byte, []byte, error) {
 	for {
 		first, rest, err := t.r.ReadPacket()
@@ -191,7 +213,7 @@ func (t *mqttTransport) ReadFrame() (byte, []byte, error) {
 			return 0, nil, err
 		}
 		typ, body, err := t.translate(first, rest)
-		if err != nil || typ != 0 {
+		if err != nil || typ != protocol.TypeNone || !t.r.Buffered() {
 			return typ, body, err
 		}
 	}
@@ -278,12 +300,12 @@ func (t *mqttTransport) publish(pk *packets.Packet, rest []byte) (byte, []byte, 
 		return 0, nil, t.fail(rcQoSUnsupported, protocol.CodeBadFrame, "MQTT: QoS 2 is not supported (CONNACK's Maximum QoS is 1)")
 	case pk.FixedHeader.Retain && t.version == 5:
 		return 0, nil, t.fail(rcRetainUnsupported, protocol.CodeBadFrame, "MQTT: retained messages are not supported")
-	case pk.TopicName != t.outbox:
+	case !mqttTopicIs(pk.TopicName, t.device, mqttOutbox):
 		if t.version == 5 && qos == 1 {
 			t.out.write(func(dst []byte) []byte { return appendMQTTAck(dst, mqttPuback<<4, pk.PacketID, rcNotAuthorized) })
 			return 0, nil, nil
 		}
-		return 0, nil, t.fail(rcNotAuthorized, protocol.CodeBadFrame, "MQTT: device %s may publish on %s only, not %s", t.device, t.outbox, pk.TopicName)
+		return 0, nil, t.fail(rcNotAuthorized, protocol.CodeBadFrame, "MQTT: device %s may publish on %s only, not %s", t.device, MQTTOutboxTopic(t.device), pk.TopicName)
 	}
 	id, exact := mqttUserID(pk.Properties.User)
 	t.mu.Lock()
@@ -365,7 +387,7 @@ func (t *mqttTransport) subscribe(pk *packets.Packet, rest []byte) error {
 		ack.FixedHeader.Type, ack.PacketID = packets.Suback, pk.PacketID
 		for _, f := range pk.Filters {
 			code := min(f.Qos, 1)
-			if !strings.HasPrefix(f.Filter, "devices/"+t.device+"/") || !mqttMatch(f.Filter, t.inbox) {
+			if !strings.HasPrefix(f.Filter, "devices/"+t.device+"/") || !mqttMatch(f.Filter, MQTTInboxTopic(t.device)) {
 				code = refused
 			}
 			ack.ReasonCodes = append(ack.ReasonCodes, code)
@@ -431,9 +453,14 @@ func (t *mqttTransport) AppendSeqFrame(dst []byte, typ byte, n uint64, payload [
 		if t.version == 5 {
 			props = 1 + mqttSeqProp + len(seq)
 		}
-		dst = protocol.AppendMQTTHeader(dst, mqttPublish<<4|1<<1, 2+len(t.inbox)+2+props+len(payload))
-		dst = binary.BigEndian.AppendUint16(dst, uint16(len(t.inbox)))
-		dst = append(dst, t.inbox...)
+		flags := byte(1 << 1) // QoS 1
+		if n <= t.dupThrough {
+			flags |= 1 << 3 // DUP
+		}
+		topic := len(mqttTopicPrefix) + len(t.device) + len(mqttInbox)
+		dst = protocol.AppendMQTTHeader(dst, mqttPublish<<4|flags, 2+topic+2+props+len(payload))
+		dst = binary.BigEndian.AppendUint16(dst, uint16(topic))
+		dst = append(append(append(dst, mqttTopicPrefix...), t.device...), mqttInbox...)
 		dst = binary.BigEndian.AppendUint16(dst, mqttPacketID(n))
 		if t.version == 5 {
 			dst = append(dst, byte(mqttSeqProp+len(seq)), packets.PropUser, 0, 3, 's', 'e', 'q', 0, byte(len(seq)))

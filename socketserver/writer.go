@@ -24,7 +24,7 @@ const (
 // writer is a connection's output: a queue of encoded frames and the
 // flusher, the only goroutine that writes to the socket. The flusher runs
 // only while output is queued, so an idle connection keeps no writer
-// goroutine, and no buffer beyond spareMax.
+// goroutine, and once parked no buffer at all.
 //
 // Frames are encoded into the queue by the callers' functions, under mu:
 // the queue's order is the order of the calls. A caller that holds the
@@ -129,6 +129,16 @@ func (w *writer) closeLocked(reason CloseReason) {
 		w.flushing = true
 		go w.flush()
 	}
+}
+
+// release drops the spare buffer of a connection that parks: an idle
+// connection's next frame may allocate one again.
+func (w *writer) release() {
+	w.mu.Lock()
+	if !w.flushing && len(w.out) == 0 {
+		w.out, w.spare = nil, nil
+	}
+	w.mu.Unlock()
 }
 
 func (w *writer) closeReason() CloseReason {

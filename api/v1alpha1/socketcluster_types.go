@@ -112,7 +112,50 @@ type SocketClusterSpec struct {
 	// status.autoscaling). Do not combine it with a HorizontalPodAutoscaler.
 	// +optional
 	Autoscaling *AutoscalingSpec `json:"autoscaling,omitempty"`
+	// Rebalance sets when and how fast the operator moves devices from
+	// fuller pods to emptier ones (with spec.autoscaling, after it
+	// settled; see the Balanced condition).
+	// +kubebuilder:default={}
+	// +optional
+	Rebalance RebalanceSpec `json:"rebalance,omitzero"`
 }
+
+// RebalanceSpec: the pods are uneven when one holds more than
+// relativeThreshold percent above or below the mean, and at least
+// absoluteThreshold connections away from it (like EMQX's rebalance).
+// Then every pod above the mean sheds what it holds above it (POST /shed,
+// at shedRate GOAWAYs per second) and, while it still holds the mean,
+// refuses new devices with GOAWAY, so that the devices it sheds land on
+// the emptier pods even behind a random L4 load balancer.
+type RebalanceSpec struct {
+	// Enabled: false never sheds connections (the pods stay as uneven as
+	// the load balancer left them).
+	// +kubebuilder:default=true
+	// +optional
+	Enabled *bool `json:"enabled,omitempty"`
+	// RelativeThreshold is how far, in percent of the mean, a pod may be
+	// above or below it.
+	// +kubebuilder:default=20
+	// +kubebuilder:validation:XValidation:rule="self >= 1 && self <= 100",message="rebalance.relativeThreshold is a percentage of the mean connections per pod: from 1 to 100"
+	// +optional
+	RelativeThreshold int32 `json:"relativeThreshold,omitempty"`
+	// AbsoluteThreshold is the fewest connections a pod must be away from
+	// the mean to count as uneven: moving a handful of devices costs more
+	// than it evens out.
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:XValidation:rule="self >= 1",message="rebalance.absoluteThreshold is a number of connections: at least 1"
+	// +optional
+	AbsoluteThreshold int32 `json:"absoluteThreshold,omitempty"`
+	// ShedRate is GOAWAYs per second on each pod that sheds; 0 paces them
+	// as a drain does (drain.rate, else spread over 80% of drain.timeout).
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:XValidation:rule="self >= 0",message="rebalance.shedRate is GOAWAYs per second: 0 (pace like a drain) or more"
+	// +optional
+	ShedRate int32 `json:"shedRate,omitempty"`
+}
+
+// RebalanceEnabled reports whether the operator may shed connections.
+func (r RebalanceSpec) RebalanceEnabled() bool { return r.Enabled == nil || *r.Enabled }
 
 // AutoscalingSpec sizes the cluster so that each pod holds about
 // targetConnectionsPerPod connections: ceil(connections / target) pods,
@@ -120,7 +163,8 @@ type SocketClusterSpec struct {
 // when every recommendation of the last scaleDownStabilization was lower
 // (devices of a removed pod all reconnect). When the pods are uneven (after
 // a scale-up, new pods hold nothing) the operator sheds connections from the
-// fuller ones (POST /shed), so that devices reconnect to the emptier ones.
+// fuller ones (POST /shed), so that devices reconnect to the emptier ones;
+// spec.rebalance sets when and how fast.
 // +kubebuilder:validation:XValidation:rule="self.minReplicas <= self.maxReplicas",message="autoscaling.minReplicas must not exceed autoscaling.maxReplicas"
 type AutoscalingSpec struct {
 	// +kubebuilder:default=1
@@ -583,6 +627,10 @@ type AutoscalingStatus struct {
 	// pods; the next shed waits for the devices to settle.
 	// +optional
 	RebalancedAt *metav1.Time `json:"rebalancedAt,omitempty"`
+	// ShedUntil is when the last shed's pods stop refusing new devices at
+	// the latest; the next shed waits for it.
+	// +optional
+	ShedUntil *metav1.Time `json:"shedUntil,omitempty"`
 }
 
 // PodStatus is one pod as the operator last saw it.

@@ -63,43 +63,102 @@ func Decide(in Input) Decision {
 	return d
 }
 
-// Imbalance is how far below the mean the emptiest pod may be before the
-// others shed: 20%.
-const Imbalance = 0.2
+// Thresholds say when pods are uneven (spec.rebalance).
+type Thresholds struct {
+	// Relative is how far from the mean a pod may be, as a fraction of it.
+	Relative float64
+	// Absolute is the fewest connections from the mean that count: a
+	// shed moves devices, so small differences stay where they are.
+	Absolute int64
+}
 
-// minShed keeps small differences where they are: a shed moves devices.
-const minShed = 10
+// ThresholdsOf reads spec.rebalance (0 takes its default: 20%, 10).
+func ThresholdsOf(s v1alpha1.RebalanceSpec) Thresholds {
+	th := Thresholds{Relative: 0.2, Absolute: 10}
+	if s.RelativeThreshold > 0 {
+		th.Relative = float64(s.RelativeThreshold) / 100
+	}
+	if s.AbsoluteThreshold > 0 {
+		th.Absolute = int64(s.AbsoluteThreshold)
+	}
+	return th
+}
 
-// Rebalance returns how many connections each pod should shed (POST
-// /shed) when the emptiest pod holds less than Imbalance below the mean
-// (after a scale-up the new pods hold nothing). The shed devices reconnect
-// through the load balancer, which spreads them evenly over all the pods,
-// the fuller ones included; so every pod sheds what it holds above the
-// emptiest one, which brings each to the mean in expectation in one round,
-// each device moving at most once. conns holds every ready pod that serves
-// devices; none while a rollout or a drain runs.
-func Rebalance(conns map[string]int64) map[string]int {
-	if len(conns) < 2 {
-		return nil
+// Balance is how evenly the pods hold their connections.
+type Balance struct {
+	Pods     int
+	Max, Min int64
+	Mean     float64
+	// Uneven: some pod is further from the mean than both thresholds.
+	Uneven bool
+}
+
+func (b Balance) String() string {
+	return fmt.Sprintf("max %d, mean %.0f, min %d connections over %d pods", b.Max, b.Mean, b.Min, b.Pods)
+}
+
+// Measure compares conns (per pod) with the thresholds.
+func Measure(conns map[string]int64, th Thresholds) Balance {
+	b := Balance{Pods: len(conns), Min: math.MaxInt64}
+	if len(conns) == 0 {
+		b.Min = 0
+		return b
 	}
 	var total int64
-	least := int64(math.MaxInt64)
 	for _, c := range conns {
 		total += c
-		least = min(least, c)
+		b.Max, b.Min = max(b.Max, c), min(b.Min, c)
 	}
-	mean := float64(total) / float64(len(conns))
-	if float64(least) >= mean*(1-Imbalance) || mean-float64(least) < minShed {
+	b.Mean = float64(total) / float64(len(conns))
+	far := func(c int64) bool {
+		d := math.Abs(float64(c) - b.Mean)
+		return d > b.Mean*th.Relative && d >= float64(th.Absolute)
+	}
+	b.Uneven = len(conns) > 1 && (far(b.Min) || far(b.Max))
+	return b
+}
+
+// Shed is what one pod is asked to shed (POST /shed): Count connections,
+// refusing new devices while it holds Target or more.
+type Shed struct{ Count, Target int }
+
+// Rebalance returns what each pod should shed when conns (every ready pod
+// that serves devices; none while a rollout or a drain runs) are uneven:
+// every pod above the mean sheds down to it (rounded up). While it holds
+// its target it refuses new devices, so that the devices it sheds, and
+// those the load balancer sends it meanwhile, go to the emptier pods:
+// each device moves once, not back and forth, even behind a random L4
+// balancer.
+func Rebalance(conns map[string]int64, th Thresholds) map[string]Shed {
+	b := Measure(conns, th)
+	if !b.Uneven {
 		return nil
 	}
-	out := map[string]int{}
+	target := int64(math.Ceil(b.Mean))
+	out := map[string]Shed{}
 	for n, c := range conns {
-		if c-least >= minShed {
-			out[n] = int(c - least)
+		if c > target {
+			out[n] = Shed{Count: int(c - target), Target: int(target)}
 		}
 	}
 	if len(out) == 0 {
 		return nil
 	}
 	return out
+}
+
+// settle is how long after its last GOAWAY a shed's devices may still be
+// reconnecting beyond their hint (a dial, a TLS handshake, a HELLO).
+const settle = 5 * time.Second
+
+// ShedTime is how long a pod takes to shed count connections and for the
+// last of them to reconnect: at rate GOAWAYs per second (0: spread over
+// 80% of the drain timeout, as the server does), plus the reconnect hint's
+// jitter. A shed refuses new devices for as long, at most maxRefuse.
+func ShedTime(count int, rate float64, drainTimeout, jitter, maxRefuse time.Duration) time.Duration {
+	pace := drainTimeout * 8 / 10
+	if rate > 0 {
+		pace = time.Duration(float64(count) / rate * float64(time.Second))
+	}
+	return min(pace+jitter+settle, maxRefuse)
 }

@@ -50,24 +50,66 @@ func TestDecide(t *testing.T) {
 }
 
 func TestRebalance(t *testing.T) {
+	def := autoscale.ThresholdsOf(v1alpha1.RebalanceSpec{})
 	for _, tc := range []struct {
 		name  string
 		conns map[string]int64
-		want  map[string]int
+		th    autoscale.Thresholds
+		want  map[string]autoscale.Shed
 	}{
-		// Every device of a full pod has to move for the balancer to give
-		// the new pods their share.
-		{"after a scale-up from 2 to 4", map[string]int64{"a": 1000, "b": 1000, "c": 0, "d": 0}, map[string]int{"a": 1000, "b": 1000}},
-		{"after a scale-up from 4 to 5", map[string]int64{"a": 1000, "b": 1000, "c": 1000, "d": 1000, "e": 0}, map[string]int{"a": 1000, "b": 1000, "c": 1000, "d": 1000}},
-		// 1200 + 600 shed spread over 3 pods: 600 each, 1000 in the end.
-		{"one pod far above, one far below", map[string]int64{"a": 1600, "b": 1000, "c": 400}, map[string]int{"a": 1200, "b": 600}},
-		{"even enough", map[string]int64{"a": 1100, "b": 950, "c": 950}, nil},
-		{"one full pod, none much emptier", map[string]int64{"a": 1300, "b": 900, "c": 900, "d": 900}, nil},
-		{"tiny numbers stay", map[string]int64{"a": 12, "b": 0}, nil},
-		{"one pod", map[string]int64{"a": 1000}, nil},
+		// The fuller pods shed down to the mean and refuse new devices
+		// meanwhile, so that the shed ones land on the new pods.
+		{"after a scale-up from 2 to 4", map[string]int64{"a": 1000, "b": 1000, "c": 0, "d": 0}, def,
+			map[string]autoscale.Shed{"a": {500, 500}, "b": {500, 500}}},
+		{"after a scale-up from 4 to 5", map[string]int64{"a": 1000, "b": 1000, "c": 1000, "d": 1000, "e": 0}, def,
+			map[string]autoscale.Shed{"a": {200, 800}, "b": {200, 800}, "c": {200, 800}, "d": {200, 800}}},
+		{"one pod far above, one far below", map[string]int64{"a": 1600, "b": 1000, "c": 400}, def,
+			map[string]autoscale.Shed{"a": {600, 1000}}},
+		// The target is the mean rounded up: the pods above it shed, to
+		// at most one connection more than the mean.
+		{"uneven total", map[string]int64{"a": 101, "b": 0}, def, map[string]autoscale.Shed{"a": {50, 51}}},
+		{"even enough", map[string]int64{"a": 1100, "b": 950, "c": 950}, def, nil},
+		// 30% above the mean: the full pod sheds its excess, which the
+		// refusal keeps from coming back.
+		{"one full pod", map[string]int64{"a": 1300, "b": 900, "c": 900, "d": 900}, def,
+			map[string]autoscale.Shed{"a": {300, 1000}}},
+		{"one full pod within a 40% threshold", map[string]int64{"a": 1300, "b": 900, "c": 900, "d": 900},
+			autoscale.Thresholds{Relative: 0.4, Absolute: 10}, nil},
+		{"tiny numbers stay", map[string]int64{"a": 12, "b": 0}, def, nil},
+		{"tiny numbers move with an absolute threshold of 1", map[string]int64{"a": 12, "b": 0},
+			autoscale.Thresholds{Relative: 0.2, Absolute: 1}, map[string]autoscale.Shed{"a": {6, 6}}},
+		{"far in percent, not in connections", map[string]int64{"a": 130, "b": 70}, autoscale.Thresholds{Relative: 0.2, Absolute: 50}, nil},
+		{"one pod", map[string]int64{"a": 1000}, def, nil},
+		{"no pods", nil, def, nil},
 	} {
-		if got := autoscale.Rebalance(tc.conns); !reflect.DeepEqual(got, tc.want) {
+		if got := autoscale.Rebalance(tc.conns, tc.th); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestThresholdsAndMeasure(t *testing.T) {
+	if th := autoscale.ThresholdsOf(v1alpha1.RebalanceSpec{RelativeThreshold: 35, AbsoluteThreshold: 100}); th != (autoscale.Thresholds{Relative: 0.35, Absolute: 100}) {
+		t.Fatalf("ThresholdsOf: %+v", th)
+	}
+	b := autoscale.Measure(map[string]int64{"a": 1000, "b": 0}, autoscale.Thresholds{Relative: 0.2, Absolute: 10})
+	if b != (autoscale.Balance{Pods: 2, Max: 1000, Min: 0, Mean: 500, Uneven: true}) || b.String() != "max 1000, mean 500, min 0 connections over 2 pods" {
+		t.Fatalf("Measure: %+v %q", b, b)
+	}
+}
+
+func TestShedTime(t *testing.T) {
+	for _, tc := range []struct {
+		count int
+		rate  float64
+		want  time.Duration
+	}{
+		{500, 50, 10*time.Second + 10*time.Second + 5*time.Second}, // 10s of GOAWAYs, 10s jitter
+		{500, 0, 48*time.Second + 10*time.Second + 5*time.Second},  // 80% of a 60s drain timeout
+		{1_000_000, 1, time.Hour},                                  // bounded
+	} {
+		if got := autoscale.ShedTime(tc.count, tc.rate, time.Minute, 10*time.Second, time.Hour); got != tc.want {
+			t.Errorf("ShedTime(%d, %v): %s, want %s", tc.count, tc.rate, got, tc.want)
 		}
 	}
 }

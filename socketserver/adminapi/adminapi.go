@@ -7,6 +7,7 @@ package adminapi
 
 import (
 	"encoding/json"
+	"math"
 	"net/url"
 	"strconv"
 	"time"
@@ -168,8 +169,42 @@ type ServerInfo struct {
 // server's connections (paced like a drain, with the same jittered
 // reconnect hints) while the server stays ready, so that their devices
 // reconnect through the load balancer, mostly to other pods.
+//
+// With Target, the server also refuses new devices while it sheds: as long
+// as it holds at least Target connections, a HELLO of a device it does not
+// hold gets GOAWAY (reason "rebalancing", a jittered hint) instead of a
+// WELCOME, so that the devices it sheds, and those a random L4 balancer
+// sends it meanwhile, land on the emptier pods. The refusal ends when it
+// holds fewer than Target, after RefuseForMs, or at a drain; never later,
+// so a pod does not refuse forever when the operator that asked is gone.
 type ShedRequest struct {
 	Count int `json:"count"`
+	// Target is the connections this server should get down to; 0 keeps
+	// accepting every HELLO (the behaviour before targets existed).
+	Target int `json:"target,omitempty"`
+	// RefuseForMs bounds the refusal, 1 to MaxShedRefuse in milliseconds;
+	// required with Target.
+	RefuseForMs int64 `json:"refuse_for_ms,omitempty"`
+	// Rate is GOAWAYs per second for this shed instead of the server's
+	// --drain-rate; 0 keeps the drain's pacing.
+	Rate float64 `json:"rate,omitempty"`
+}
+
+// MaxShedRefuse is the longest a shed may refuse new devices.
+const MaxShedRefuse = time.Hour
+
+// ShedRule says what a shed request may be (the message of its bad_body).
+const ShedRule = `want {"count":N} with N >= 1, and optionally "target":T >= 1 with "refuse_for_ms" from 1 to 3600000, and "rate" >= 0 GOAWAYs per second`
+
+// Valid reports whether r is a shed request the server takes (ShedRule).
+func (r ShedRequest) Valid() bool {
+	switch {
+	case r.Count < 1 || r.Target < 0 || r.Rate < 0 || math.IsInf(r.Rate, 0) || math.IsNaN(r.Rate):
+		return false
+	case r.Target == 0:
+		return r.RefuseForMs == 0
+	}
+	return r.RefuseForMs >= 1 && r.RefuseForMs <= MaxShedRefuse.Milliseconds()
 }
 
 // ShedStarted answers POST /shed (202): how many connections were picked

@@ -205,7 +205,12 @@ func (c *Client) Server(ctx context.Context) (ServerInfo, error) {
 // Shed asks the server to send GOAWAY to count of its connections while it
 // stays ready (POST /shed); the GOAWAYs go out paced after it answers.
 func (c *Client) Shed(ctx context.Context, count int) (ShedStarted, error) {
-	body, _ := json.Marshal(ShedRequest{Count: count})
+	return c.ShedWith(ctx, ShedRequest{Count: count})
+}
+
+// ShedWith is Shed with a target, a refusal bound and a rate (POST /shed).
+func (c *Client) ShedWith(ctx context.Context, req ShedRequest) (ShedStarted, error) {
+	body, _ := json.Marshal(req)
 	var out ShedStarted
 	err := c.call(ctx, http.MethodPost, PathShed, http.Header{"Content-Type": {"application/json"}}, body, http.StatusAccepted, &out)
 	return out, err

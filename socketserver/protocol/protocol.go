@@ -37,6 +37,11 @@ const (
 	TypeError   byte = 0x0A
 )
 
+// TypeNone is what a Codec's ReadFrame returns when it answered the input
+// itself (MQTT's SUBSCRIBE) and has nothing more buffered: the read loop
+// then applies a held ACK and may park, instead of blocking in a read.
+const TypeNone byte = 0
+
 // MaxPingBytes bounds a PING body.
 const MaxPingBytes = 64
 

@@ -8,7 +8,8 @@ import (
 // Codec reads and writes the frames of one connection; the two framings,
 // TCP and WebSocket, differ only here.
 type Codec interface {
-	// ReadFrame returns the next frame; body is valid until the next call.
+	// ReadFrame returns the next frame (or TypeNone); body is valid until
+	// the next call.
 	ReadFrame() (typ byte, body []byte, err error)
 	// Buffered reports whether more input is already read, so that a burst
 	// of ACKs can be handled once, at its end.

@@ -116,7 +116,7 @@ func (m *Memory) Hello(_ context.Context, device string, h Holder, lastSeq uint6
 	prev := d.holder.Server
 	d.holder = h
 	d.ack(lastSeq)
-	s := Session{Epoch: d.epoch, Resumed: d.hellos > 1, State: d.state, LastPublishID: d.pubID, AckedSeq: d.acked, PrevServer: prev}
+	s := Session{Epoch: d.epoch, Resumed: d.hellos > 1, State: d.state, LastPublishID: d.pubID, AckedSeq: d.acked, HeadSeq: d.seq, PrevServer: prev}
 	sub := m.subs[prev]
 	m.mu.Unlock()
 	if sub != nil {

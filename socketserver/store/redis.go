@@ -152,7 +152,7 @@ redis.call('HSET', KEYS[1], 'server', ARGV[1], 'conn', ARGV[5])
 if prev ~= '' and ARGV[3] ~= '' then
   redis.call('PUBLISH', ARGV[3] .. prev .. '}', 'T|' .. str(epoch) .. '|' .. ARGV[4] .. '|')
 end
-return {epoch, hellos, prev, acked, v[2] or '0', v[3] or ''}
+return {epoch, hellos, prev, acked, v[2] or '0', v[3] or '', seq}
 `)
 
 func (r *Redis) Hello(ctx context.Context, device string, h Holder, lastSeq uint64) (Session, error) {
@@ -166,6 +166,7 @@ func (r *Redis) Hello(ctx context.Context, device string, h Holder, lastSeq uint
 		Resumed:    res[1].(int64) > 1,
 		PrevServer: res[2].(string),
 		AckedSeq:   uint64(res[3].(int64)),
+		HeadSeq:    uint64(res[6].(int64)),
 	}
 	s.LastPublishID, _ = strconv.ParseUint(res[4].(string), 10, 64)
 	if st := res[5].(string); st != "" {

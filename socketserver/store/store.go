@@ -38,6 +38,9 @@ type Session struct {
 	LastPublishID uint64
 	// AckedSeq is the cumulative ack after applying the HELLO's last_seq.
 	AckedSeq uint64
+	// HeadSeq is the last seq stored before this HELLO: of a resumed
+	// session, those after AckedSeq may have been sent before.
+	HeadSeq uint64
 	// PrevServer held the device before this HELLO ("" if none).
 	PrevServer string
 }

@@ -103,8 +103,8 @@ func TestOutboxAckAndLastSeq(t *testing.T) {
 			t.Fatalf("a new outbox starts at %d, below the clock %d", base, now)
 		}
 		s := hello(t, st, "d", "a", base+2) // last_seq counts as an ACK
-		if s.AckedSeq != base+2 {
-			t.Fatalf("acked after last_seq 2: %d", s.AckedSeq-base)
+		if s.AckedSeq != base+2 || s.HeadSeq != base+5 {
+			t.Fatalf("acked after last_seq 2: %d, head %d (want 5)", s.AckedSeq-base, s.HeadSeq-base)
 		}
 		ms, err := st.Pending(ctx, "d", s.AckedSeq, 100)
 		if err != nil || fmt.Sprint(rel(base, ms)) != "[3 4 5]" || string(ms[0].Payload) != "m3" {
