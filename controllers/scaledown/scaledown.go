@@ -75,6 +75,10 @@ type Input struct {
 	Threshold float64
 	// ResumedAt is AnnotationResume, zero when absent or invalid.
 	ResumedAt time.Time
+	// ShedUntil is when the pods of the last shed stop refusing new
+	// devices: no drain starts before, or its devices would be refused
+	// there and move twice.
+	ShedUntil time.Time
 }
 
 // Step is what to do now.
@@ -180,6 +184,11 @@ func Decide(in Input) Step {
 			"it goes on once they come back, or after `kubectl annotate socketcluster <name> %s=$(date -u +%%FT%%TZ) --overwrite`",
 			connectionsText(serving), in.Threshold*100, last.Before, last.Name, AnnotationResume)
 		st.RequeueAfter = 0
+		return st
+	}
+	if len(pending) > 0 && in.Now.Before(in.ShedUntil) {
+		st.Message = fmt.Sprintf("scaling down from %d to %d pods: the next drain waits until %s, when the pods of the last shed accept devices again",
+			in.Current, in.Want, in.ShedUntil.Format(time.RFC3339))
 		return st
 	}
 	if len(pending) > 0 {

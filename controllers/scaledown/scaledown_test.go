@@ -85,6 +85,12 @@ func TestScaleDownChoosesHoldsAndDrainsOneAtATime(t *testing.T) {
 		t.Fatalf("first step %+v, want d and b chosen, d draining with 950 before, the Deployment held at 4", st)
 	}
 
+	// Not while the pods of a shed refuse devices.
+	in.ShedUntil = t0.Add(time.Second)
+	if st := scaledown.Decide(in); st.Drain != "" || st.Replicas != 4 || !slices.Equal(st.Choose, []string{"d", "b"}) {
+		t.Fatalf("during a shed's refusal: %+v, want d and b chosen but no drain yet", st)
+	}
+
 	// d drains: nothing else happens.
 	in = input(2, 4, ready("a", 500), scaledown.Pod{Name: "b", Ready: true, Connections: 30, Chosen: true}, ready("c", 400), draining("d", 5, t0.Add(-time.Second), 950))
 	if st := scaledown.Decide(in); st.Replicas != 4 || st.Drain != "" || st.Choose != nil || !strings.Contains(st.Message, "pod d drains, 5 left") {
