@@ -81,6 +81,10 @@ func (r *SocketClusterReconciler) rebalance(ctx context.Context, sc *v1alpha1.So
 		unknown("a rollout is under way: its drain moves the devices")
 		return
 	}
+	if obs.scaleDown != nil && obs.scaleDown.Active() {
+		unknown("a scale-down drains the pods that go: its drains move the devices")
+		return
+	}
 	d := obs.active
 	if d == nil || available(d) < replicas || d.Status.Replicas != replicas {
 		unknown(fmt.Sprintf("scaling to %d pods", replicas))

@@ -132,9 +132,12 @@ func (r *SocketClusterReconciler) planRevisions(ctx context.Context, sc *v1alpha
 	return rollout.Plan(in), old, nil
 }
 
-// drainOld starts the drain of the old pods that do not drain yet, through
-// their admin API, sharing drain.clusterRate among them.
-func (r *SocketClusterReconciler) drainOld(ctx context.Context, sc *v1alpha1.SocketCluster, old []corev1.Pod, token, into string) error {
+// drainPods starts the drain of the pods that do not drain yet, through
+// their admin API, sharing drain.clusterRate among them. Their first
+// GOAWAY goes after delay: the time the load balancer takes to stop
+// sending them devices, 0 when it did already. why ends the event of
+// each pod ("into revision x").
+func (r *SocketClusterReconciler) drainPods(ctx context.Context, sc *v1alpha1.SocketCluster, old []corev1.Pod, token string, delay time.Duration, why string) error {
 	var live []corev1.Pod
 	for _, p := range old {
 		if p.Status.PodIP != "" && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
@@ -152,11 +155,11 @@ func (r *SocketClusterReconciler) drainOld(ctx context.Context, sc *v1alpha1.Soc
 		cctx, cancel := context.WithTimeout(ctx, adminCallTimeout)
 		info, err := api.Server(cctx)
 		if err == nil && !info.Draining {
-			err = api.DrainAtRate(cctx, rate)
+			err = api.DrainAfterAtRate(cctx, delay, rate)
 			if err == nil {
-				logf.FromContext(ctx).Info("draining", "pod", p.Name, "connections", info.Connections, "rate", rate)
-				r.Recorder.Eventf(sc, p, corev1.EventTypeNormal, "Draining", "Drain", "draining pod %s (revision %q, %d connections) into revision %s at %s",
-					p.Name, p.Labels[resources.LabelRevision], info.Connections, into, rateText(rate))
+				logf.FromContext(ctx).Info("draining", "pod", p.Name, "connections", info.Connections, "rate", rate, "delay", delay.String())
+				r.Recorder.Eventf(sc, p, corev1.EventTypeNormal, "Draining", "Drain", "draining pod %s (revision %q, %d connections) %s at %s",
+					p.Name, p.Labels[resources.LabelRevision], info.Connections, why, rateText(rate))
 			}
 		}
 		cancel()

@@ -35,6 +35,7 @@ import (
 	"github.com/socketcluster/socketcluster/controllers/connections"
 	"github.com/socketcluster/socketcluster/controllers/resources"
 	"github.com/socketcluster/socketcluster/controllers/rollout"
+	"github.com/socketcluster/socketcluster/controllers/scaledown"
 )
 
 const (
@@ -82,7 +83,7 @@ type SocketClusterReconciler struct {
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=networkpolicies,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create
-// +kubebuilder:rbac:groups="",resources=pods,verbs=list;patch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile applies the owned objects and refreshes the status.
@@ -148,6 +149,13 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 		// follow the autoscaler's replicas instead of spec.replicas.
 		sc.Spec.Replicas = &obs.autoscaling.Replicas
 	}
+	// A fall of the replicas drains the pods it removes first: the
+	// Deployment keeps them (in memory again) until they are empty.
+	if len(missing) == 0 && tokenConflict == "" {
+		if obs.scaleDown, err = r.scaleDown(ctx, sc, &obs, apiToken(sc, secrets)); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	// Without its Secrets the pods could not start, so the Deployments are
 	// kept as they are until they exist.
 	notOwned, applyErr := r.applyOwned(ctx, sc, secrets, len(missing) == 0 && tokenConflict == "", &obs)
@@ -168,6 +176,9 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	if st := obs.step; st != nil && st.RequeueAfter > 0 {
 		next = min(next, st.RequeueAfter) // a rollout waits on time
 	}
+	if sd := obs.scaleDown; sd != nil && sd.RequeueAfter > 0 {
+		next = min(next, sd.RequeueAfter) // a scale-down drain is polled
+	}
 	if as := obs.autoscaling; as != nil && as.LowSince != nil {
 		// The scale-down is due when the stabilization window ends.
 		due := time.Until(as.LowSince.Add(sc.Spec.Autoscaling.ScaleDownStabilization.Duration))
@@ -187,6 +198,9 @@ type observation struct {
 	deploy, active *appsv1.Deployment
 	// step is where a ReconnectOnce rollout is; nil with Surge.
 	step *rollout.Step
+	// scaleDown is where a drain before a scale-down is; nil when none
+	// could run (a rollout moves the pods).
+	scaleDown *scaledown.Step
 	// autoscaling is spec.autoscaling's decision, nil without it.
 	autoscaling *v1alpha1.AutoscalingStatus
 	// activeSince is when the Service switched to step.Active, if now.
@@ -343,7 +357,7 @@ func (r *SocketClusterReconciler) retireOld(ctx context.Context, sc *v1alpha1.So
 	deleteOld := false
 	if st := obs.step; st != nil {
 		if st.Drain {
-			if err := r.drainOld(ctx, sc, oldPods, apiToken(sc, secrets), st.Active); err != nil {
+			if err := r.drainPods(ctx, sc, oldPods, apiToken(sc, secrets), 0, "into revision "+st.Active); err != nil {
 				// The next reconcile (in a few seconds) tries again.
 				logf.FromContext(ctx).Info("cannot start the drain of every old pod", "error", err.Error())
 			}
@@ -523,7 +537,7 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 		st.Autoscaling = obs.autoscaling
 		st.Rebalance = obs.rebalance
 		conds = append(conds, conditions.Available(sc, obs.active), conditions.Progressing(sc, obs.deploy, obs.step),
-			conditions.Draining(sc, obs.step), conditions.StoreDurable(sc, store), conditions.Balanced(sc, obs.balance))
+			conditions.Draining(sc, obs.step, obs.scaleDown), conditions.StoreDurable(sc, store), conditions.Balanced(sc, obs.balance))
 	} else {
 		p.Error = reconcileErr
 	}
@@ -557,13 +571,14 @@ func (r *SocketClusterReconciler) updateStatus(ctx context.Context, sc *v1alpha1
 
 // updateDeletionCosts keeps each pod's pod-deletion-cost near its
 // connection count, so that a scale-down deletes (and drains) the least
-// loaded pods. A pod without fresh stats keeps its cost. Failures are
-// logged: the next reconcile tries again.
+// loaded pods. A pod without fresh stats keeps its cost, and so does a pod
+// chosen by a scale-down (the lowest). Failures are logged: the next
+// reconcile tries again.
 func (r *SocketClusterReconciler) updateDeletionCosts(ctx context.Context, pods []corev1.Pod, report *connections.Report) {
 	for i := range pods {
 		p := &pods[i]
 		s, ok := report.Pods[p.Name]
-		if !ok || p.DeletionTimestamp != nil {
+		if _, chosen := p.Annotations[scaledown.AnnotationChosen]; !ok || chosen || p.DeletionTimestamp != nil {
 			continue
 		}
 		want := resources.DeletionCost(s.Connections)

@@ -225,10 +225,14 @@ func TestInvalidSpecsAreRejected(t *testing.T) {
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
   rollout: {strategy: ReconnectOnce, maxSurge: 0, maxUnavailable: 1}`, "rollout.strategy ReconnectOnce starts the new revision rollout.maxSurge pods at a time: rollout.maxSurge must not be 0"},
-		{"cluster drain rate with Surge", `
+		{"resume threshold above 100%", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}
-  drain: {clusterRate: 100}`, "drain.clusterRate paces the drain the operator runs after a ReconnectOnce switch"},
+  rollout: {resumeThreshold: 150}`, "rollout.resumeThreshold is a percentage of the connections: 0 (no gate) to 100"},
+		{"bad resume window", `
+  redis: {addresses: [r:6379]}
+  auth: {insecureNoAuth: true}
+  rollout: {resumeWindow: 2 minutes}`, "spec.rollout.resumeWindow in body should match"},
 		{"unknown strategy", `
   redis: {addresses: [r:6379]}
   auth: {insecureNoAuth: true}

@@ -279,3 +279,23 @@ func TestDrainRateOfTheRequest(t *testing.T) {
 		t.Fatalf("the drain ignored rate=10: every GOAWAY within %v", last)
 	}
 }
+
+// POST /drain?delay=&rate= turns the server unready at once and holds the
+// GOAWAYs for the delay (the load balancer's deregistration); a drain
+// asked for meanwhile ends the delay. The operator drains the pods of a
+// scale-down this way.
+func TestDrainAfterAtRate(t *testing.T) {
+	srv := startServer(t, store.NewMemory(), "pod-a", nil)
+	c := dial(t, srv.Addrs().TCP)
+	c.welcome("d1", 0)
+	if err := adminClient(srv, "").DrainAfterAtRate(context.Background(), time.Hour, 10); err != nil {
+		t.Fatal(err)
+	}
+	if !srv.Draining() || srv.Connections() != 1 {
+		t.Fatalf("draining %v with %d connections, want unready with the device still on", srv.Draining(), srv.Connections())
+	}
+	srv.Drain()
+	if f, err := c.read(); err != nil || f.typ != protocol.TypeGoAway {
+		t.Fatalf("want GOAWAY once the delay ended, got %v %v", f, err)
+	}
+}

@@ -20,7 +20,8 @@ const (
 	ConditionTimingsSafe = "TimingsSafe"
 	// ConditionDraining is True while a ReconnectOnce rollout has pods of
 	// an old revision: starting the new one, waiting for the load balancer
-	// after the switch, or draining the old pods.
+	// after the switch, or draining the old pods; and while a scale-down
+	// drains the pods it removes.
 	ConditionDraining = "Draining"
 )
 
@@ -38,6 +39,12 @@ const (
 	ReasonDrainingOldRevision = "DrainingOldRevision"
 	// ReasonNoOldRevision: every pod runs the active revision.
 	ReasonNoOldRevision = "NoOldRevision"
+	// ReasonScaleDown: the replicas to run fell; the least loaded pods
+	// drain one at a time before the Deployment loses them.
+	ReasonScaleDown = "ScaleDown"
+	// ReasonDevicesNotReturning: the scale-down paused because the devices
+	// of the pod drained last did not come back to the serving pods.
+	ReasonDevicesNotReturning = "DevicesNotReturning"
 )
 
 // Reasons of the Available condition.

@@ -21,7 +21,6 @@ import (
 // +kubebuilder:validation:XValidation:rule="(oldSelf.hasValue() && has(oldSelf.value().drain.deregistrationDelay) && has(self.drain.deregistrationDelay) && oldSelf.value().drain.deregistrationDelay == self.drain.deregistrationDelay && has(oldSelf.value().drain.preStopWait) == has(self.drain.preStopWait) && (!has(self.drain.preStopWait) || oldSelf.value().drain.preStopWait == self.drain.preStopWait) && has(oldSelf.value().service.loadBalancer) == has(self.service.loadBalancer) && (!has(self.service.loadBalancer) || oldSelf.value().service.loadBalancer.provider == self.service.loadBalancer.provider)) || !has(self.drain.deregistrationDelay) || !has(self.service.loadBalancer) || self.service.loadBalancer.provider != 'aws-nlb' || duration(self.drain.deregistrationDelay) > (has(self.drain.preStopWait) ? duration(self.drain.preStopWait) : !has(self.service.loadBalancer) ? duration('5s') : self.service.loadBalancer.provider == 'aws-nlb' ? duration('130s') : self.service.loadBalancer.provider == 'gke' ? duration('30s') : self.service.loadBalancer.provider == 'azure' ? duration('20s') : duration('5s'))",message="with service.loadBalancer.provider aws-nlb, drain.deregistrationDelay must be longer than drain.preStopWait (default 130s): the NLB would reset every connection of a terminating pod before it sends its first GOAWAY. Remove drain.deregistrationDelay to get the grace period",fieldPath=.drain.deregistrationDelay,optionalOldSelf=true
 // +kubebuilder:validation:XValidation:rule="!((self.rollout.maxSurge == 0 || self.rollout.maxSurge == '0%') && (self.rollout.maxUnavailable == 0 || self.rollout.maxUnavailable == '0%'))",message="rollout.maxSurge and rollout.maxUnavailable cannot both be 0: a rollout could then never replace a pod",fieldPath=.rollout
 // +kubebuilder:validation:XValidation:rule="!has(self.rollout.strategy) || self.rollout.strategy != 'ReconnectOnce' || !(self.rollout.maxSurge == 0 || self.rollout.maxSurge == '0%')",message="rollout.strategy ReconnectOnce starts the new revision rollout.maxSurge pods at a time: rollout.maxSurge must not be 0",fieldPath=.rollout.maxSurge
-// +kubebuilder:validation:XValidation:rule="!has(self.drain.clusterRate) || self.drain.clusterRate == 0 || (has(self.rollout.strategy) && self.rollout.strategy == 'ReconnectOnce')",message="drain.clusterRate paces the drain the operator runs after a ReconnectOnce switch: set rollout.strategy: ReconnectOnce, or use drain.rate (per pod)",fieldPath=.drain.clusterRate
 // +kubebuilder:validation:XValidation:rule="self.service.type != 'ClusterIP' || !has(self.service.externalTrafficPolicy)",message="service.externalTrafficPolicy applies only to LoadBalancer and NodePort Services",fieldPath=.service.externalTrafficPolicy
 // +kubebuilder:validation:XValidation:rule="self.service.type == 'LoadBalancer' || (!has(self.service.loadBalancerSourceRanges) && !has(self.service.loadBalancer))",message="service.loadBalancer and service.loadBalancerSourceRanges apply only to type LoadBalancer",fieldPath=.service
 // +kubebuilder:validation:XValidation:rule="has(self.auth) && (has(self.auth.deviceKeySecretRef) || (has(self.auth.insecureNoAuth) && self.auth.insecureNoAuth))",message="auth.deviceKeySecretRef is required: devices authenticate with JWTs signed by that key (set auth.insecureNoAuth: true only for development)"
@@ -417,9 +416,10 @@ type DrainSpec struct {
 	// +optional
 	Rate int32 `json:"rate,omitempty"`
 	// ClusterRate is GOAWAYs per second over all the pods the operator
-	// drains at once after a ReconnectOnce switch, shared evenly among
-	// them; 0 gives each pod rate (or its timeout spread). It bounds the
-	// reconnect (and session resume) load the new revision takes.
+	// drains at once (after a ReconnectOnce switch, shared evenly among
+	// them; before a scale-down, one pod at a time); 0 gives each pod rate
+	// (or its timeout spread). It bounds the reconnect (and session
+	// resume) load the pods that stay take.
 	// +kubebuilder:default=0
 	// +kubebuilder:validation:Minimum=0
 	// +optional
@@ -491,6 +491,24 @@ type RolloutSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	// +optional
 	MinReadySeconds int32 `json:"minReadySeconds,omitempty"`
+	// ResumeThreshold gates a scale-down: after a pod drained, the next
+	// drains only once the serving pods hold this percentage of the
+	// connections they held before (its devices came back). Otherwise the
+	// scale-down pauses (Draining reason DevicesNotReturning) until they
+	// do, or until the annotation sockets.socketcluster.io/resume-drain
+	// is set to a time after that drain started. 0 turns the gate off.
+	// +kubebuilder:default=90
+	// +kubebuilder:validation:XValidation:rule="self >= 0 && self <= 100",message="rollout.resumeThreshold is a percentage of the connections: 0 (no gate) to 100"
+	// +optional
+	ResumeThreshold *int32 `json:"resumeThreshold,omitempty"`
+	// ResumeWindow is how long, from the start of a pod's drain, its
+	// devices may take to come back before the scale-down pauses. Empty
+	// means as long as the drain may take (10s for the readiness probe to
+	// fail, drain.preStopWait, drain.timeout) + drain.jitter + 30s.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$`
+	// +optional
+	ResumeWindow *metav1.Duration `json:"resumeWindow,omitempty"`
 }
 
 // LoadBalancerProvider selects a preset of Service annotations and the

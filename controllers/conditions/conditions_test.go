@@ -15,6 +15,7 @@ import (
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers/conditions"
 	"github.com/socketcluster/socketcluster/controllers/rollout"
+	"github.com/socketcluster/socketcluster/controllers/scaledown"
 )
 
 func cluster(replicas int32, maxUnavailable intstr.IntOrString) *v1alpha1.SocketCluster {
@@ -105,15 +106,19 @@ func TestProgressing(t *testing.T) {
 func TestDraining(t *testing.T) {
 	T, F := metav1.ConditionTrue, metav1.ConditionFalse
 	sc := cluster(3, intstr.FromInt32(0))
-	check(t, "Surge", conditions.Draining(sc, nil), F, v1alpha1.ReasonNoOldRevision)
+	check(t, "Surge", conditions.Draining(sc, nil, nil), F, v1alpha1.ReasonNoOldRevision)
 	for _, phase := range []string{v1alpha1.ReasonStartingRevision, v1alpha1.ReasonDeregistering, v1alpha1.ReasonDrainingOldRevision} {
-		got := conditions.Draining(sc, &rollout.Step{Phase: phase, Message: "m"})
+		got := conditions.Draining(sc, &rollout.Step{Phase: phase, Message: "m"}, &scaledown.Step{Phase: v1alpha1.ReasonScaleDown})
 		check(t, phase, got, T, phase)
 		if got.Message != "m" {
 			t.Errorf("%s: message %q, want the step's", phase, got.Message)
 		}
 	}
-	check(t, "done", conditions.Draining(sc, &rollout.Step{Phase: v1alpha1.ReasonNoOldRevision, Message: "m"}), F, v1alpha1.ReasonNoOldRevision)
+	check(t, "done", conditions.Draining(sc, &rollout.Step{Phase: v1alpha1.ReasonNoOldRevision, Message: "m"}, &scaledown.Step{}), F, v1alpha1.ReasonNoOldRevision)
+	for _, phase := range []string{v1alpha1.ReasonScaleDown, v1alpha1.ReasonDevicesNotReturning} {
+		check(t, "Surge "+phase, conditions.Draining(sc, nil, &scaledown.Step{Phase: phase}), T, phase)
+		check(t, "ReconnectOnce "+phase, conditions.Draining(sc, &rollout.Step{Phase: v1alpha1.ReasonNoOldRevision}, &scaledown.Step{Phase: phase}), T, phase)
+	}
 }
 
 func TestDegraded(t *testing.T) {

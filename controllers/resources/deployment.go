@@ -31,6 +31,12 @@ const (
 
 	nonRootUID = 65532
 
+	readinessPeriod, readinessFailures = 5, 2
+	// ReadinessDetection is how long the kubelet may take to notice a pod
+	// that turned unready (and the Service to drop it): the readiness
+	// probe's period times its failure threshold.
+	ReadinessDetection = readinessPeriod * readinessFailures * time.Second
+
 	deviceKeyDir = "/etc/socketserver/device-key"
 	apiTokenDir  = "/etc/socketserver/api-token"
 	tlsDir       = "/etc/socketserver/tls"
@@ -123,7 +129,7 @@ func container(sc *v1alpha1.SocketCluster, image string) corev1.Container {
 			corev1.ContainerPort{Name: "admin", ContainerPort: spec.Listeners.AdminPort, Protocol: corev1.ProtocolTCP}),
 		Resources:      spec.Resources,
 		VolumeMounts:   volumeMounts(sc),
-		ReadinessProbe: httpProbe("/readyz", 5, 2),
+		ReadinessProbe: httpProbe("/readyz", readinessPeriod, readinessFailures),
 		LivenessProbe:  httpProbe("/healthz", 10, 3),
 		// The drain runs before SIGTERM: the pod turns unready, waits for
 		// the load balancer, then devices get GOAWAY and move to other pods

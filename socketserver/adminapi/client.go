@@ -184,7 +184,14 @@ func (c *Client) DrainAfter(ctx context.Context, delay time.Duration, wait bool)
 // DrainAtRate starts draining at once, rate GOAWAYs per second (0: the
 // server's own pacing), and returns without waiting for the drain.
 func (c *Client) DrainAtRate(ctx context.Context, rate float64) error {
-	return c.call(ctx, http.MethodPost, DrainRateQuery(0, rate, false), nil, nil, http.StatusAccepted, &DrainStarted{})
+	return c.DrainAfterAtRate(ctx, 0, rate)
+}
+
+// DrainAfterAtRate is DrainAtRate with a delay: the server turns unready
+// at once and sends its first GOAWAY after delay, once the load balancer
+// stopped sending it new devices.
+func (c *Client) DrainAfterAtRate(ctx context.Context, delay time.Duration, rate float64) error {
+	return c.call(ctx, http.MethodPost, DrainRateQuery(delay, rate, false), nil, nil, http.StatusAccepted, &DrainStarted{})
 }
 
 // Server returns the server's name, connections and drain state

@@ -19,7 +19,9 @@ import (
 // (target 30% of E2E_DEVICES per pod, 2 to 4 pods) gets half the devices,
 // then the other half: it scales from 2 to 4 pods, and the operator sheds
 // connections from the full pods until every pod holds its share (within
-// 20% of the mean), without losing a message.
+// 20% of the mean), without losing a message. Then maxReplicas falls to
+// 3: the operator drains the least loaded pod before the Deployment loses
+// it, so only its devices reconnect, each once.
 func TestAutoscaleRebalance(t *testing.T) {
 	nDevices := envInt(t, "E2E_DEVICES", 2000)
 	ctx := context.Background()
@@ -112,6 +114,7 @@ spec:
 		return nil
 	})
 	balanced := time.Since(start)
+	sd := scaleDownOnePod(t, ns, name, devs)
 	stopBackends()
 	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
 	eventually(t, 5*time.Minute, "all messages delivered", func() error { return allReceived(devs) })
@@ -126,8 +129,97 @@ spec:
 		}
 	}
 	t.Logf("AUTOSCALE devices=%d target-per-pod=%d scaled-to-4-after=%s pods-before-rebalance=%v balanced-after=%s pods-after=%v "+
-		"reconnects=%d messages-accepted=%d devices-with-lost-messages=%d",
-		nDevices, target, scaled.Round(time.Second), before, balanced.Round(time.Second), after, reconnects, sent.accepted.Load(), lost)
+		"reconnects-before-the-scale-down=%d messages-accepted=%d devices-with-lost-messages=%d",
+		nDevices, target, scaled.Round(time.Second), before, balanced.Round(time.Second), after, reconnects-sd.reconnects, sent.accepted.Load(), lost)
+	t.Logf("SCALEDOWN maxReplicas 4->3: pods-before=%v pods-after=%v removed=%s (%d connections, least loaded %d) devices-moved=%d reconnects=%d took=%s devices-with-lost-messages=%d",
+		sd.before, sd.after, sd.removed, sd.removedConns, sd.before[0], sd.moved, sd.reconnects, sd.took.Round(time.Second), lost)
+}
+
+// scaleDown is what lowering maxReplicas did.
+type scaleDown struct {
+	before, after     []int64 // pod counts, sorted
+	removed           string
+	removedConns      int64
+	moved, reconnects int
+	took              time.Duration
+}
+
+// scaleDownOnePod lowers autoscaling.maxReplicas from 4 to 3 and checks
+// that exactly the devices of the pod that goes reconnect, each once.
+func scaleDownOnePod(t *testing.T, ns, name string, devs []*device) scaleDown {
+	t.Helper()
+	var res scaleDown
+	sc, err := getSocketCluster(ns, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.before = podConnections(sc)
+	podsBefore := map[string]int64{}
+	for _, p := range sc.Status.Pods {
+		if p.Connections != nil {
+			podsBefore[p.Name] = *p.Connections
+		}
+	}
+	on := make([]string, len(devs))
+	resumes := make([]int, len(devs))
+	for i, d := range devs {
+		d.mu.Lock()
+		on[i], resumes[i] = d.server, len(d.resumes)
+		d.mu.Unlock()
+	}
+	start := time.Now()
+	kubectl(t, "-n", ns, "patch", "socketcluster", name, "--type=merge", "-p", `{"spec":{"autoscaling":{"maxReplicas":3}}}`)
+	eventually(t, 5*time.Minute, "3 pods, the scale-down over, every device connected", func() error {
+		sc, err := getSocketCluster(ns, name)
+		if err != nil {
+			return err
+		}
+		res.after = podConnections(sc)
+		var sum int64
+		for _, c := range res.after {
+			sum += c
+		}
+		if len(sc.Status.Pods) != 3 || sc.Status.ReadyReplicas != 3 || len(res.after) != 3 || sum != int64(len(devs)) {
+			return fmt.Errorf("pods %d (ready %d), counts %v", len(sc.Status.Pods), sc.Status.ReadyReplicas, res.after)
+		}
+		for _, c := range sc.Status.Conditions {
+			if c.Type == v1alpha1.ConditionDraining && c.Status != "False" {
+				return fmt.Errorf("Draining %s: %s", c.Reason, c.Message)
+			}
+		}
+		for _, p := range sc.Status.Pods {
+			delete(podsBefore, p.Name)
+		}
+		if len(podsBefore) != 1 {
+			return fmt.Errorf("pods gone: %v", podsBefore)
+		}
+		return allConnected(devs)
+	})
+	res.took = time.Since(start)
+	for pod, n := range podsBefore {
+		res.removed, res.removedConns = pod, n
+	}
+	for i, d := range devs {
+		d.mu.Lock()
+		got := len(d.resumes) - resumes[i]
+		d.mu.Unlock()
+		res.reconnects += got
+		switch {
+		case on[i] == res.removed && got != 1:
+			t.Errorf("device %s was on the removed pod %s and reconnected %d times, want once", d.name, res.removed, got)
+		case on[i] != res.removed && got != 0:
+			t.Errorf("device %s was on pod %s, which stays, and reconnected %d times, want never", d.name, on[i], got)
+		}
+		if on[i] == res.removed {
+			res.moved++
+		}
+	}
+	// Within 10 connections: the operator picked from counts a few
+	// seconds apart from the status read here.
+	if res.removedConns > res.before[0]+10 {
+		t.Errorf("the removed pod %s held %d connections, not the fewest (%v)", res.removed, res.removedConns, res.before)
+	}
+	return res
 }
 
 func getSocketCluster(ns, name string) (*v1alpha1.SocketCluster, error) {
