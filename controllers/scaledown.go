@@ -57,8 +57,8 @@ func (r *SocketClusterReconciler) scaleDown(ctx context.Context, sc *v1alpha1.So
 	if t := sc.Spec.Rollout.ResumeThreshold; t != nil {
 		in.Threshold = float64(*t) / 100
 	}
-	if as := obs.autoscaling; as != nil && as.ShedUntil != nil {
-		in.ShedUntil = as.ShedUntil.Time
+	if rb := obs.rebalance; rb != nil && rb.ShedUntil != nil {
+		in.ShedUntil = rb.ShedUntil.Time
 	}
 	if v, ok := sc.Annotations[scaledown.AnnotationResume]; ok {
 		in.ResumedAt, _ = time.Parse(time.RFC3339, v)
