@@ -799,9 +799,11 @@ type shedRefusal struct {
 
 // admit says whether a HELLO of device may be welcomed while a shed may
 // refuse new devices. A device this server holds (a takeover, a resume on
-// a new connection) is always welcomed: sending it away would move it
-// twice. The refusal ends for good once the server holds fewer than its
-// target (this HELLO's own connection aside) or its time is up.
+// a new connection) is welcomed: sending it away would move it twice;
+// but not one it sent away, whose old connection may not have ended yet
+// when it comes straight back. The refusal ends for good once the server
+// holds fewer than its target (this HELLO's own connection aside) or its
+// time is up.
 func (s *Server) admit(device string) bool {
 	r := s.refusal.Load()
 	if r == nil {
@@ -811,7 +813,8 @@ func (s *Server) admit(device string) bool {
 		s.refusal.CompareAndSwap(r, nil)
 		return true
 	}
-	return s.sessions.lookup(device) != nil
+	held := s.sessions.lookup(device)
+	return held != nil && !held.sentAway()
 }
 
 // Shutdown stops listening, closes every connection and waits for them to

@@ -417,6 +417,13 @@ func (s *session) pickForShed() bool {
 	return true
 }
 
+// sentAway: a Shed picked s or it got GOAWAY; its device is leaving.
+func (s *session) sentAway() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.goaway || s.shed
+}
+
 func (s *session) goAway() {
 	c := s.c
 	s.mu.Lock()

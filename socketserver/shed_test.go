@@ -235,6 +235,7 @@ func TestShedRefusesNewDevicesAtTarget(t *testing.T) {
 	if res := shedWith(t, srv, adminapi.ShedRequest{Count: 1, Target: 3, RefuseForMs: time.Hour.Milliseconds()}); res.Shed != 1 {
 		t.Fatalf("shed: %+v", res)
 	}
+	var shed string
 	eventually(t, "the GOAWAY of the shed device", func() bool {
 		for d, ch := range frames {
 			select {
@@ -242,15 +243,22 @@ func TestShedRefusesNewDevicesAtTarget(t *testing.T) {
 				if f.typ != protocol.TypeGoAway {
 					t.Fatalf("%s got %v, want GOAWAY", d, f)
 				}
-				held[d].nc.Close()
-				delete(held, d)
-				delete(frames, d)
+				shed = d
 				return true
 			default:
 			}
 		}
 		return false
 	})
+	// Straight back, its old connection not yet closed: it was sent away,
+	// so it is refused like a new device, not taken over here.
+	back := dial(t, srv.Addrs().TCP)
+	back.hello(shed, 0)
+	back.expectGoAway("draining", jitter)
+	back.nc.Close()
+	held[shed].nc.Close()
+	delete(held, shed)
+	delete(frames, shed)
 	eventually(t, "the shed device gone", func() bool { return srv.Connections() == 3 })
 
 	// New devices are refused, again and again, with jittered hints.
@@ -264,8 +272,8 @@ func TestShedRefusesNewDevicesAtTarget(t *testing.T) {
 	if len(hints) < 2 {
 		t.Fatalf("reconnect hints not jittered: %v", hints)
 	}
-	if n := metric(t, srv, "socketserver_shed_refused_hellos_total"); n != 8 {
-		t.Fatalf("socketserver_shed_refused_hellos_total %v, want 8", n)
+	if n := metric(t, srv, "socketserver_shed_refused_hellos_total"); n != 9 {
+		t.Fatalf("socketserver_shed_refused_hellos_total %v, want 9", n)
 	}
 	// A refused HELLO was not accepted: the store never saw the device.
 	if _, err := adminClient(srv, "").Device(context.Background(), "new0"); err == nil {
