@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/socketcluster/socketcluster/controllers/connections"
 	"github.com/socketcluster/socketcluster/controllers/resources"
 	"github.com/socketcluster/socketcluster/controllers/rollout"
+	"github.com/socketcluster/socketcluster/controllers/scaledown"
 	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
@@ -129,15 +131,49 @@ func (r *SocketClusterReconciler) planRevisions(ctx context.Context, sc *v1alpha
 		in.OldConnections += s.Connections
 	}
 	in.OldPods = len(old)
+	// The rollout gate: the old pods' drains, the serving connections.
+	var olds, all []scaledown.Pod
+	for i := range pods {
+		gp := gatePod(&pods[i], report)
+		all = append(all, gp)
+		if pods[i].Labels[resources.LabelRevision] != rev {
+			olds = append(olds, gp)
+		}
+	}
+	in.Drains = rollout.Gate(olds, scaledown.Serving(all), drainGate(sc, 0))
 	return rollout.Plan(in), old, nil
+}
+
+// drainOld starts the drains of the old pods the rollout gate chose and
+// marks each with the start and the serving connections before it.
+func (r *SocketClusterReconciler) drainOld(ctx context.Context, sc *v1alpha1.SocketCluster, old []corev1.Pod, st *rollout.Step, token string) {
+	log := logf.FromContext(ctx)
+	var chosen []corev1.Pod
+	for _, p := range old {
+		if slices.Contains(st.DrainPods, p.Name) {
+			chosen = append(chosen, p)
+		}
+	}
+	draining, err := r.drainPods(ctx, sc, chosen, token, 0, "into revision "+st.Active)
+	if err != nil {
+		log.Info("cannot start the drain of an old pod", "error", err.Error())
+	}
+	mark := map[string]any{scaledown.AnnotationChosen: time.Now().UTC().Format(time.RFC3339),
+		scaledown.AnnotationConnectionsBefore: strconv.FormatInt(st.Before, 10)}
+	for i := range draining {
+		if err := r.annotatePod(ctx, &draining[i], mark); err != nil {
+			log.Info("cannot record the drain of an old pod", "pod", draining[i].Name, "error", err.Error())
+		}
+	}
 }
 
 // drainPods starts the drain of the pods that do not drain yet, through
 // their admin API, sharing drain.clusterRate among them. Their first
 // GOAWAY goes after delay: the time the load balancer takes to stop
 // sending them devices, 0 when it did already. why ends the event of
-// each pod ("into revision x").
-func (r *SocketClusterReconciler) drainPods(ctx context.Context, sc *v1alpha1.SocketCluster, old []corev1.Pod, token string, delay time.Duration, why string) error {
+// each pod ("into revision x"). It returns the pods that drain (started
+// now or before) and why the others could not start.
+func (r *SocketClusterReconciler) drainPods(ctx context.Context, sc *v1alpha1.SocketCluster, old []corev1.Pod, token string, delay time.Duration, why string) ([]corev1.Pod, error) {
 	var live []corev1.Pod
 	for _, p := range old {
 		if p.Status.PodIP != "" && p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning {
@@ -146,6 +182,7 @@ func (r *SocketClusterReconciler) drainPods(ctx context.Context, sc *v1alpha1.So
 	}
 	rate := rollout.PodRate(sc.Spec.Drain.ClusterRate, len(live))
 	var errs []error
+	var draining []corev1.Pod
 	for i := range live {
 		p := &live[i]
 		api := &adminapi.Client{
@@ -165,9 +202,11 @@ func (r *SocketClusterReconciler) drainPods(ctx context.Context, sc *v1alpha1.So
 		cancel()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("drain pod %s: %w", p.Name, err))
+			continue
 		}
+		draining = append(draining, *p)
 	}
-	return errors.Join(errs...)
+	return draining, errors.Join(errs...)
 }
 
 func rateText(rate float64) string {

@@ -16,6 +16,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
+	"github.com/socketcluster/socketcluster/controllers/connections"
 	"github.com/socketcluster/socketcluster/controllers/resources"
 	"github.com/socketcluster/socketcluster/controllers/scaledown"
 )
@@ -45,23 +46,11 @@ func (r *SocketClusterReconciler) scaleDown(ctx context.Context, sc *v1alpha1.So
 	// its readiness probe fails; then the load balancer takes the preStop
 	// wait to stop sending it devices. Its first GOAWAY waits for both.
 	deregistration := resources.ReadinessDetection + resources.TimingsFor(sc).PreStopWait
-	in := scaledown.Input{
-		Want: ptrValue(sc.Spec.Replicas), Current: replicasOf(d), Now: time.Now(),
-		DrainTimeout: deregistration + sc.Spec.Drain.Timeout.Duration,
-		ResumeWindow: deregistration + sc.Spec.Drain.Timeout.Duration + sc.Spec.Drain.Jitter.Duration + scaledown.ResumeGrace,
-		Threshold:    scaledown.DefaultThreshold,
-	}
-	if w := sc.Spec.Rollout.ResumeWindow; w != nil {
-		in.ResumeWindow = w.Duration
-	}
-	if t := sc.Spec.Rollout.ResumeThreshold; t != nil {
-		in.Threshold = float64(*t) / 100
-	}
+	g := drainGate(sc, deregistration)
+	in := scaledown.Input{Want: ptrValue(sc.Spec.Replicas), Current: replicasOf(d), Now: g.Now,
+		DrainTimeout: g.DrainTimeout, ResumeWindow: g.ResumeWindow, Threshold: g.Threshold, ResumedAt: g.ResumedAt}
 	if rb := obs.rebalance; rb != nil && rb.ShedUntil != nil {
 		in.ShedUntil = rb.ShedUntil.Time
-	}
-	if v, ok := sc.Annotations[scaledown.AnnotationResume]; ok {
-		in.ResumedAt, _ = time.Parse(time.RFC3339, v)
 	}
 	pods := map[string]*corev1.Pod{}
 	for i := range obs.pods {
@@ -102,7 +91,7 @@ func (r *SocketClusterReconciler) scaleDown(ctx context.Context, sc *v1alpha1.So
 	}
 	if name := step.Drain; name != "" {
 		why := fmt.Sprintf("to scale down from %d to %d pods", in.Current, in.Want)
-		if err := r.drainPods(ctx, sc, []corev1.Pod{*pods[name]}, token, deregistration, why); err != nil {
+		if _, err := r.drainPods(ctx, sc, []corev1.Pod{*pods[name]}, token, deregistration, why); err != nil {
 			// Tried again on the next reconcile; the Deployment keeps the
 			// pod meanwhile, and the Draining condition says why.
 			log.Info("cannot start the scale-down drain", "error", err.Error())
@@ -123,11 +112,31 @@ func (r *SocketClusterReconciler) scaleDown(ctx context.Context, sc *v1alpha1.So
 	return &step, nil
 }
 
-// observedPod is what the scale-down needs of a pod.
-func observedPod(p *corev1.Pod, obs *observation) scaledown.Pod {
+// drainGate is the gate of drains one after another (rollout.resumeThreshold
+// and resumeWindow) for pods whose first GOAWAY waits deregistration.
+func drainGate(sc *v1alpha1.SocketCluster, deregistration time.Duration) scaledown.Gate {
+	g := scaledown.Gate{Now: time.Now(), DrainTimeout: deregistration + sc.Spec.Drain.Timeout.Duration,
+		ResumeWindow: deregistration + sc.Spec.Drain.Timeout.Duration + sc.Spec.Drain.Jitter.Duration + scaledown.ResumeGrace,
+		Threshold:    scaledown.DefaultThreshold}
+	if w := sc.Spec.Rollout.ResumeWindow; w != nil {
+		g.ResumeWindow = w.Duration
+	}
+	if t := sc.Spec.Rollout.ResumeThreshold; t != nil {
+		g.Threshold = float64(*t) / 100
+	}
+	if v, ok := sc.Annotations[scaledown.AnnotationResume]; ok {
+		g.ResumedAt, _ = time.Parse(time.RFC3339, v)
+	}
+	return g
+}
+
+// observedPod is what a gated drain needs of a pod.
+func observedPod(p *corev1.Pod, obs *observation) scaledown.Pod { return gatePod(p, obs.report) }
+
+func gatePod(p *corev1.Pod, report *connections.Report) scaledown.Pod {
 	sp := scaledown.Pod{Name: p.Name, Ready: podReady(p), Connections: -1}
-	if obs.report != nil {
-		if s, ok := obs.report.Pods[p.Name]; ok {
+	if report != nil {
+		if s, ok := report.Pods[p.Name]; ok {
 			sp.Connections = s.Connections
 		}
 	}

@@ -107,6 +107,8 @@ spec:
   listeners: {adminPort: `+strconv.Itoa(port)+`}
   drain: {timeout: 30m}
   rollout: {resumeWindow: 2s}
+  # The published counts are uneven on purpose; no shed in between.
+  rebalance: {enabled: false}
 `)
 	deployment(t, c, f.ns, anyDeployment)
 	setAvailable(t, c, f.ns, "edge", int32(len(conns)))

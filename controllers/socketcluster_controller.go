@@ -356,10 +356,13 @@ func (r *SocketClusterReconciler) retireOld(ctx context.Context, sc *v1alpha1.So
 	obs *observation, oldPods []corev1.Pod, secrets map[string]*corev1.Secret) error {
 	deleteOld := false
 	if st := obs.step; st != nil {
-		if st.Drain {
-			if err := r.drainPods(ctx, sc, oldPods, apiToken(sc, secrets), 0, "into revision "+st.Active); err != nil {
-				// The next reconcile (in a few seconds) tries again.
-				logf.FromContext(ctx).Info("cannot start the drain of every old pod", "error", err.Error())
+		if len(st.DrainPods) > 0 {
+			// The next reconcile (in a few seconds) tries again what failed.
+			r.drainOld(ctx, sc, oldPods, st, apiToken(sc, secrets))
+		}
+		if st.Phase == v1alpha1.ReasonDevicesNotReturning {
+			if c := meta.FindStatusCondition(sc.Status.Conditions, v1alpha1.ConditionDraining); c == nil || c.Reason != st.Phase {
+				r.Recorder.Eventf(sc, nil, corev1.EventTypeWarning, st.Phase, "Rollout", "%s", st.Message)
 			}
 		}
 		deleteOld = st.DeleteOld

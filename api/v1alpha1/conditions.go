@@ -42,7 +42,7 @@ const (
 	// ReasonScaleDown: the replicas to run fell; the least loaded pods
 	// drain one at a time before the Deployment loses them.
 	ReasonScaleDown = "ScaleDown"
-	// ReasonDevicesNotReturning: the scale-down paused because the devices
+	// ReasonDevicesNotReturning: the scale-down or rollout paused because the devices
 	// of the pod drained last did not come back to the serving pods.
 	ReasonDevicesNotReturning = "DevicesNotReturning"
 )

@@ -491,18 +491,20 @@ type RolloutSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	// +optional
 	MinReadySeconds int32 `json:"minReadySeconds,omitempty"`
-	// ResumeThreshold gates a scale-down: after a pod drained, the next
-	// drains only once the serving pods hold this percentage of the
-	// connections they held before (its devices came back). Otherwise the
-	// scale-down pauses (Draining reason DevicesNotReturning) until they
-	// do, or until the annotation sockets.socketcluster.io/resume-drain
-	// is set to a time after that drain started. 0 turns the gate off.
+	// ResumeThreshold gates drains: after a pod drained (a scale-down's,
+	// or a ReconnectOnce rollout's first old pod), the next drains only
+	// once the serving pods hold this percentage of the connections they
+	// held before (its devices came back). Otherwise the scale-down or
+	// rollout pauses (Draining reason DevicesNotReturning) until they do,
+	// or until the annotation sockets.socketcluster.io/resume-drain is set
+	// to a time after that drain started. 0 turns the gate off (a
+	// ReconnectOnce rollout then drains every old pod at once).
 	// +kubebuilder:default=90
 	// +kubebuilder:validation:XValidation:rule="self >= 0 && self <= 100",message="rollout.resumeThreshold is a percentage of the connections: 0 (no gate) to 100"
 	// +optional
 	ResumeThreshold *int32 `json:"resumeThreshold,omitempty"`
 	// ResumeWindow is how long, from the start of a pod's drain, its
-	// devices may take to come back before the scale-down pauses. Empty
+	// devices may take to come back before the next drain pauses. Empty
 	// means as long as the drain may take (10s for the readiness probe to
 	// fail, drain.preStopWait, drain.timeout) + drain.jitter + 30s.
 	// +kubebuilder:validation:Type=string

@@ -38,6 +38,8 @@ type Input struct {
 	// new connections to a pod the Service no longer selects (the
 	// preStop wait of the pods); DrainTimeout is drain.timeout.
 	Deregistration, DrainTimeout time.Duration
+	// Drains is the gate's decision on the old pods (see Gate).
+	Drains Drains
 }
 
 // Step is what to do now.
@@ -51,8 +53,10 @@ type Step struct {
 	Active string
 	// Switched: the Service selects Active from now on (record the time).
 	Switched bool
-	// Drain the old pods now (again for those not yet draining).
-	Drain bool
+	// DrainPods are the old pods whose drain starts now; Before is the
+	// serving connections to record on them (the gate's reference).
+	DrainPods []string
+	Before    int64
 	// DeleteOld: the old Deployments are empty (or their drain timed
 	// out): delete them.
 	DeleteOld bool
@@ -87,13 +91,23 @@ func Plan(in Input) Step {
 		return Step{Phase: v1alpha1.ReasonDeregistering, NewReplicas: in.Replicas, Active: in.Desired, RequeueAfter: in.Deregistration - since,
 			Message: fmt.Sprintf("the Service selects revision %s; the old pods drain in %s, once the load balancer stopped sending them new devices", in.Desired, (in.Deregistration - since).Round(time.Second))}
 	}
-	st := Step{Phase: v1alpha1.ReasonDrainingOldRevision, NewReplicas: in.Replicas, Active: in.Desired, Drain: true, RequeueAfter: pollDrain}
+	d := in.Drains
+	st := Step{Phase: v1alpha1.ReasonDrainingOldRevision, NewReplicas: in.Replicas, Active: in.Desired,
+		DrainPods: d.Drain, Before: d.Before, RequeueAfter: pollDrain}
+	start := d.LastStart // of the last drain; the pods close what is left at their timeout
+	if start.IsZero() {
+		start = in.ActiveSince.Add(in.Deregistration)
+	}
 	switch {
 	case in.OldPods == 0 || in.OldConnections == 0:
 		st.DeleteOld = true
 		st.Message = fmt.Sprintf("the old pods are empty; deleting %d old Deployment(s)", in.OldDeployments)
-	case since >= in.Deregistration+in.DrainTimeout:
-		// The pods close what is left at their drain timeout.
+	case d.Paused:
+		st.Phase, st.RequeueAfter = v1alpha1.ReasonDevicesNotReturning, 0
+		st.Message = "rollout paused: " + d.Message
+	case d.Held:
+		st.Message = fmt.Sprintf("draining old pods into revision %s: %s", in.Desired, d.Message)
+	case len(d.Drain) == 0 && !in.Now.Before(start.Add(in.DrainTimeout)):
 		st.DeleteOld = true
 		st.Message = fmt.Sprintf("the drain timeout passed; deleting %d old Deployment(s)", in.OldDeployments)
 	case in.OldConnections < 0:

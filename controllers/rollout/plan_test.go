@@ -14,7 +14,8 @@ var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 // balancer that takes 30s, a drain timeout of 60s.
 func base() rollout.Input {
 	return rollout.Input{Desired: "b", Replicas: 4, Surge: 2, Active: "a", ActiveSince: t0.Add(-time.Hour),
-		OldDeployments: 1, OldPods: 4, OldConnections: 800, Now: t0, Deregistration: 30 * time.Second, DrainTimeout: time.Minute}
+		OldDeployments: 1, OldPods: 4, OldConnections: 800, Now: t0, Deregistration: 30 * time.Second, DrainTimeout: time.Minute,
+		Drains: rollout.Drains{Drain: []string{"a-1"}}}
 }
 
 func TestRolloutSteps(t *testing.T) {
@@ -52,8 +53,22 @@ func TestRolloutSteps(t *testing.T) {
 			v1alpha1.ReasonDrainingOldRevision, 4, "b", false, true, false},
 		{"empty old pods: delete", func(in *rollout.Input) { in.Active, in.OldConnections = "b", 0 },
 			v1alpha1.ReasonDrainingOldRevision, 4, "b", false, true, true},
-		{"drain timeout passed: delete", func(in *rollout.Input) { in.Active, in.ActiveSince = "b", t0.Add(-90*time.Second) },
-			v1alpha1.ReasonDrainingOldRevision, 4, "b", false, true, true},
+		{"drain timeout passed: delete", func(in *rollout.Input) {
+			in.Active, in.ActiveSince, in.Drains = "b", t0.Add(-90*time.Second), rollout.Drains{}
+		},
+			v1alpha1.ReasonDrainingOldRevision, 4, "b", false, false, true},
+		{"the last drain's timeout passed: delete", func(in *rollout.Input) {
+			in.Active, in.Drains = "b", rollout.Drains{LastStart: t0.Add(-time.Minute)}
+		},
+			v1alpha1.ReasonDrainingOldRevision, 4, "b", false, false, true},
+		{"the others wait for the canary, whatever the time", func(in *rollout.Input) {
+			in.Active, in.ActiveSince, in.Drains = "b", t0.Add(-time.Hour), rollout.Drains{Held: true, LastStart: t0.Add(-time.Hour), Message: "waiting"}
+		},
+			v1alpha1.ReasonDrainingOldRevision, 4, "b", false, false, false},
+		{"the canary's devices did not come back: paused", func(in *rollout.Input) {
+			in.Active, in.Drains = "b", rollout.Drains{Held: true, Paused: true, LastStart: t0.Add(-time.Hour), Message: "below 90%"}
+		},
+			v1alpha1.ReasonDevicesNotReturning, 4, "b", false, false, false},
 		{"a new revision during a drain waits for its pods", func(in *rollout.Input) { in.Desired, in.Active = "c", "b" },
 			v1alpha1.ReasonStartingRevision, 2, "b", false, false, false},
 		{"scaled to zero switches at once", func(in *rollout.Input) { in.Replicas = 0 },
@@ -63,13 +78,13 @@ func TestRolloutSteps(t *testing.T) {
 			in := base()
 			tc.mod(&in)
 			st := rollout.Plan(in)
-			if st.Phase != tc.phase || st.NewReplicas != tc.newRep || st.Active != tc.active || st.Switched != tc.switched || st.Drain != tc.drain || st.DeleteOld != tc.deleteOld {
+			if st.Phase != tc.phase || st.NewReplicas != tc.newRep || st.Active != tc.active || st.Switched != tc.switched || (len(st.DrainPods) > 0) != tc.drain || st.DeleteOld != tc.deleteOld {
 				t.Fatalf("got %+v", st)
 			}
 			if st.Message == "" {
 				t.Error("no message")
 			}
-			if (st.Phase == v1alpha1.ReasonDeregistering || st.Drain) && !st.DeleteOld && st.RequeueAfter <= 0 {
+			if (st.Phase == v1alpha1.ReasonDeregistering || len(st.DrainPods) > 0) && !st.DeleteOld && st.RequeueAfter <= 0 {
 				t.Errorf("waits on time but asks for no requeue: %+v", st)
 			}
 		})

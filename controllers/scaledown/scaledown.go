@@ -18,9 +18,10 @@ import (
 )
 
 const (
-	// AnnotationChosen marks a pod chosen to go, so that the choice
-	// survives an operator restart: "chosen" until its drain starts, then
-	// the RFC 3339 time the drain started.
+	// AnnotationChosen marks a pod chosen to go (by a scale-down, or an
+	// old pod of a ReconnectOnce rollout once it drains), so that the
+	// choice survives an operator restart: "chosen" until its drain
+	// starts, then the RFC 3339 time the drain started.
 	AnnotationChosen = "sockets.socketcluster.io/scale-down"
 	// AnnotationConnectionsBefore records, on a chosen pod whose drain
 	// started, the connections the serving pods held just before: its
@@ -155,52 +156,84 @@ func Decide(in Input) Step {
 		}
 	}
 
-	var last *Pod // the drain that started last
-	var pending []Pod
-	for i := range chosen {
-		p := &chosen[i]
-		if p.DrainStarted.IsZero() {
-			pending = append(pending, *p)
-			continue
-		}
-		if !drained(*p, in) {
-			st.Message = fmt.Sprintf("scaling down from %d to %d pods: pod %s drains, %s left", in.Current, in.Want, p.Name, connectionsText(p.Connections))
-			return st
-		}
-		if last == nil || p.DrainStarted.After(last.DrainStarted) {
-			last = p
-		}
-	}
-	serving := servingConnections(in.Pods)
-	if last != nil && !Recovered(last.Before, serving, in.Threshold) && !in.ResumedAt.After(last.DrainStarted) {
-		deadline := last.DrainStarted.Add(in.ResumeWindow)
-		if in.Now.Before(deadline) {
-			st.Message = fmt.Sprintf("scaling down from %d to %d pods: waiting for the devices of pod %s to come back (%s of %d)",
-				in.Current, in.Want, last.Name, connectionsText(serving), last.Before)
-			return st
-		}
-		st.Phase = v1alpha1.ReasonDevicesNotReturning
-		st.Message = fmt.Sprintf("scale-down paused: the serving pods hold %s connections, below %.0f%% of the %d before pod %s drained; "+
-			"it goes on once they come back, or after `kubectl annotate socketcluster <name> %s=$(date -u +%%FT%%TZ) --overwrite`",
-			connectionsText(serving), in.Threshold*100, last.Before, last.Name, AnnotationResume)
-		st.RequeueAfter = 0
+	what := fmt.Sprintf("scaling down from %d to %d pods", in.Current, in.Want)
+	g := in.gate()
+	next, wait, paused := g.Next(chosen, Serving(in.Pods), in.ShedUntil)
+	switch {
+	case paused:
+		st.Phase, st.Message, st.RequeueAfter = v1alpha1.ReasonDevicesNotReturning, "scale-down paused: "+wait, 0
 		return st
-	}
-	if len(pending) > 0 && in.Now.Before(in.ShedUntil) {
-		st.Message = fmt.Sprintf("scaling down from %d to %d pods: the next drain waits until %s, when the pods of the last shed accept devices again",
-			in.Current, in.Want, in.ShedUntil.Format(time.RFC3339))
+	case wait != "":
+		st.Message = what + ": " + wait
 		return st
-	}
-	if len(pending) > 0 {
-		next := Pick(pending, 1)[0]
-		st.Drain, st.Before = next.Name, serving
-		st.Message = fmt.Sprintf("scaling down from %d to %d pods: pod %s drains (%s connections), %d more to go",
-			in.Current, in.Want, next.Name, connectionsText(next.Connections), len(pending)-1)
+	case next != nil:
+		st.Drain, st.Before = next.Name, Serving(in.Pods)
+		st.Message = fmt.Sprintf("%s: pod %s drains (%s connections)", what, next.Name, connectionsText(next.Connections))
 		return st
 	}
 	st.Replicas = in.Want
 	st.Message = fmt.Sprintf("scaling down from %d to %d pods: the %d chosen pods are drained", in.Current, in.Want, len(chosen))
 	return st
+}
+
+// Gate drains pods one at a time, each only once the devices of the one
+// before came back (the scale-down's and the ReconnectOnce rollout's).
+type Gate struct {
+	Now time.Time
+	// DrainTimeout bounds a drain; ResumeWindow is how long after the
+	// start of a drain its devices may take to come back.
+	DrainTimeout, ResumeWindow time.Duration
+	// Threshold is the share (0 to 1) of the connections before a drain
+	// that the serving pods must hold again; 0 turns the gate off.
+	Threshold float64
+	// ResumedAt lets every drain that started before it go on.
+	ResumedAt time.Time
+}
+
+func (in Input) gate() Gate {
+	return Gate{Now: in.Now, DrainTimeout: in.DrainTimeout, ResumeWindow: in.ResumeWindow, Threshold: in.Threshold, ResumedAt: in.ResumedAt}
+}
+
+// Next returns the pod of pods to drain now, the least loaded of those
+// not drained yet; or why none drains yet (one drains, or the devices of
+// the last one are not back, paused once its window passed); or nothing
+// once every pod drained. serving are the connections of the ready pods
+// that do not drain (-1: unknown); no drain starts before notBefore.
+func (g Gate) Next(pods []Pod, serving int64, notBefore time.Time) (next *Pod, wait string, paused bool) {
+	var last *Pod // the drain that started last
+	var pending []Pod
+	for i := range pods {
+		p := &pods[i]
+		if p.DrainStarted.IsZero() {
+			pending = append(pending, *p)
+			continue
+		}
+		if !(p.Connections == 0 || !g.Now.Before(p.DrainStarted.Add(g.DrainTimeout))) {
+			return nil, fmt.Sprintf("pod %s drains, %s left", p.Name, connectionsText(p.Connections)), false
+		}
+		if last == nil || p.DrainStarted.After(last.DrainStarted) {
+			last = p
+		}
+	}
+	if last != nil && !Recovered(last.Before, serving, g.Threshold) && !g.ResumedAt.After(last.DrainStarted) {
+		if g.Now.Before(last.DrainStarted.Add(g.ResumeWindow)) {
+			return nil, fmt.Sprintf("waiting for the devices of pod %s to come back (%s of %d)", last.Name, connectionsText(serving), last.Before), false
+		}
+		return nil, fmt.Sprintf("the serving pods hold %s connections, below %.0f%% of the %d before pod %s drained; "+
+			"it goes on once they come back, or after `kubectl annotate socketcluster <name> %s=$(date -u +%%FT%%TZ) --overwrite`",
+			connectionsText(serving), g.Threshold*100, last.Before, last.Name, AnnotationResume), true
+	}
+	if len(pending) == 0 {
+		return nil, "", false
+	}
+	if g.Now.Before(notBefore) {
+		return nil, fmt.Sprintf("the next drain waits until %s, when the pods of the last shed accept devices again", notBefore.Format(time.RFC3339)), false
+	}
+	picked := Pick(pending, 1)
+	if len(picked) == 0 {
+		return nil, "", false // unready pods hold no devices to move
+	}
+	return &picked[0], "", false
 }
 
 // Pick returns the n least loaded ready pods, fewest connections first
@@ -231,14 +264,9 @@ func load(p Pod) int64 {
 	return p.Connections
 }
 
-// drained: the pod is empty, or it closed what was left at its timeout.
-func drained(p Pod, in Input) bool {
-	return p.Connections == 0 || !in.Now.Before(p.DrainStarted.Add(in.DrainTimeout))
-}
-
-// servingConnections sums the ready pods that do not drain, -1 when one
+// Serving sums the ready pods that do not drain, -1 when one
 // of them published no count.
-func servingConnections(pods []Pod) int64 {
+func Serving(pods []Pod) int64 {
 	var sum int64
 	for _, p := range pods {
 		if !p.Ready || !p.DrainStarted.IsZero() {
