@@ -407,28 +407,75 @@ func epochErr(n int64) error {
 	return nil
 }
 
+// ackScript applies the cumulative ACKs of one or more devices. KEYS per
+// device: its session, its outbox; ARGV per device: epoch, seq. Returns
+// per device 0, or -1 / -2 as epochErr reads them.
 var ackScript = script(`
-local v = redis.call('HMGET', KEYS[1], 'epoch', 'acked', 'seq')
-if not v[1] or tonumber(v[1]) < tonumber(ARGV[1]) then return -2 end
-if v[1] ~= ARGV[1] then return -1 end
-local acked = tonumber(v[2] or '0')
-local a = tonumber(ARGV[2])
-local seq = tonumber(v[3] or '0')
-if a > seq then a = seq end
-if a > acked then
-  trim(KEYS[1], KEYS[2], a - acked)
-  redis.call('HSET', KEYS[1], 'acked', a)
+local res = {}
+for i = 1, #KEYS / 2 do
+  local s, q, e = KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i - 1]
+  local v = redis.call('HMGET', s, 'epoch', 'acked', 'seq')
+  if not v[1] or tonumber(v[1]) < tonumber(e) then
+    res[i] = -2
+  elseif v[1] ~= e then
+    res[i] = -1
+  else
+    local acked = tonumber(v[2] or '0')
+    local a = tonumber(ARGV[2 * i])
+    local seq = tonumber(v[3] or '0')
+    if a > seq then a = seq end
+    if a > acked then
+      trim(s, q, a - acked)
+      redis.call('HSET', s, 'acked', a)
+    end
+    res[i] = 0
+  end
 end
-return 0
+return res
 `)
 
+// ackChunk bounds the devices of one ACK script call, as enqueueChunk does.
+const ackChunk = 256
+
 func (r *Redis) Ack(ctx context.Context, device string, epoch, seq uint64) error {
-	n, err := r.batch.run(ctx, ackScript, []string{r.sessionKey(device), r.outboxKey(device)},
-		strconv.FormatUint(epoch, 10), strconv.FormatUint(seq, 10)).Int64()
-	if err != nil {
-		return err
+	return r.AckMany(ctx, []DeviceAck{{Device: device, Epoch: epoch, Seq: seq}})[0]
+}
+
+// AckMany implements Store. On a single node a script call applies up to
+// ackChunk devices; on Cluster each device gets its own call (a script's
+// keys share a slot) and the pipeline goes to each node in one round trip.
+func (r *Redis) AckMany(ctx context.Context, acks []DeviceAck) []error {
+	chunk := ackChunk
+	if r.cluster {
+		chunk = 1
 	}
-	return epochErr(n)
+	var reqs []*scriptReq
+	for i := 0; i < len(acks); i += chunk {
+		part := acks[i:min(i+chunk, len(acks))]
+		keys := make([]string, 0, 2*len(part))
+		args := make([]any, 0, 2*len(part))
+		for _, a := range part {
+			keys = append(keys, r.sessionKey(a.Device), r.outboxKey(a.Device))
+			args = append(args, strconv.FormatUint(a.Epoch, 10), strconv.FormatUint(a.Seq, 10))
+		}
+		reqs = append(reqs, r.batch.start(ctx, ackScript, keys, args...))
+	}
+	errs := make([]error, len(acks))
+	for c, req := range reqs {
+		part := errs[c*chunk : min((c+1)*chunk, len(errs))]
+		res, err := req.wait(ctx).Int64Slice()
+		if err == nil && len(res) != len(part) {
+			err = fmt.Errorf("ack script answered %d values for %d devices", len(res), len(part))
+		}
+		for i := range part {
+			if err != nil {
+				part[i] = err
+			} else {
+				part[i] = epochErr(res[i])
+			}
+		}
+	}
+	return errs
 }
 
 // publishScript checks the epoch and the last id; with an upstream key it
