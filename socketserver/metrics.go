@@ -27,6 +27,7 @@ type metrics struct {
 	warnings    prometheus.Gauge
 	deliveries  prometheus.Counter
 	acks        prometheus.Counter
+	ackWrites   prometheus.Histogram
 	publishes   *prometheus.CounterVec
 	goaways     prometheus.Counter
 	drains      prometheus.Counter
@@ -93,6 +94,9 @@ func newMetrics(transports []string, draining func() bool, maxConns int, drainTi
 			Help: "DELIVER frames queued to devices."}),
 		acks: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "acks_total",
 			Help: "Cumulative ACKs applied to the store."}),
+		ackWrites: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "ack_write_devices",
+			Help:    "Devices whose ACKs one store write applied (the server writes many devices' ACKs together).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 10)}),
 		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "publishes_total",
 			Help: "PUBLISH frames by result: stored, duplicate, failed."}, []string{"result"}),
 		goaways: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "goaways_total",
@@ -132,7 +136,7 @@ func newMetrics(transports []string, draining func() bool, maxConns int, drainTi
 	gaugeFunc := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help}, f)
 	}
-	m.reg.MustRegister(m.connections, m.hellos, m.resumes, m.reclaims, m.fenced, m.warnings, m.deliveries, m.acks, m.publishes, m.goaways,
+	m.reg.MustRegister(m.connections, m.hellos, m.resumes, m.reclaims, m.fenced, m.warnings, m.deliveries, m.acks, m.ackWrites, m.publishes, m.goaways,
 		m.drains, m.shed, m.errors, m.closes, m.storeErrors, m.enqueued, m.redis,
 		m.outboxPending, m.outboxOldest, m.drainStarted, m.drainDelay, m.storeUp, m.resumeFails, m.helloLatency,
 		gaugeFunc("draining", "1 while the server drains (unready, in its delay or sending GOAWAYs).", func() float64 { return b2f(draining()) }),
