@@ -223,6 +223,11 @@ func (s *session) acked(seq uint64, err error, reclaim bool) {
 	switch {
 	case errors.Is(err, store.ErrLost) && reclaim:
 		go func() {
+			select {
+			case <-s.c.closed:
+				return // released: restoring it would make it look held here
+			default:
+			}
 			if s.reclaim() {
 				srv.acks.Ack(s.device, s.epoch, seq, func(err error) { s.acked(seq, err, false) })
 			}
