@@ -231,10 +231,12 @@ while ai <= #ARGV do
   local device, nk, nm = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
   ai = ai + 3
   local s, q = KEYS[ki + 1], KEYS[ki + 2]
-  local seq, acked = outbox(s)
-  local v = redis.call('HMGET', s, 'bytes', 'server')
-  local bytes = math.max(tonumber(v[1] or '0'), 0)
-  local server = v[2] or ''
+  -- One HMGET for the usual case: each command inside counts.
+  local v = redis.call('HMGET', s, 'seq', 'acked', 'bytes', 'server')
+  local seq, acked
+  if v[1] then seq, acked = tonumber(v[1]), tonumber(v[2] or '0') else seq, acked = outbox(s) end
+  local bytes = math.max(tonumber(v[3] or '0'), 0)
+  local server = v[4] or ''
   local notify = server ~= '' and ARGV[4] ~= '' and string.find(locals, '|' .. server .. '|', 1, true) == nil
   res[#res + 1] = server
   local n = #res + 1
