@@ -136,7 +136,7 @@ func newMetrics(transports []string, draining func() bool, maxConns int, drainTi
 	gaugeFunc := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: name, Help: help}, f)
 	}
-	m.reg.MustRegister(m.connections, m.hellos, m.resumes, m.reclaims, m.fenced, m.warnings, m.deliveries, m.acks, m.ackWrites, m.publishes, m.goaways,
+	m.reg.MustRegister(m.connections, m.hellos, m.resumes, m.reclaims, m.fenced, m.warnings, m.deliveries, m.acks, m.publishes, m.goaways,
 		m.drains, m.shed, m.errors, m.closes, m.storeErrors, m.enqueued, m.redis,
 		m.outboxPending, m.outboxOldest, m.drainStarted, m.drainDelay, m.storeUp, m.resumeFails, m.helloLatency,
 		gaugeFunc("draining", "1 while the server drains (unready, in its delay or sending GOAWAYs).", func() float64 { return b2f(draining()) }),
@@ -145,6 +145,7 @@ func newMetrics(transports []string, draining func() bool, maxConns int, drainTi
 		gaugeFunc("max_connections", "Connections accepted before server_full (the configured limit, capped below the open-file limit; 0: none).",
 			func() float64 { return float64(maxConns) }),
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.ackWrites)
 	seed := func(v interface {
 		WithLabelValues(...string) prometheus.Counter
 	}, values []string) {
