@@ -254,6 +254,8 @@ func (c *conn) teardown() {
 		return
 	}
 	s.sessions.unregister(&c.s)
+	// The device's last ACK first: a server resuming it reads the cursor.
+	s.acks.Flush(c.s.device)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.StoreTimeout)
 	_ = s.store.Release(ctx, c.s.device, c.holder())
 	cancel()

@@ -27,6 +27,7 @@ type metrics struct {
 	warnings    prometheus.Gauge
 	deliveries  prometheus.Counter
 	acks        prometheus.Counter
+	ackWrites   prometheus.Histogram
 	publishes   *prometheus.CounterVec
 	goaways     prometheus.Counter
 	drains      prometheus.Counter
@@ -94,6 +95,9 @@ func newMetrics(transports []string, draining func() bool, maxConns int, drainTi
 			Help: "DELIVER frames queued to devices."}),
 		acks: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "acks_total",
 			Help: "Cumulative ACKs applied to the store."}),
+		ackWrites: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "ack_write_devices",
+			Help:    "Devices whose ACKs one store write applied (the server writes many devices' ACKs together).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 10)}),
 		publishes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "publishes_total",
 			Help: "PUBLISH frames by result: stored, duplicate, failed."}, []string{"result"}),
 		goaways: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "goaways_total",
@@ -144,6 +148,7 @@ func newMetrics(transports []string, draining func() bool, maxConns int, drainTi
 		gaugeFunc("max_connections", "Connections accepted before server_full (the configured limit, capped below the open-file limit; 0: none).",
 			func() float64 { return float64(maxConns) }),
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.ackWrites)
 	seed := func(v interface {
 		WithLabelValues(...string) prometheus.Counter
 	}, values []string) {

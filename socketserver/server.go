@@ -55,6 +55,11 @@ type Config struct {
 	WriteTimeout time.Duration
 	// StoreTimeout bounds one store operation.
 	StoreTimeout time.Duration
+	// AckDelay bounds how long a device's ACK waits to be written to the
+	// store together with other devices' ACKs (default 2ms); AckBatch
+	// bounds the devices written together (default 256).
+	AckDelay time.Duration
+	AckBatch int
 	// StatsInterval is how often the server publishes its stats for the operator.
 	StatsInterval time.Duration
 	// MaxPendingBytes bounds a device's unacknowledged payload bytes (0 = unbounded).
@@ -85,6 +90,7 @@ func DefaultConfig() Config {
 		WriteTimeout: 10 * time.Second, StoreTimeout: 2 * time.Second, StatsInterval: 5 * time.Second,
 		IdempotencyWindow: 24 * time.Hour, AuditInterval: 15 * time.Second,
 		MaxHandshakes: 256, HandshakeTimeout: 5 * time.Second,
+		AckDelay: 2 * time.Millisecond, AckBatch: 256,
 	}
 }
 
@@ -108,6 +114,10 @@ func (c *Config) setDefaults() {
 	def(&c.IdempotencyWindow, d.IdempotencyWindow)
 	def(&c.AuditInterval, d.AuditInterval)
 	def(&c.HandshakeTimeout, d.HandshakeTimeout)
+	def(&c.AckDelay, d.AckDelay)
+	if c.AckBatch == 0 {
+		c.AckBatch = d.AckBatch
+	}
 	c.HandshakeTimeout = min(c.HandshakeTimeout, c.HelloTimeout)
 	if c.MaxHandshakes == 0 {
 		c.MaxHandshakes = d.MaxHandshakes
@@ -146,6 +156,8 @@ type Server struct {
 
 	sessions registry
 	connIDs  atomic.Uint64
+	// acks writes the devices' ACKs to the store in batches.
+	acks *store.AckCoalescer
 	// warnings say how the store could lose acknowledged data.
 	warnings atomic.Pointer[[]string]
 
@@ -204,6 +216,8 @@ func New(cfg Config, st store.Store, log logr.Logger) (*Server, error) {
 // Start binds the listeners, subscribes to the store and starts serving.
 func (s *Server) Start() error {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.acks = store.NewAckCoalescer(s.store, s.cfg.AckBatch, s.cfg.AckDelay, s.cfg.StoreTimeout,
+		func(n int) { s.metrics.ackWrites.Observe(float64(n)) })
 	if err := s.store.Subscribe(s.ctx, s.cfg.ServerName, s); err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
@@ -848,6 +862,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.poller.close() // nothing is parked any more
 	case <-ctx.Done():
 		err = ctx.Err()
+	}
+	if s.acks != nil {
+		s.acks.Close() // what connections still open acked
 	}
 	// Tell the operator this server holds nothing any more.
 	s.publishStats(context.Background())

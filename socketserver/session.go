@@ -82,9 +82,7 @@ func (s *session) frame(typ byte, body []byte, pendingAck *uint64) bool {
 			}
 		}
 		if *pendingAck != 0 {
-			if !s.ack(*pendingAck) {
-				return false
-			}
+			s.ack(*pendingAck)
 			*pendingAck = 0
 		}
 		if typ == protocol.TypeAck || typ == protocol.TypeNone {
@@ -213,27 +211,41 @@ func (s *session) hello(body []byte) error {
 	return nil
 }
 
-// ack applies a cumulative ACK; false means the connection is finished.
-func (s *session) ack(seq uint64) bool {
-	srv := s.c.srv
-	err := srv.store.Ack(srv.ctx, s.device, s.epoch, seq) // bounded by the store, as in publish
-	if errors.Is(err, store.ErrLost) && s.reclaim() {
-		err = srv.store.Ack(srv.ctx, s.device, s.epoch, seq)
+// ack queues a cumulative ACK: the server writes the ACKs of many devices
+// together, and the connection writes its own before it releases the
+// session (teardown), so a resume elsewhere reads it.
+func (s *session) ack(seq uint64) {
+	s.c.srv.acks.Ack(s.device, s.epoch, seq, func(err error) { s.acked(seq, err, true) })
+	if _, ok := s.c.tr.(windowed); ok {
+		s.kick() // the ACK freed room in the device's window
 	}
+}
+
+// acked handles the store's answer to an ACK, on the ACK writer's
+// goroutine: it must not block. ErrLost restores the session and writes
+// the ACK once more.
+func (s *session) acked(seq uint64, err error, reclaim bool) {
+	srv := s.c.srv
 	switch {
+	case errors.Is(err, store.ErrLost) && reclaim:
+		go func() {
+			select {
+			case <-s.c.closed:
+				return // released: restoring it would make it look held here
+			default:
+			}
+			if s.reclaim() {
+				srv.acks.Ack(s.device, s.epoch, seq, func(err error) { s.acked(seq, err, false) })
+			}
+		}()
 	case errors.Is(err, store.ErrFenced):
 		s.takenOver()
-		return false
 	case err != nil:
 		// Not stored only means a later re-delivery.
 		srv.metrics.storeErrors.WithLabelValues("ack").Inc()
 	default:
 		srv.metrics.acks.Inc()
 	}
-	if _, ok := s.c.tr.(windowed); ok {
-		s.kick() // the ACK freed room in the device's window
-	}
-	return true
 }
 
 func (s *session) publish(body []byte) error {

@@ -98,7 +98,9 @@ func TestWebSocketSession(t *testing.T) {
 	if typ, body := wsRead(t, c); typ != protocol.TypePong || string(body) != "hb" {
 		t.Fatalf("PONG: %s %q", protocol.TypeName(typ), body)
 	}
-	if d := deviceInfo(t, srv, "w"); d.AckedSeq != first || !d.Connected {
+	// ACKs are written to the store in batches, a few milliseconds later.
+	eventually(t, "ACK stored", func() bool { return deviceInfo(t, srv, "w").AckedSeq == first })
+	if d := deviceInfo(t, srv, "w"); !d.Connected {
 		t.Fatalf("device %+v", d)
 	}
 }

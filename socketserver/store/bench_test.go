@@ -41,6 +41,38 @@ func BenchmarkStore(b *testing.B) {
 					}
 				}
 			})
+			// The ACKs of 256 devices in one AckMany, as the server's
+			// coalescer writes them; ns/device compares with Enqueue+Ack.
+			b.Run("AckMany256", func(b *testing.B) {
+				const n = 256
+				acks := make([]store.DeviceAck, n)
+				batches := make([]store.DeviceBatch, n)
+				for i := range acks {
+					d := fmt.Sprint("a", i)
+					sess, err := st.Hello(ctx, d, store.Holder{}, 0)
+					if err != nil {
+						b.Fatal(err)
+					}
+					acks[i] = store.DeviceAck{Device: d, Epoch: sess.Epoch}
+					batches[i] = store.DeviceBatch{Device: d, Msgs: []store.Outgoing{{Payload: payload}}}
+				}
+				for range b.N {
+					b.StopTimer()
+					for i, e := range st.EnqueueMany(ctx, batches, store.Limits{}) {
+						if e.Err != nil {
+							b.Fatal(e.Err)
+						}
+						acks[i].Seq = e.Stored[0].Seq
+					}
+					b.StartTimer()
+					for _, err := range st.AckMany(ctx, acks) {
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/device")
+			})
 			b.Run("Publish", func(b *testing.B) {
 				sess, _ := st.Hello(ctx, "p", store.Holder{Server: "srv"}, 0)
 				for i := 0; i < b.N; i++ {

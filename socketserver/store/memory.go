@@ -234,6 +234,15 @@ func (m *Memory) Ack(_ context.Context, device string, epoch, seq uint64) error 
 	return nil
 }
 
+// AckMany implements Store: the same as an Ack per device.
+func (m *Memory) AckMany(ctx context.Context, acks []DeviceAck) []error {
+	errs := make([]error, len(acks))
+	for i, a := range acks {
+		errs[i] = m.Ack(ctx, a.Device, a.Epoch, a.Seq)
+	}
+	return errs
+}
+
 func (m *Memory) Publish(_ context.Context, device string, epoch, id uint64, payload []byte) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -131,6 +131,10 @@ type Store interface {
 	// Ack applies a cumulative ACK if epoch is still current. ErrLost: the
 	// store no longer knows the session (Reclaim it).
 	Ack(ctx context.Context, device string, epoch, seq uint64) error
+	// AckMany is Ack for many devices at once (each device at most once):
+	// the answer for acks[i] is at [i]. Redis applies them in as few
+	// script calls as the keys' slots allow, one round trip per node.
+	AckMany(ctx context.Context, acks []DeviceAck) []error
 	// Publish appends an upstream message unless id was already recorded;
 	// dup reports a retransmit. The epoch must still be current; ErrLost
 	// as for Ack.
@@ -162,6 +166,12 @@ type Store interface {
 type DeviceBatch struct {
 	Device string
 	Msgs   []Outgoing
+}
+
+// DeviceAck is one device's cumulative ACK in an AckMany.
+type DeviceAck struct {
+	Device     string
+	Epoch, Seq uint64
 }
 
 // Enqueued answers one DeviceBatch as EnqueueBatch would.
