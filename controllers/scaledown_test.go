@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -87,6 +89,9 @@ type fleet struct {
 	rdb   *redis.Client
 	conns map[string]int64
 	admin map[string]*adminapi.Client
+	sc    *v1alpha1.SocketCluster
+	port  int
+	token string
 }
 
 // newFleet runs the SocketCluster "edge" with one pod per count (pods
@@ -121,15 +126,20 @@ spec:
 		token = string(s.Data[resources.APITokenKey])
 		return nil
 	})
+	f.sc, f.port, f.token = sc, port, token
 	for i, n := range conns {
-		name := fmt.Sprintf("edge-%c", 'a'+i)
-		f.conns[name] = n
-		f.admin[name] = runPod(t, c, f.ns, resources.SelectorLabels(sc), name, fmt.Sprintf("127.0.0.%d", i+2), port, token)
+		f.run(resources.SelectorLabels(sc), fmt.Sprintf("edge-%c", 'a'+i), n)
 	}
 	f.publish()
 	touch(t, c, f.ns, "edge")
 	eventually(t, "steady", func() error { f.publish(); return f.state(int32(len(conns)), v1alpha1.ReasonNoOldRevision) })
 	return f
+}
+
+// run adds a ready pod with its real admin API and the count it publishes.
+func (f *fleet) run(labels map[string]string, name string, conns int64) {
+	f.conns[name] = conns
+	f.admin[name] = runPod(f.t, f.c, f.ns, labels, name, fmt.Sprintf("127.0.0.%d", len(f.admin)+2), f.port, f.token)
 }
 
 // publish republishes the counts (on every look: the operator ignores
@@ -214,18 +224,7 @@ func TestScaleDownDrainsLeastLoadedFirst(t *testing.T) {
 		f.publish()
 		return errors.Join(f.state(4, v1alpha1.ReasonDevicesNotReturning), f.draining("edge-d"))
 	})
-	eventually(t, "a Warning event", func() error {
-		list := &eventsv1.EventList{}
-		if err := c.List(ctx, list, client.InNamespace(ns)); err != nil {
-			return err
-		}
-		for _, e := range list.Items {
-			if e.Type == corev1.EventTypeWarning && e.Reason == v1alpha1.ReasonDevicesNotReturning {
-				return nil
-			}
-		}
-		return errors.New("no DevicesNotReturning event")
-	})
+	eventually(t, "a Warning event", func() error { return warned(c, ns, v1alpha1.ReasonDevicesNotReturning) })
 
 	// They come back (930 of 950): edge-b drains, the Deployment still held.
 	f.conns["edge-a"], f.conns["edge-c"] = 500, 400
@@ -270,4 +269,78 @@ func TestScaleUpMidDrainReplacesTheDrainedPod(t *testing.T) {
 		}
 		return errors.Join(f.chosen(), f.state(3, v1alpha1.ReasonNoOldRevision))
 	})
+}
+
+// A ReconnectOnce rollout drains the least loaded old pod alone, the
+// canary; the other old pods wait for its devices to come back to the new
+// revision, the rollout pausing (DevicesNotReturning, a Warning event)
+// while they do not, and drain together once they did.
+func TestReconnectOnceDrainsACanaryFirst(t *testing.T) {
+	f := newFleet(t, 500, 300, 400)
+	c, ns := f.c, f.ns
+	patchSpec(t, c, ns, "edge", `{"image":"socketcluster/socketcluster:next","rollout":{"strategy":"ReconnectOnce","maxSurge":"100%"},"drain":{"preStopWait":"1s"}}`)
+	var rev string
+	eventually(t, "the new revision's Deployment", func() error {
+		ds, err := revisionDeployments(c, ns)
+		if err != nil {
+			return err
+		}
+		for name, d := range ds {
+			if name != "edge" {
+				rev = d.Labels[resources.LabelRevision]
+				return nil
+			}
+		}
+		return errors.New("no revision Deployment yet")
+	})
+	for _, name := range []string{"edge-n1", "edge-n2", "edge-n3"} {
+		f.run(resources.RevisionSelectorLabels(f.sc, rev), name, 0)
+	}
+	setAvailable(t, c, ns, "edge-"+rev, 3)
+	eventually(t, "the canary, edge-b, drains alone", func() error {
+		f.publish()
+		return errors.Join(serviceSelects(c, ns, rev), f.draining("edge-b"), f.rollout(v1alpha1.ReasonDrainingOldRevision, "edge-b drains first"))
+	})
+
+	// Empty, but its 300 devices did not reach the new pods: the others
+	// wait, then the rollout pauses once rollout.resumeWindow (2s) passed.
+	f.conns["edge-b"] = 0
+	eventually(t, "paused", func() error {
+		f.publish()
+		return errors.Join(f.draining("edge-b"), f.rollout(v1alpha1.ReasonDevicesNotReturning, "below 90%"))
+	})
+	eventually(t, "a Warning event", func() error { return warned(c, ns, v1alpha1.ReasonDevicesNotReturning) })
+
+	// They come back: the other old pods drain, together.
+	f.conns["edge-n1"], f.conns["edge-n2"] = 150, 150
+	eventually(t, "the other old pods drain", func() error {
+		f.publish()
+		return errors.Join(f.draining("edge-a", "edge-b", "edge-c"), f.rollout(v1alpha1.ReasonDrainingOldRevision, "connections left"))
+	})
+}
+
+// rollout checks the Draining condition's reason and message.
+func (f *fleet) rollout(reason, msg string) error {
+	got := &v1alpha1.SocketCluster{}
+	if err := f.c.Get(ctx, key(f.ns, "edge"), got); err != nil {
+		return err
+	}
+	if c := meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionDraining); c == nil || c.Reason != reason || !strings.Contains(c.Message, msg) {
+		return fmt.Errorf("Draining %+v, want %s with %q", c, reason, msg)
+	}
+	return nil
+}
+
+// warned finds a Warning event with the reason.
+func warned(c client.Client, ns, reason string) error {
+	list := &eventsv1.EventList{}
+	if err := c.List(ctx, list, client.InNamespace(ns)); err != nil {
+		return err
+	}
+	for _, e := range list.Items {
+		if e.Type == corev1.EventTypeWarning && e.Reason == reason {
+			return nil
+		}
+	}
+	return fmt.Errorf("no Warning event %s", reason)
 }
