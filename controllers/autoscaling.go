@@ -27,6 +27,11 @@ import (
 // counts, before the next one is decided.
 const minRebalanceInterval = 30 * time.Second
 
+// unevenFor (plus drain.jitter) is how long the pods must stay uneven
+// before a shed: right after a rollout or a drain the devices are still
+// reconnecting and the counts the pods publish (every 5s) lag behind.
+const unevenFor = 10 * time.Second
+
 // autoscaleStatus is spec.autoscaling's decision for this reconcile.
 func (r *SocketClusterReconciler) autoscaleStatus(sc *v1alpha1.SocketCluster, pods []corev1.Pod, report *connections.Report, now time.Time) *v1alpha1.AutoscalingStatus {
 	prev := sc.Status.Autoscaling
@@ -113,6 +118,15 @@ func (r *SocketClusterReconciler) rebalance(ctx context.Context, sc *v1alpha1.So
 	obs.balance = &conditions.BalanceReport{Balance: &b}
 	r.balanceEvent(sc, b)
 	now := time.Now()
+	switch {
+	case !b.Uneven:
+		st.UnevenSince = nil
+	case st.UnevenSince == nil:
+		st.UnevenSince = &metav1.Time{Time: now}
+	}
+	if b.Uneven && now.Sub(st.UnevenSince.Time) < unevenFor+sc.Spec.Drain.Jitter.Duration {
+		return // maybe a passing state: devices still reconnecting, counts not yet published
+	}
 	wait := max(minRebalanceInterval, sc.Spec.Drain.Timeout.Duration+sc.Spec.Drain.Jitter.Duration)
 	if (st.RebalancedAt != nil && now.Sub(st.RebalancedAt.Time) < wait) || (st.ShedUntil != nil && now.Before(st.ShedUntil.Time)) {
 		return // the last shed has not settled

@@ -255,6 +255,8 @@ spec:
 	}
 	if rb := got.Status.Rebalance; rb == nil || rb.RebalancedAt == nil || rb.ShedUntil == nil || !rb.ShedUntil.After(rb.RebalancedAt.Time) {
 		t.Fatalf("status.rebalance %+v, want rebalancedAt and a later shedUntil", rb)
+	} else if rb.UnevenSince == nil || rb.RebalancedAt.Sub(rb.UnevenSince.Time) < 10*time.Second {
+		t.Fatalf("status.rebalance %+v: shed before the pods stayed uneven for 10s", rb)
 	}
 
 	// The shed devices reconnect to the emptier pod: balanced.

@@ -179,6 +179,10 @@ func (r *SocketClusterReconciler) Reconcile(ctx context.Context, req ctrl.Reques
 	if sd := obs.scaleDown; sd != nil && sd.RequeueAfter > 0 {
 		next = min(next, sd.RequeueAfter) // a scale-down drain is polled
 	}
+	if rb := obs.rebalance; rb != nil && rb.UnevenSince != nil {
+		// A shed is due once the pods stayed uneven long enough.
+		next = min(next, max(time.Until(rb.UnevenSince.Add(unevenFor+sc.Spec.Drain.Jitter.Duration)), time.Second))
+	}
 	if as := obs.autoscaling; as != nil && as.LowSince != nil {
 		// The scale-down is due when the stabilization window ends.
 		due := time.Until(as.LowSince.Add(sc.Spec.Autoscaling.ScaleDownStabilization.Duration))

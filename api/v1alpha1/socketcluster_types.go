@@ -632,6 +632,10 @@ type AutoscalingStatus struct {
 
 // RebalanceStatus is the rebalancer's state (spec.rebalance).
 type RebalanceStatus struct {
+	// UnevenSince is when the pods were first seen uneven; a shed waits
+	// until they stayed so for a while.
+	// +optional
+	UnevenSince *metav1.Time `json:"unevenSince,omitempty"`
 	// RebalancedAt is when connections were last shed from the fuller
 	// pods; the next shed waits for the devices to settle.
 	// +optional

@@ -96,6 +96,11 @@ spec:
 		go func() { defer running.Done(); d.client.Run(loadCtx) }()
 	}
 	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
+	// The rollout starts from even pods: devices that connected while not
+	// every pod was ready are shed first, and their moves are not the
+	// rollout's.
+	kubectl(t, "-n", ns, "wait", "--for=condition=Balanced=True", "socketcluster/"+name, "--timeout=3m")
+	eventually(t, 5*time.Minute, "all devices connected", func() error { return allConnected(devs) })
 	sent, stopBackends := startBackends(loadCtx, devs, srv, apiToken, 4)
 	time.Sleep(5 * time.Second) // traffic before the rollout
 	before := 0
