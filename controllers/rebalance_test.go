@@ -29,10 +29,15 @@ import (
 // listens on the pod's IP (a loopback address) and the SocketCluster's
 // admin port, and it publishes its connections to Redis as a pod does.
 func rebalancePod(t *testing.T, rs *redistest.Server, prefix, name, ip string, adminPort int) *socketserver.Server {
-	t.Helper()
-	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: net.JoinHostPort(ip, strconv.Itoa(adminPort)),
+	return startServer(t, socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: net.JoinHostPort(ip, strconv.Itoa(adminPort)),
 		ServerName: name, InsecureNoAuth: true, InsecureNoAPIAuth: true, StatsInterval: 100 * time.Millisecond,
-		DrainJitter: 100 * time.Millisecond, DrainTimeout: 5 * time.Second}, store.NewRedis(rs.Client(), prefix), logr.Discard())
+		DrainJitter: 100 * time.Millisecond, DrainTimeout: 5 * time.Second}, store.NewRedis(rs.Client(), prefix))
+}
+
+// startServer runs a socketserver until the test ends.
+func startServer(t *testing.T, cfg socketserver.Config, st store.Store) *socketserver.Server {
+	t.Helper()
+	srv, err := socketserver.New(cfg, st, logr.Discard())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,25 +52,30 @@ func rebalancePod(t *testing.T, rs *redistest.Server, prefix, name, ip string, a
 	return srv
 }
 
-// freeAdminPort is a port free on both loopback addresses the pods use.
+// freeAdminPort is a port free on the loopback addresses the pods use
+// (127.0.0.2 to 127.0.0.9; every pod's admin API listens on the same
+// port, like in a cluster).
 func freeAdminPort(t *testing.T) int {
 	t.Helper()
 	for range 20 {
-		l1, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
-		port := l1.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port)))
-		l1.Close()
-		if err == nil {
-			l2.Close()
-			if port != 7000 && port != 8080 {
-				return port
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		free := port != 7000 && port != 8080
+		for i := 2; i <= 9 && free; i++ {
+			l, err := net.Listen("tcp", net.JoinHostPort(fmt.Sprintf("127.0.0.%d", i), strconv.Itoa(port)))
+			if free = err == nil; free {
+				l.Close()
 			}
 		}
+		if free {
+			return port
+		}
 	}
-	t.Fatal("no port free on 127.0.0.1 and 127.0.0.2")
+	t.Fatal("no port free on 127.0.0.1 to 127.0.0.9")
 	return 0
 }
 

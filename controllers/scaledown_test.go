@@ -1,7 +1,6 @@
 package controllers_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"github.com/redis/go-redis/v9"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -36,23 +34,12 @@ import (
 // operator calls, and the pod's status pointing there.
 func runPod(t *testing.T, c client.Client, ns string, labels map[string]string, name, ip string, adminPort int, token string) *adminapi.Client {
 	t.Helper()
-	srv, err := socketserver.New(socketserver.Config{
+	startServer(t, socketserver.Config{
 		TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: net.JoinHostPort(ip, strconv.Itoa(adminPort)),
 		ServerName: name, InsecureNoAuth: true, APIToken: token, DrainTimeout: time.Hour,
-	}, store.NewMemory(), logr.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
+	}, store.NewMemory())
 	createPods(t, c, ns, labels, name)
-	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		p := &corev1.Pod{}
 		if err := c.Get(ctx, key(ns, name), p); err != nil {
 			return err
@@ -65,19 +52,6 @@ func runPod(t *testing.T, c client.Client, ns string, labels map[string]string, 
 		t.Fatal(err)
 	}
 	return &adminapi.Client{BaseURL: net.JoinHostPort(ip, strconv.Itoa(adminPort)), Token: token}
-}
-
-// freePort is a port free on 127.0.0.1, for listeners on other loopback
-// addresses (every pod's admin API listens on the same port, like in a
-// cluster).
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // fleet is a SocketCluster of ready pods, each a real socketserver whose
@@ -102,7 +76,7 @@ func newFleet(t *testing.T, conns ...int64) *fleet {
 	rs := redistest.Start(t)
 	f.rdb = rs.Client()
 	secret(t, c, f.ns, "device-key", map[string]string{"key": "k1"})
-	port := freePort(t)
+	port := freeAdminPort(t)
 	sc := socketCluster(t, c, f.ns, `
 metadata: {name: edge}
 spec:
