@@ -197,9 +197,13 @@ func TestTakeover(t *testing.T) {
 // A device that stops reading cannot make the server buffer without bound:
 // it is cut off, and every message stays in the store for its return.
 func TestSlowConsumer(t *testing.T) {
-	srv := startServer(t, store.NewMemory(), "pod-a", func(c *socketserver.Config) {
+	st := store.NewMemory()
+	srv := startServer(t, st, "pod-a", func(c *socketserver.Config) {
 		c.WriteTimeout = 300 * time.Millisecond
 	})
+	// The device returns to a server with the usual write timeout: 18 MB
+	// read by a test on a busy machine may stall longer than 300ms.
+	back := startServer(t, st, "pod-b", nil)
 	c := dial(t, srv.Addrs().TCP)
 	_ = c.nc.(interface{ SetReadBuffer(int) error }).SetReadBuffer(4096)
 	c.welcome("slow", 0)
@@ -215,7 +219,7 @@ func TestSlowConsumer(t *testing.T) {
 		t.Fatalf("device %+v", d)
 	}
 	// On its return it gets everything, in order.
-	c2 := dial(t, srv.Addrs().TCP)
+	c2 := dial(t, back.Addrs().TCP)
 	c2.welcome("slow", 0)
 	for i := uint64(1); i <= 300; i++ {
 		seq, p := c2.deliver()
