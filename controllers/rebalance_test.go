@@ -1,7 +1,6 @@
 package controllers_test
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"strconv"
@@ -20,6 +19,7 @@ import (
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers/resources"
 	"github.com/socketcluster/socketcluster/internal/redistest"
+	"github.com/socketcluster/socketcluster/internal/servertest"
 	"github.com/socketcluster/socketcluster/socketserver"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/store"
@@ -36,20 +36,7 @@ func rebalancePod(t *testing.T, rs *redistest.Server, prefix, name, ip string, a
 
 // startServer runs a socketserver until the test ends.
 func startServer(t *testing.T, cfg socketserver.Config, st store.Store) *socketserver.Server {
-	t.Helper()
-	srv, err := socketserver.New(cfg, st, logr.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return srv
+	return servertest.Start(t, cfg, st, logr.Discard())
 }
 
 // freeAdminPort is a port free on the loopback addresses the pods use

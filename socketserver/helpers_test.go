@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/socketcluster/socketcluster/internal/poll"
+	"github.com/socketcluster/socketcluster/internal/servertest"
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/testr"
@@ -51,19 +52,7 @@ func startServer(t testing.TB, st store.Store, name string, mod func(*socketserv
 	if tt, ok := t.(*testing.T); ok && testing.Verbose() {
 		log = testr.New(tt)
 	}
-	srv, err := socketserver.New(cfg, st, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return srv
+	return servertest.Start(t, cfg, st, log)
 }
 
 func redisStore(t testing.TB, r *redistest.Server) store.Store {

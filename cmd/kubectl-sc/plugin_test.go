@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/socketcluster/socketcluster/internal/poll"
+	"github.com/socketcluster/socketcluster/internal/servertest"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
@@ -137,20 +138,9 @@ func newFixture(t *testing.T, replicas int) *fixture {
 	r := redistest.Start(t)
 	for i := range replicas {
 		name := fmt.Sprintf("devices-%d", i)
-		srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", ServerName: name,
+		srv := servertest.Start(t, socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", ServerName: name,
 			InsecureNoAuth: true, APIToken: apiToken, DrainRate: 1000, DrainJitter: 50 * time.Millisecond, DrainTimeout: 10 * time.Second},
 			store.NewRedis(r.Client(), "t"), logr.Discard())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			_ = srv.Shutdown(ctx)
-		})
 		f.servers[name] = srv
 		f.names = append(f.names, name)
 		f.pod(name, srv)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 
+	"github.com/socketcluster/socketcluster/internal/servertest"
 	"github.com/socketcluster/socketcluster/socketserver"
 	"github.com/socketcluster/socketcluster/socketserver/adminapi"
 	"github.com/socketcluster/socketcluster/socketserver/client"
@@ -24,19 +25,8 @@ const token = "adminapi-test-token"
 // startServer runs a server on the embedded store with an API token.
 func startServer(t *testing.T) (*socketserver.Server, *adminapi.Client) {
 	t.Helper()
-	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", ServerName: "pod-a",
+	srv := servertest.Start(t, socketserver.Config{TCPAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", ServerName: "pod-a",
 		InsecureNoAuth: true, APIToken: token, MaxFrameBytes: 1024, DrainTimeout: 5 * time.Second}, store.NewMemory(), logr.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
 	return srv, &adminapi.Client{BaseURL: "http://" + srv.Addrs().Admin, Token: token, HTTP: &http.Client{Timeout: 10 * time.Second}}
 }
 

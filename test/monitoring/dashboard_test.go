@@ -2,7 +2,6 @@ package monitoring
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net/http"
 	"os/exec"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
 	"github.com/socketcluster/socketcluster/controllers"
+	"github.com/socketcluster/socketcluster/internal/servertest"
 	"github.com/socketcluster/socketcluster/socketserver"
 	"github.com/socketcluster/socketcluster/socketserver/store"
 )
@@ -57,21 +57,9 @@ func exportedMetrics(t *testing.T) map[string]bool {
 // startServer runs an in-process socketserver on loopback ports, on st.
 func startServer(t *testing.T, st store.Store, name string) *socketserver.Server {
 	t.Helper()
-	srv, err := socketserver.New(socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
+	return servertest.Start(t, socketserver.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0",
 		ServerName: name, InsecureNoAuth: true, InsecureNoAPIAuth: true, StatsInterval: 200 * time.Millisecond,
 		AuditInterval: 200 * time.Millisecond}, st, logr.Discard())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return srv
 }
 
 // Every panel's and every alert's expression parses (promtool loads them
