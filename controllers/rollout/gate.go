@@ -42,23 +42,22 @@ func Gate(old []scaledown.Pod, serving int64, g scaledown.Gate) Drains {
 	if len(pending) == 0 {
 		return d
 	}
-	if g.Threshold <= 0 || !d.LastStart.IsZero() {
-		if !d.LastStart.IsZero() && g.Threshold > 0 {
-			next, wait, paused := g.Next(old, serving, time.Time{})
-			if next == nil {
-				d.Held, d.Paused, d.Message = true, paused, wait
-				return d
-			}
-		}
-		for _, p := range pending {
-			d.Drain = append(d.Drain, p.Name)
-		}
-		d.Before = serving
+	switch {
+	case g.Threshold > 0 && d.LastStart.IsZero():
+		canary := scaledown.Pick(pending, 1)[0]
+		d.Drain, d.Before, d.Held = []string{canary.Name}, serving, len(pending) > 1
+		d.Message = fmt.Sprintf("pod %s drains first; the other %d old pods once its devices came back", canary.Name, len(pending)-1)
 		return d
+	case g.Threshold > 0:
+		if next, wait, paused := g.Next(old, serving, time.Time{}); next == nil {
+			d.Held, d.Paused, d.Message = true, paused, wait
+			return d
+		}
 	}
-	canary := scaledown.Pick(pending, 1)[0]
-	d.Drain, d.Before, d.Held = []string{canary.Name}, serving, len(pending) > 1
-	d.Message = fmt.Sprintf("pod %s drains first; the other %d old pods once its devices came back", canary.Name, len(pending)-1)
+	for _, p := range pending {
+		d.Drain = append(d.Drain, p.Name)
+	}
+	d.Before = serving
 	return d
 }
 
