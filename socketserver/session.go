@@ -193,6 +193,11 @@ func (s *session) hello(body []byte) error {
 	s.mu.Lock()
 	s.sent = sess.AckedSeq
 	s.behind = true
+	// Registered before the device can see its WELCOME (and send for it
+	// at once): a message stored after the pump's first read would
+	// otherwise find no session here and wait for the audit. Deliveries
+	// wait for s.mu, so none goes out before the WELCOME.
+	loser := srv.sessions.register(s)
 	c.w.push(func(dst []byte) []byte { return c.tr.AppendFrame(dst, protocol.TypeWelcome, welcome) })
 	s.kickLocked()
 	s.mu.Unlock()
@@ -201,7 +206,7 @@ func (s *session) hello(body []byte) error {
 	// has no read in progress that a deadline could end.
 	c.lastRead.Store(time.Now().UnixNano())
 	_ = c.nc.SetReadDeadline(time.Time{})
-	if loser := srv.sessions.register(s); loser != nil {
+	if loser != nil {
 		loser.takenOver()
 	}
 	// A drain that started while the store answered has not seen this connection.
