@@ -119,7 +119,7 @@ func readyPod(t *testing.T, c client.Client, ns, name, ip string) {
 		if err := c.Get(ctx, key(ns, name), p); err != nil {
 			return err
 		}
-		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip,
+		p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
 			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
 		return c.Status().Update(ctx, p)
 	})

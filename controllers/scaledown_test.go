@@ -17,7 +17,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/socketcluster/socketcluster/api/v1alpha1"
@@ -39,18 +38,7 @@ func runPod(t *testing.T, c client.Client, ns string, labels map[string]string, 
 		ServerName: name, InsecureNoAuth: true, APIToken: token, DrainTimeout: time.Hour,
 	}, store.NewMemory())
 	createPods(t, c, ns, labels, name)
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		p := &corev1.Pod{}
-		if err := c.Get(ctx, key(ns, name), p); err != nil {
-			return err
-		}
-		p.Status.Phase, p.Status.PodIP, p.Status.PodIPs = corev1.PodRunning, ip, []corev1.PodIP{{IP: ip}}
-		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
-		return c.Status().Update(ctx, p)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	readyPod(t, c, ns, name, ip)
 	return &adminapi.Client{BaseURL: net.JoinHostPort(ip, strconv.Itoa(adminPort)), Token: token}
 }
 
