@@ -37,8 +37,8 @@ test-monitoring: ## The alerts' promtool tests, the dashboard's queries, and a r
 	$(GO) test -race -count=1 ./test/monitoring/
 
 .PHONY: fuzz
-fuzz: ## Fuzz the frame decoders (TCP, WebSocket, MQTT) for FUZZTIME each (default 1m).
-	@for f in FuzzReader FuzzWSReader FuzzMQTTReader; do \
+fuzz: ## Fuzz the frame decoders (TCP, WebSocket, MQTT, HTTP/2) for FUZZTIME each (default 1m).
+	@for f in FuzzReader FuzzWSReader FuzzMQTTReader FuzzH2Reader; do \
 	  $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(or $(FUZZTIME),1m) ./socketserver/protocol/ || exit 1; \
 	done
 

@@ -93,6 +93,7 @@ func (c *conn) holder() store.Holder { return store.Holder{Server: c.srv.cfg.Ser
 // until the connection ends.
 func (c *conn) serve(tr transport, full bool) {
 	c.tr = tr
+	c.w.open(tr)
 	c.srv.metrics.connections.WithLabelValues(tr.name()).Inc()
 	if full {
 		c.fail(protocol.CodeServerFull, "server is at its connection limit; try another", retryAfter(), ReasonRejected)

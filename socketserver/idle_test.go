@@ -62,6 +62,13 @@ func TestIdleConnectionsPark(t *testing.T) {
 			Filters: packets.Subscriptions{{Filter: socketserver.MQTTInboxTopic(device), Qos: 1}}})
 		m.expect(packets.Suback)
 	}
+	// gRPC devices' calls park too (the connection's own frames, SETTINGS
+	// and WINDOW_UPDATE, are answered first).
+	grpcs := make([]*h2Device, n/2)
+	for i := range grpcs {
+		grpcs[i] = dialH2(t, srv.Addrs().GRPC)
+		grpcs[i].welcome(fmt.Sprintf("idle-grpc-%d", i))
+	}
 	parked := func() bool { return runtime.NumGoroutine() < base+n/10 }
 	eventually(t, "idle connections hold no goroutine", parked)
 
@@ -83,6 +90,12 @@ func TestIdleConnectionsPark(t *testing.T) {
 	wsSend(t, ws, protocol.TypePing, []byte("ws"))
 	if typ, body := wsRead(t, ws); typ != protocol.TypePong || string(body) != "ws" {
 		t.Fatalf("got %s %q, want PONG ws", protocol.TypeName(typ), body)
+	}
+	for i, d := range grpcs {
+		d.send(protocol.TypePing, fmt.Appendf(nil, "g%d", i))
+		if b := d.expect(protocol.TypePong); string(b) != fmt.Sprintf("g%d", i) {
+			t.Fatalf("PONG %q to gRPC PING g%d", b, i)
+		}
 	}
 	eventually(t, "connections park again after their frames", parked)
 	seq := send(t, srv, "idle-sse", "wake")

@@ -34,7 +34,7 @@ const maxRequestHead = 8 << 10
 // errAnswered ends a connection that got an HTTP error answer.
 var errAnswered = errors.New("refused in HTTP")
 
-func (httpFactory) upgrade(s *Server, nc net.Conn) (transportFactory, error) {
+func (httpFactory) upgrade(s *Server, nc net.Conn, _ func()) (transportFactory, error) {
 	h, err := readRequestHead(nc)
 	if err != nil {
 		if errors.Is(err, errHeadTooLarge) {

@@ -172,6 +172,7 @@ type Server struct {
 
 	listeners  []net.Listener
 	grpc       *grpc.Server // nil without GRPCAddr
+	grpcConns  *connListener // what the gRPC listener hands to grpc
 	grpcHealth *health.Server
 	sseUp      *sseUpstream // nil without SSE
 	admin      *http.Server
@@ -227,14 +228,18 @@ func (s *Server) Start() error {
 		s.log.Error(err, "no poller: idle connections keep a goroutine each")
 	}
 	s.poller = p
-	listen := func(addr, name string, tlsOK bool) (net.Listener, error) {
+	listen := func(addr, name, alpn string) (net.Listener, error) {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return nil, fmt.Errorf("listen %s %s: %w", name, addr, err)
 		}
 		s.log.Info(fmt.Sprintf("listening %s=%s", name, l.Addr()))
-		if tlsOK && s.cfg.TLS != nil {
-			l = tls.NewListener(l, s.cfg.TLS)
+		if cfg := s.cfg.TLS; cfg != nil {
+			if alpn != "" {
+				cfg = cfg.Clone()
+				cfg.NextProtos = []string{alpn}
+			}
+			l = tls.NewListener(l, cfg)
 		}
 		s.listeners = append(s.listeners, l)
 		return l, nil
@@ -242,23 +247,21 @@ func (s *Server) Start() error {
 	if s.cfg.WSAddr != "" && !s.cfg.DisableSSE {
 		s.startSSEUpstream()
 	}
+	if s.cfg.GRPCAddr != "" {
+		s.startGRPC()
+	}
 	for _, e := range endpoints {
 		addr := e.addr(&s.cfg)
 		if addr == "" {
 			continue
 		}
-		l, err := listen(addr, e.factory.name(), true)
+		l, err := listen(addr, e.factory.name(), e.alpn)
 		if err != nil {
 			return err
 		}
 		*e.bound(&s.addrs) = l.Addr().String()
 		s.wg.Add(1)
 		go s.acceptLoop(l, e.factory)
-	}
-	if s.cfg.GRPCAddr != "" {
-		if err := s.startGRPC(); err != nil {
-			return err
-		}
 	}
 	if s.cfg.AdminAddr != "" {
 		l, err := net.Listen("tcp", s.cfg.AdminAddr)
@@ -355,8 +358,10 @@ func (s *Server) serveConn(c *conn, f transportFactory, full bool) {
 	_, isTLS := c.nc.(*tls.Conn)
 	u, upgrades := f.(upgrader)
 	if upgrades || isTLS {
-		err := onFreshStack(func() (err error) { f, err = s.handshake(c, f, u); return err })
-		<-s.handshakes
+		var once sync.Once
+		free := func() { once.Do(func() { <-s.handshakes }) }
+		err := onFreshStack(func() (err error) { f, err = s.handshake(c, f, u, free); return err })
+		free()
 		if err != nil || f == nil {
 			if err != nil {
 				s.log.V(1).Info("handshake failed", "remote", c.nc.RemoteAddr().String(), "err", err.Error())
@@ -375,7 +380,7 @@ func (s *Server) serveConn(c *conn, f transportFactory, full bool) {
 // handshake completes TLS and the listener's own handshake, if any (u
 // may be nil), within the handshake timeout, and returns the factory of
 // the connection's transport (f without an upgrader; nil: handed off).
-func (s *Server) handshake(c *conn, f transportFactory, u upgrader) (transportFactory, error) {
+func (s *Server) handshake(c *conn, f transportFactory, u upgrader, free func()) (transportFactory, error) {
 	_ = c.nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	if tc, ok := c.nc.(*tls.Conn); ok {
 		if err := tc.Handshake(); err != nil {
@@ -384,7 +389,7 @@ func (s *Server) handshake(c *conn, f transportFactory, u upgrader) (transportFa
 	}
 	if u != nil {
 		var err error
-		if f, err = u.upgrade(s, c.nc); err != nil || f == nil {
+		if f, err = u.upgrade(s, c.nc, free); err != nil || f == nil {
 			return nil, err
 		}
 	}

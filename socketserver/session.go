@@ -104,6 +104,8 @@ func (s *session) handle(typ byte, body []byte) error {
 			return onFreshStack(func() error { return s.hello(body) })
 		case protocol.TypePing:
 			return s.ping(body)
+		case protocol.TypeNone:
+			return nil
 		}
 		return protocol.Errorf(protocol.CodeHelloRequired, "send HELLO first, not %s", protocol.TypeName(typ))
 	}

@@ -58,8 +58,10 @@ type transportFactory interface {
 type upgrader interface {
 	// upgrade performs the handshake and returns the factory of the
 	// connection's transport; nil when the connection was handed to
-	// another server and is no device connection any more.
-	upgrade(s *Server, nc net.Conn) (transportFactory, error)
+	// another server and is no device connection any more. It may call
+	// free to give its --max-handshakes slot back early, once what is
+	// left to wait for costs little.
+	upgrade(s *Server, nc net.Conn, free func()) (transportFactory, error)
 	// refuse answers a connection over the limit in the handshake's own
 	// protocol, before any upgrade.
 	refuse(nc net.Conn, retryAfterMs int64)
@@ -94,6 +96,15 @@ type (
 	// windowed transports bound the deliveries in flight (MQTT 5's Receive
 	// Maximum): windowFree is how many more may be sent before an ACK.
 	windowed interface{ windowFree() int }
+	// ender transports end every stream with a last message, however it
+	// closes (gRPC's trailers: the device's call then ends with a status,
+	// not a broken connection); their appendClose adds nothing.
+	ender interface{ appendEnd(dst []byte) []byte }
+	// flowControlled transports pace their own output (HTTP/2's windows):
+	// the writer hands them what it would write to the socket.
+	flowControlled interface {
+		writeFlow(nc net.Conn, b []byte, deadline time.Time) error
+	}
 )
 
 // endpoint is a listener and the transports it serves.
@@ -102,14 +113,16 @@ type endpoint struct {
 	addr       func(*Config) string // "" = no listener
 	bound      func(*Addrs) *string // where Start reports the bound address
 	transports []string             // metric labels of what it serves
+	alpn       string               // the protocol TLS negotiates, if any
 }
 
 // endpoints are the listeners, in the order they start. A new transport
 // is one file and an entry here (or in the HTTP listener's routes).
 var endpoints = []endpoint{
-	{tcpFactory{}, func(c *Config) string { return c.TCPAddr }, func(a *Addrs) *string { return &a.TCP }, []string{"tcp"}},
-	{httpFactory{}, func(c *Config) string { return c.WSAddr }, func(a *Addrs) *string { return &a.WS }, []string{"ws", "sse"}},
-	{mqttFactory{}, func(c *Config) string { return c.MQTTAddr }, func(a *Addrs) *string { return &a.MQTT }, []string{mqttName}},
+	{tcpFactory{}, func(c *Config) string { return c.TCPAddr }, func(a *Addrs) *string { return &a.TCP }, []string{"tcp"}, ""},
+	{httpFactory{}, func(c *Config) string { return c.WSAddr }, func(a *Addrs) *string { return &a.WS }, []string{"ws", "sse"}, ""},
+	{mqttFactory{}, func(c *Config) string { return c.MQTTAddr }, func(a *Addrs) *string { return &a.MQTT }, []string{mqttName}, ""},
+	{grpcFactory{}, func(c *Config) string { return c.GRPCAddr }, func(a *Addrs) *string { return &a.GRPC }, []string{grpcName}, "h2"},
 }
 
 // transportNames are the metric labels of the registered transports.
@@ -118,5 +131,5 @@ func transportNames() []string {
 	for _, e := range endpoints {
 		names = append(names, e.transports...)
 	}
-	return append(names, grpcName) // served by gRPC, not an accept loop
+	return names
 }

@@ -1,395 +1,451 @@
 package socketserver
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
-	"fmt"
+	"io"
 	"net"
-	"strings"
+	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/reflection"
-	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/socketcluster/socketcluster/socketserver/grpcframe"
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/scpv1"
 )
 
-// gRPC: each scp.v1.Device/Connect stream is one connection of the session
-// model. gRPC owns the socket, so the stream stands in for it (grpcConn, the
-// conn's nc): the writer's frames, encoded as on TCP, become ServerFrame
-// messages, and the read loop's frames come from ClientFrame messages. The
-// session, the registry, the heartbeat sweep and the drain are the ones of
-// every transport.
+// A device's scp.v1.Device/Connect call, served on its HTTP/2 connection
+// without grpc-go: the read loop reads HTTP/2 frames like any codec reads
+// its framing, answers the connection's own frames (SETTINGS, PING,
+// WINDOW_UPDATE) and returns the protocol frames of the call's ClientFrame
+// messages; the writer's frames go out as ServerFrame messages in DATA
+// frames, paced by the device's flow-control windows. So an idle device
+// parks in the poller and holds no goroutine, as over TCP. One call per
+// connection: further calls end at once with UNIMPLEMENTED.
 
-const grpcName = "grpc"
+// grpcUnimplemented is gRPC's status code for a call not served.
+const grpcUnimplemented = 12
 
-// grpcOverhead is what protobuf adds to a frame of --max-frame-bytes: the
-// message size limit is the frame limit plus this.
-const grpcOverhead = 64
-
-// grpcOptions sizes the gRPC server for many idle devices, one stream each.
-func (s *Server) grpcOptions() []grpc.ServerOption {
-	maxMsg := s.cfg.MaxFrameBytes + grpcOverhead
-	// A stream's window holds at least one largest message, so that a
-	// device is never stuck mid-frame; beyond it nothing is buffered for a
-	// device that does not read.
-	window := int32(max(maxMsg, 64<<10))
-	opts := []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(maxMsg),
-		grpc.MaxSendMsgSize(maxMsg),
-		// A device holds one stream; a few more leave room for the health
-		// and reflection calls that tools make on the same connection
-		// (grpcurl keeps its reflection stream open during the call).
-		// Each stream counts as a connection against --max-connections.
-		grpc.MaxConcurrentStreams(grpcMaxStreams),
-		grpc.ConnectionTimeout(s.cfg.HandshakeTimeout),
-		// The protocol's PINGs are the heartbeat; HTTP/2 pings more often
-		// than twice per heartbeat interval are abuse (too_many_pings).
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.HeartbeatInterval / 2}),
-		// A connection with no stream is closed after the hello timeout;
-		// the server probes a silent connection as the heartbeat sweep would.
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: s.cfg.HelloTimeout,
-			Time: s.cfg.HeartbeatTimeout, Timeout: s.cfg.HeartbeatInterval}),
-		// Idle memory (README, performance; 2,000 idle devices, against
-		// gRPC's defaults): no write buffer saves 3.4 KiB RSS (30 KiB of
-		// heap, mostly never touched) per connection, as each HTTP/2 frame
-		// is then written at once (a pooled SharedWriteBuffer saves about as
-		// much RSS, a third less heap); no read buffer saves 1.3 KiB RSS.
-		// Devices send and receive little, so the extra syscalls under a
-		// burst cost less than the buffers of every idle device.
-		grpc.ReadBufferSize(0),
-		grpc.WriteBufferSize(0),
-		// Fixed windows save nothing when idle; they turn off gRPC's
-		// bandwidth estimation, which grows them up to 16 MiB under load:
-		// what a device that stops reading can make the server buffer.
-		grpc.InitialWindowSize(window),
-		grpc.InitialConnWindowSize(window),
-	}
-	if s.cfg.TLS != nil {
-		opts = append(opts, grpc.Creds(slotCreds{TransportCredentials: credentials.NewTLS(s.cfg.TLS), slots: s.handshakes}))
-	}
-	return opts
-}
-
-// grpcMaxStreams bounds the streams of one connection.
-const grpcMaxStreams = 4
-
-// startGRPC binds the gRPC listener and serves scp.v1.Device, the health
-// service and, when configured, reflection.
-func (s *Server) startGRPC() error {
-	l, err := net.Listen("tcp", s.cfg.GRPCAddr)
-	if err != nil {
-		return fmt.Errorf("listen grpc %s: %w", s.cfg.GRPCAddr, err)
-	}
-	s.log.Info(fmt.Sprintf("listening grpc=%s", l.Addr()))
-	s.addrs.GRPC = l.Addr().String()
-	gs := grpc.NewServer(s.grpcOptions()...)
-	scpv1.RegisterDeviceServer(gs, grpcService{srv: s})
-	s.grpcHealth = health.NewServer()
-	s.grpcHealth.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.grpcHealth.SetServingStatus(scpv1.Device_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	healthpb.RegisterHealthServer(gs, s.grpcHealth)
-	if s.cfg.GRPCReflection {
-		reflection.Register(gs)
-	}
-	s.grpc = gs
-	go func() { _ = gs.Serve(&grpcListener{Listener: l, srv: s}) }()
-	return nil
-}
-
-// grpcListener closes new connections at once while the server is full or
-// as many gRPC connections are open as it may hold: a connection counts
-// as a device connection only once its stream starts, and those without a
-// stream (closed after the hello timeout) must not eat the descriptors
-// of the other listeners. As on TLS, no answer can precede the handshake.
-type grpcListener struct {
-	net.Listener
-	srv  *Server
-	open atomic.Int64
-}
-
-// With TLS, a connection takes a --max-handshakes slot once accepted, as
-// on the other listeners (beyond the bound the next ones wait in the
-// listen backlog, holding no descriptor); slotCreds frees it when the
-// handshake ends.
-func (l *grpcListener) Accept() (net.Conn, error) {
-	s := l.srv
-	for {
-		nc, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if s.maxConns > 0 && (s.Connections() >= s.maxConns || l.open.Load() >= int64(s.maxConns)) {
-			s.metrics.closes.WithLabelValues(ReasonRejected.String()).Inc()
-			_ = nc.Close()
-			continue
-		}
-		if s.cfg.TLS != nil {
-			select {
-			case s.handshakes <- struct{}{}:
-			case <-s.ctx.Done():
-				_ = nc.Close()
-				return nil, net.ErrClosed
-			}
-		}
-		l.open.Add(1)
-		return &countedConn{Conn: nc, open: &l.open}, nil
-	}
-}
-
-// slotCreds frees the connection's --max-handshakes slot (taken in
-// grpcListener.Accept) once its TLS handshake ended, however.
-type slotCreds struct {
-	credentials.TransportCredentials
-	slots chan struct{}
-}
-
-func (c slotCreds) ServerHandshake(nc net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	defer func() { <-c.slots }()
-	return c.TransportCredentials.ServerHandshake(nc)
-}
-
-func (c slotCreds) Clone() credentials.TransportCredentials {
-	return slotCreds{TransportCredentials: c.TransportCredentials.Clone(), slots: c.slots}
-}
-
-// countedConn leaves its listener's count when closed.
-type countedConn struct {
-	net.Conn
-	open *atomic.Int64
-	once sync.Once
-}
-
-func (c *countedConn) Close() error {
-	c.once.Do(func() { c.open.Add(-1) })
-	return c.Conn.Close()
-}
-
-// grpcNotReady mirrors /readyz in the health service once draining.
-func (s *Server) grpcNotReady() {
-	if s.grpcHealth != nil {
-		s.grpcHealth.Shutdown() // every service NOT_SERVING, for good
-	}
-}
-
-// stopGRPC stops the gRPC server gracefully (HTTP/2 GOAWAY, no new
-// streams, the open ones end) until by, then closes what is left.
-func (s *Server) stopGRPC(by time.Time) {
-	if s.grpc == nil {
-		return
-	}
-	done := make(chan struct{})
-	go func() { s.grpc.GracefulStop(); close(done) }()
-	t := time.NewTimer(max(time.Until(by), 0))
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-		s.grpc.Stop()
-		<-done
-	}
-}
-
-// grpcService serves scp.v1.Device.
-type grpcService struct {
-	scpv1.UnimplementedDeviceServer
-	srv *Server
-}
-
-// Connect runs one device connection; the call ends once the connection
-// closed its stand-in socket (after its last frame was sent).
-func (g grpcService) Connect(stream scpv1.Device_ConnectServer) error {
-	s := g.srv
-	gc := &grpcConn{stream: stream, closed: make(chan struct{}), token: bearer(stream)}
-	c := newConn(s, gc)
-	gc.c = c
-	full, ok := s.track(c)
-	if !ok {
-		return status.Error(codes.Unavailable, "server is shutting down")
-	}
-	limit := min(protocol.MaxFrameBeforeWelcome, s.cfg.MaxFrameBytes)
-	go c.serve(&grpcTransport{gc: gc, max: limit}, full)
-	<-gc.closed
-	return nil
-}
-
-// bearer is the token of the call's authorization metadata, if any.
-func bearer(stream grpc.ServerStream) string {
-	md, _ := metadata.FromIncomingContext(stream.Context())
-	for _, v := range md.Get("authorization") {
-		if t, ok := strings.CutPrefix(v, "Bearer "); ok {
-			return strings.TrimSpace(t)
-		}
-	}
-	return ""
-}
-
-// grpcTransport reads ClientFrames as protocol frames; frames to send are
-// encoded as on TCP, and grpcConn.Write sends them as ServerFrames.
 type grpcTransport struct {
-	gc  *grpcConn
-	max int     // read loop only, like the other codecs' limits
-	num [8]byte // body of the last ACK
+	r      *protocol.H2Reader
+	src    *replayConn // what the handshake read past the call's headers; nil: none
+	out    *writer
+	stream uint32
+	token  string
+
+	// Read loop only.
+	max        int     // the frame limit, as in the other codecs
+	num        [8]byte // body of the last ACK
+	data       []byte  // the unread part of the call's current DATA
+	msg        []byte  // a message that spans DATA frames, as it arrives
+	ended      bool    // the device ended the call or the connection
+	skipBlock  bool    // in the header block of a refused call
+	window     int     // the receive window announced for the call and connection
+	recvConn   int     // bytes received and not yet given back to the device
+	recvStream int
+	lastPing   int64 // unix ns
+	strikes    int
+	minPing    time.Duration
+	calm       bool // the device pinged too often: GOAWAY ENHANCE_YOUR_CALM
+
+	// dataSent: a DATA frame went out since the last PING (grpc-go then
+	// forgives a device's earlier pings, as it answers data with them).
+	dataSent atomic.Bool
+
+	// The device's windows, taken by the writer and given back by the
+	// read loop's WINDOW_UPDATEs.
+	fmu        sync.Mutex
+	fcond      sync.Cond
+	sendConn   int64
+	sendStream int64
+	initWindow int64 // the stream's initial window the device announced last
+	fclosed    bool
+}
+
+func newGRPCTransport(st *h2Start, nc net.Conn, maxFrame int, out *writer) *grpcTransport {
+	srv := out.c.srv
+	t := &grpcTransport{out: out, stream: st.stream, token: st.token, max: maxFrame,
+		window: srv.grpcWindow(), minPing: srv.grpcMinPing(),
+		sendConn: st.connWindow, sendStream: st.streamWindow, initWindow: st.streamWindow}
+	t.fcond.L = &t.fmu
+	var rd io.Reader = nc
+	if len(st.rest) > 0 {
+		// A copy: the handshake's buffer is not kept for these few bytes.
+		t.src = &replayConn{Conn: nc, head: bytes.NewReader(bytes.Clone(st.rest))}
+		rd = t.src
+	}
+	t.r = protocol.NewH2Reader(rd, readBufferSize)
+	return t
 }
 
 func (*grpcTransport) name() string { return grpcName }
 
-func (t *grpcTransport) ReadFrame() (byte, []byte, error) {
-	var m scpv1.ClientFrame
-	if err := t.gc.stream.RecvMsg(&m); err != nil {
-		// A message above the size limit ends the call in gRPC itself
-		// (RESOURCE_EXHAUSTED): no ERROR can follow. One that does not
-		// unmarshal is a bad frame, as a body that does not parse.
-		if status.Code(err) == codes.Internal && strings.Contains(err.Error(), "unmarshal") {
-			return 0, nil, protocol.Errorf(protocol.CodeBadFrame, "ClientFrame does not parse")
-		}
-		return 0, nil, err
-	}
-	typ, body, err := grpcframe.FromClient(&m, &t.num)
-	if err != nil {
-		return 0, nil, err
-	}
-	if typ == protocol.TypeHello {
-		if h := m.GetHello(); h.GetToken() == "" && t.gc.token != "" {
-			body = protocol.MustJSON(protocol.Hello{Protocol: int(h.GetProtocol()), Device: h.GetDevice(),
-				Token: t.gc.token, LastSeq: h.GetLastSeq()})
-		}
-		t.gc.hello.Store(true)
-	}
-	if 1+len(body) > t.max {
-		return 0, nil, protocol.Errorf(protocol.CodeFrameTooLarge, "%s of %d bytes exceeds %d", protocol.TypeName(typ), 1+len(body), t.max)
-	}
-	return typ, body, nil
+func (t *grpcTransport) rawConn(nc net.Conn) (syscall.RawConn, bool) { return socketRawConn(nc) }
+
+func (t *grpcTransport) Buffered() bool {
+	return len(t.data) > 0 || t.r.Buffered() || t.src != nil && t.src.head.Len() > 0
 }
 
-func (*grpcTransport) Buffered() bool      { return false }
-func (*grpcTransport) Release()            {}
+func (t *grpcTransport) Release()          { t.r.Release() }
 func (t *grpcTransport) SetMaxFrame(n int) { t.max = n }
 
-func (*grpcTransport) AppendFrame(dst []byte, typ byte, body []byte) []byte {
-	return protocol.AppendFrame(dst, typ, body)
-}
+var errGRPCCallEnded = errors.New("the device ended its gRPC call")
 
-func (*grpcTransport) AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte {
-	return protocol.AppendSeqFrame(dst, typ, n, payload)
-}
-
-// appendClose: the call ends when the stand-in socket closes.
-func (*grpcTransport) appendClose(dst []byte) []byte { return dst }
-
-// grpcConn is a Connect stream in the place of the conn's socket. Write
-// sends the frames the writer queued as ServerFrames; Close ends the call;
-// the deadlines are timers, as a stream has none.
-type grpcConn struct {
-	stream scpv1.Device_ConnectServer
-	c      *conn
-	token  string // of the call's metadata
-	// hello is set once a HELLO arrived: the hello timeout is then over,
-	// whatever its answer takes.
-	hello atomic.Bool
-
-	closeOnce sync.Once
-	closed    chan struct{}
-
-	mu            sync.Mutex // guards the timers
-	readTimer     *time.Timer
-	writeDeadline time.Time // writer only
-}
-
-var errNoByteStream = errors.New("a gRPC stream has no byte stream")
-
-func (*grpcConn) Read([]byte) (int, error) { return 0, errNoByteStream }
-
-// Write sends each frame of b (length-prefixed, as on TCP) as a
-// ServerFrame. A device that does not read within the write deadline
-// blocks the send on flow control: the call is then ended.
-func (g *grpcConn) Write(b []byte) (int, error) {
-	if d := g.writeDeadline; !d.IsZero() {
-		t := time.AfterFunc(time.Until(d), func() { _ = g.Close() })
-		defer t.Stop()
-	}
-	return grpcframe.Each(b, func(typ byte, body []byte) error {
-		m, err := grpcframe.Server(typ, body)
+// ReadFrame returns the next frame of the call, or TypeNone once it
+// answered the connection's frames and nothing more is read.
+func (t *grpcTransport) ReadFrame() (byte, []byte, error) {
+	for {
+		if m, ok, err := t.message(); err != nil || ok {
+			if err != nil {
+				return 0, nil, err
+			}
+			var cf scpv1.ClientFrame
+			if err := proto.Unmarshal(m, &cf); err != nil {
+				return 0, nil, protocol.Errorf(protocol.CodeBadFrame, "ClientFrame does not parse")
+			}
+			return clientFrame(&cf, &t.num, t.token, t.max, nil)
+		}
+		if t.ended {
+			return 0, nil, errGRPCCallEnded
+		}
+		f, err := t.r.ReadFrame()
 		if err != nil {
+			t.closeFlow()
+			return 0, nil, err
+		}
+		if err := t.frame(f); err != nil {
+			return 0, nil, err
+		}
+		if len(t.data) == 0 && !t.ended && !t.Buffered() {
+			return protocol.TypeNone, nil, nil
+		}
+	}
+}
+
+// message takes the next whole gRPC message of the call from what DATA
+// brought (a length prefix of 5 bytes, then the message); one that spans
+// frames is gathered in msg as its bytes arrive, never at its declared size.
+func (t *grpcTransport) message() ([]byte, bool, error) {
+	if t.msg == nil && len(t.data) >= 5 {
+		n, err := t.prefix(t.data)
+		if err != nil {
+			return nil, false, err
+		}
+		if n <= len(t.data)-5 {
+			m := t.data[5 : 5+n]
+			t.data = t.data[5+n:]
+			return m, true, nil
+		}
+	}
+	if len(t.data) == 0 {
+		return nil, false, nil
+	}
+	if len(t.msg) < 5 {
+		k := min(5-len(t.msg), len(t.data))
+		t.msg = append(t.msg, t.data[:k]...)
+		t.data = t.data[k:]
+		if len(t.msg) < 5 {
+			return nil, false, nil
+		}
+	}
+	n, err := t.prefix(t.msg)
+	if err != nil {
+		return nil, false, err
+	}
+	k := min(5+n-len(t.msg), len(t.data))
+	t.msg = append(t.msg, t.data[:k]...)
+	t.data = t.data[k:]
+	if len(t.msg) < 5+n {
+		return nil, false, nil
+	}
+	m := t.msg[5:]
+	t.msg = nil
+	return m, true, nil
+}
+
+// prefix checks a message's length prefix against the frame limit.
+func (t *grpcTransport) prefix(p []byte) (int, error) {
+	if p[0] != 0 {
+		return 0, protocol.Errorf(protocol.CodeBadFrame, "compressed gRPC messages are not accepted")
+	}
+	n := binary.BigEndian.Uint32(p[1:5])
+	if int64(n) > int64(t.max+grpcOverhead) {
+		return 0, protocol.Errorf(protocol.CodeFrameTooLarge, "gRPC message of %d bytes exceeds %d", n, t.max+grpcOverhead)
+	}
+	return int(n), nil
+}
+
+// frame takes one HTTP/2 frame.
+func (t *grpcTransport) frame(f protocol.H2Frame) error {
+	p := f.Payload
+	if t.skipBlock && f.Type != protocol.H2Continuation {
+		return protocol.Errorf(protocol.CodeBadFrame, "HTTP/2 header block interrupted")
+	}
+	switch f.Type {
+	case protocol.H2Data:
+		t.recvConn += len(p)
+		if f.Stream == t.stream && !t.ended {
+			t.recvStream += len(p)
+			if f.Flags&protocol.H2FlagPadded != 0 {
+				if len(p) == 0 || int(p[0]) >= len(p) {
+					return protocol.Errorf(protocol.CodeBadFrame, "HTTP/2 DATA with bad padding")
+				}
+				p = p[1 : len(p)-int(p[0])]
+			}
+			t.data = p
+			t.ended = f.Flags&protocol.H2FlagEndStream != 0
+		}
+		t.giveBack()
+	case protocol.H2Headers:
+		if f.Stream == t.stream {
+			t.ended = t.ended || f.Flags&protocol.H2FlagEndStream != 0
+			return nil
+		}
+		// Another call: refused without reading its headers (the server
+		// keeps no HPACK state; it never reads another header block).
+		t.skipBlock = f.Flags&protocol.H2FlagEndHeaders == 0
+		stream := f.Stream
+		block := grpcTrailersOnly(grpcUnimplemented, "one call per connection: this one serves scp.v1.Device/Connect")
+		t.out.write(func(dst []byte) []byte {
+			dst = protocol.AppendH2Header(dst, len(block), protocol.H2Headers, protocol.H2FlagEndHeaders|protocol.H2FlagEndStream, stream)
+			return append(dst, block...)
+		})
+	case protocol.H2Continuation:
+		t.skipBlock = t.skipBlock && f.Flags&protocol.H2FlagEndHeaders == 0
+	case protocol.H2RSTStream:
+		t.ended = t.ended || f.Stream == t.stream
+	case protocol.H2GoAway:
+		t.ended = true
+	case protocol.H2Settings:
+		if f.Flags&protocol.H2FlagAck != 0 {
+			return nil
+		}
+		if len(p)%6 != 0 || f.Stream != 0 {
+			return protocol.Errorf(protocol.CodeBadFrame, "HTTP/2 SETTINGS malformed")
+		}
+		for i := 0; i < len(p); i += 6 {
+			if binary.BigEndian.Uint16(p[i:]) == protocol.H2SettingInitialWindowSize {
+				t.setStreamWindow(int64(binary.BigEndian.Uint32(p[i+2:])))
+			}
+		}
+		t.out.write(func(dst []byte) []byte {
+			return protocol.AppendH2Header(dst, 0, protocol.H2Settings, protocol.H2FlagAck, 0)
+		})
+	case protocol.H2Ping:
+		if f.Flags&protocol.H2FlagAck != 0 {
+			return nil
+		}
+		if len(p) != 8 {
+			return protocol.Errorf(protocol.CodeBadFrame, "HTTP/2 PING of %d bytes", len(p))
+		}
+		if err := t.pinged(); err != nil {
 			return err
 		}
-		return g.stream.SendMsg(m)
-	})
-}
-
-// Close ends the call (Connect returns); a send or receive blocked on
-// the stream then fails.
-func (g *grpcConn) Close() error {
-	g.closeOnce.Do(func() {
-		g.mu.Lock()
-		if g.readTimer != nil {
-			g.readTimer.Stop()
-		}
-		g.mu.Unlock()
-		close(g.closed)
-	})
-	return nil
-}
-
-func (g *grpcConn) LocalAddr() net.Addr { return grpcAddr{} }
-
-func (g *grpcConn) RemoteAddr() net.Addr {
-	if p, ok := peer.FromContext(g.stream.Context()); ok {
-		return p.Addr
-	}
-	return grpcAddr{}
-}
-
-func (g *grpcConn) SetDeadline(t time.Time) error {
-	_ = g.SetReadDeadline(t)
-	return g.SetWriteDeadline(t)
-}
-
-// SetReadDeadline is the hello timeout, the only read deadline a
-// connection has before the poller (which gRPC connections skip): when
-// it passes before a HELLO arrived, the device gets hello_timeout.
-func (g *grpcConn) SetReadDeadline(t time.Time) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.readTimer != nil {
-		g.readTimer.Stop()
-		g.readTimer = nil
-	}
-	if !t.IsZero() {
-		g.readTimer = time.AfterFunc(time.Until(t), func() {
-			if !g.hello.Load() {
-				g.c.readFailed(grpcTimeout{})
-			}
+		data := [8]byte(p)
+		t.out.write(func(dst []byte) []byte {
+			return append(protocol.AppendH2Header(dst, 8, protocol.H2Ping, protocol.H2FlagAck, 0), data[:]...)
 		})
+	case protocol.H2WindowUpdate:
+		if len(p) != 4 {
+			return protocol.Errorf(protocol.CodeBadFrame, "HTTP/2 WINDOW_UPDATE malformed")
+		}
+		t.grant(f.Stream, int64(binary.BigEndian.Uint32(p)&0x7fffffff))
+	}
+	return nil // PRIORITY, unknown types
+}
+
+// giveBack returns received bytes to the device's windows once half of
+// one is used: the call's bytes are taken as they are read.
+func (t *grpcTransport) giveBack() {
+	conn, stream := 0, 0
+	if t.recvConn >= t.window/2 {
+		conn, t.recvConn = t.recvConn, 0
+	}
+	if t.recvStream >= t.window/2 {
+		stream, t.recvStream = t.recvStream, 0
+	}
+	if conn == 0 && stream == 0 {
+		return
+	}
+	id := t.stream
+	t.out.write(func(dst []byte) []byte {
+		if conn > 0 {
+			dst = appendWindowUpdate(dst, 0, conn)
+		}
+		if stream > 0 {
+			dst = appendWindowUpdate(dst, id, stream)
+		}
+		return dst
+	})
+}
+
+// pinged enforces grpc-go's keepalive policy: pings more often than
+// minPing, more than twice in a row with no data sent between them, end
+// the connection with ENHANCE_YOUR_CALM (clients then ping less).
+func (t *grpcTransport) pinged() error {
+	if t.dataSent.Swap(false) {
+		t.strikes = 0
+	}
+	now := time.Now().UnixNano()
+	if t.lastPing != 0 && time.Duration(now-t.lastPing) < t.minPing {
+		if t.strikes++; t.strikes > 2 {
+			t.calm = true
+			return protocol.Errorf(protocol.CodeBadFrame, "HTTP/2 pings more often than every %s", t.minPing)
+		}
+	}
+	t.lastPing = now
+	return nil
+}
+
+// The device's windows.
+
+func (t *grpcTransport) grant(stream uint32, n int64) {
+	t.fmu.Lock()
+	switch stream {
+	case 0:
+		t.sendConn += n
+	case t.stream:
+		t.sendStream += n
+	}
+	t.fmu.Unlock()
+	t.fcond.Broadcast()
+}
+
+func (t *grpcTransport) setStreamWindow(initial int64) {
+	// A new initial window moves the open stream's by the difference
+	// (RFC 9113, 6.9.2).
+	t.fmu.Lock()
+	t.sendStream += initial - t.initWindow
+	t.initWindow = initial
+	t.fmu.Unlock()
+	t.fcond.Broadcast()
+}
+
+func (t *grpcTransport) closeFlow() {
+	t.fmu.Lock()
+	t.fclosed = true
+	t.fmu.Unlock()
+	t.fcond.Broadcast()
+}
+
+var errFlowClosed = errors.New("gRPC connection closed while its window was shut")
+
+// writeFlow writes b, whole HTTP/2 frames, as far as the device's windows
+// let the DATA frames go, and waits for WINDOW_UPDATEs for the rest until
+// deadline. Only the writer calls it.
+func (t *grpcTransport) writeFlow(nc net.Conn, b []byte, deadline time.Time) error {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for len(b) > 0 {
+		t.fmu.Lock()
+		i, need := 0, int64(0)
+		for i < len(b) {
+			n, typ, _, _ := protocol.ParseH2Header(b[i:])
+			if typ == protocol.H2Data && need+int64(n) > min(t.sendConn, t.sendStream) {
+				break
+			}
+			if typ == protocol.H2Data {
+				need += int64(n)
+			}
+			i += protocol.H2HeaderLen + n
+		}
+		if i == 0 {
+			switch {
+			case t.fclosed:
+				t.fmu.Unlock()
+				return errFlowClosed
+			case !time.Now().Before(deadline):
+				t.fmu.Unlock()
+				return os.ErrDeadlineExceeded
+			}
+			if timer == nil {
+				timer = time.AfterFunc(time.Until(deadline), func() {
+					t.fmu.Lock() // not between the waiter's check and its Wait
+					t.fcond.Broadcast()
+					t.fmu.Unlock()
+				})
+			}
+			t.fcond.Wait()
+			t.fmu.Unlock()
+			continue
+		}
+		t.sendConn -= need
+		t.sendStream -= need
+		t.fmu.Unlock()
+		if _, err := nc.Write(b[:i]); err != nil {
+			return err
+		}
+		b = b[i:]
 	}
 	return nil
 }
 
-// SetWriteDeadline is called by the writer alone, before each Write.
-func (g *grpcConn) SetWriteDeadline(t time.Time) error {
-	g.writeDeadline = t
-	return nil
+// Output: each frame is one ServerFrame message in DATA frames of the call.
+
+func (t *grpcTransport) AppendFrame(dst []byte, typ byte, body []byte) []byte {
+	m, err := grpcframe.Server(typ, body)
+	if err != nil {
+		panic(err) // the server builds its frames; a bad one is a bug
+	}
+	start := len(dst)
+	dst, _ = proto.MarshalOptions{}.MarshalAppend(append(dst, grpcDataHead[:]...), m)
+	return t.frameMessage(dst, start)
 }
 
-// grpcTimeout is the net.Error of a passed read deadline.
-type grpcTimeout struct{}
+func (t *grpcTransport) AppendSeqFrame(dst []byte, typ byte, n uint64, payload []byte) []byte {
+	if typ != protocol.TypeDeliver {
+		return t.AppendFrame(dst, typ, append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(payload)), n), payload...))
+	}
+	start := len(dst)
+	dst = grpcframe.AppendDeliver(append(dst, grpcDataHead[:]...), n, payload)
+	return t.frameMessage(dst, start)
+}
 
-func (grpcTimeout) Error() string   { return "grpc: read deadline passed" }
-func (grpcTimeout) Timeout() bool   { return true }
-func (grpcTimeout) Temporary() bool { return true }
+// grpcDataHead is the room for a DATA frame's header and a message's
+// length prefix, filled in by frameMessage once the message is encoded.
+var grpcDataHead [protocol.H2HeaderLen + 5]byte
 
-type grpcAddr struct{}
+// frameMessage turns dst[start:], room for a DATA header and a prefix
+// followed by a message, into the message's DATA frames.
+func (t *grpcTransport) frameMessage(dst []byte, start int) []byte {
+	t.dataSent.Store(true)
+	n := len(dst) - start - len(grpcDataHead)
+	if 5+n <= protocol.H2MaxFrame {
+		protocol.AppendH2Header(dst[start:start], 5+n, protocol.H2Data, 0, t.stream)
+		dst[start+protocol.H2HeaderLen] = 0
+		binary.BigEndian.PutUint32(dst[start+protocol.H2HeaderLen+1:], uint32(n))
+		return dst
+	}
+	msg := binary.BigEndian.AppendUint32([]byte{0}, uint32(n))
+	msg = append(msg, dst[start+len(grpcDataHead):]...)
+	dst = dst[:start]
+	for chunk := range slices.Chunk(msg, protocol.H2MaxFrame) {
+		dst = append(protocol.AppendH2Header(dst, len(chunk), protocol.H2Data, 0, t.stream), chunk...)
+	}
+	return dst
+}
 
-func (grpcAddr) Network() string { return grpcName }
-func (grpcAddr) String() string  { return grpcName }
+func (t *grpcTransport) appendClose(dst []byte) []byte { return dst }
+
+// appendEnd ends the call with status OK and the connection with GOAWAY,
+// whatever closes it: the device's gRPC stack reports a finished call
+// (the ERROR or GOAWAY frame before it says why), not a failure.
+func (t *grpcTransport) appendEnd(dst []byte) []byte {
+	dst = protocol.AppendH2Header(dst, len(grpcTrailersOK), protocol.H2Headers,
+		protocol.H2FlagEndHeaders|protocol.H2FlagEndStream, t.stream)
+	dst = append(dst, grpcTrailersOK...)
+	if t.calm {
+		return appendGoAway(dst, t.stream, protocol.H2EnhanceYourCalm, "too_many_pings")
+	}
+	return appendGoAway(dst, t.stream, protocol.H2NoError, "")
+}

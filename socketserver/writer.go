@@ -34,6 +34,7 @@ type writer struct {
 	c *conn
 
 	mu       sync.Mutex // guards the fields below
+	tr       transport  // set when the connection starts serving
 	flushing bool
 	closing  bool        // no more output except what is queued
 	reason   CloseReason // why closing began
@@ -108,6 +109,13 @@ func windowFree(tr transport) int {
 	return math.MaxInt
 }
 
+// open makes tr the transport the output is encoded for.
+func (w *writer) open(tr transport) {
+	w.mu.Lock()
+	w.tr = tr
+	w.mu.Unlock()
+}
+
 // close stops the output after what is queued; the flusher then closes
 // the socket. The first reason sticks.
 func (w *writer) close(reason CloseReason) {
@@ -124,6 +132,9 @@ func (w *writer) closeLocked(reason CloseReason) {
 	w.reason = reason
 	if len(w.out) > hardBudget {
 		w.out = nil
+	}
+	if e, ok := w.tr.(ender); ok {
+		w.out = e.appendEnd(w.out)
 	}
 	if !w.flushing {
 		w.flushing = true
@@ -174,14 +185,21 @@ func (w *writer) flush() {
 		}
 		buf := w.out
 		w.out = w.spare[:0]
+		fc, paced := w.tr.(flowControlled)
 		timeout := c.srv.cfg.WriteTimeout
 		if w.closing {
 			timeout = finalFlushTimeout
 		}
 		w.mu.Unlock()
 
-		_ = c.nc.SetWriteDeadline(time.Now().Add(timeout))
-		_, err := c.nc.Write(buf)
+		deadline := time.Now().Add(timeout)
+		_ = c.nc.SetWriteDeadline(deadline)
+		var err error
+		if paced {
+			err = fc.writeFlow(c.nc, buf, deadline)
+		} else {
+			_, err = c.nc.Write(buf)
+		}
 
 		w.mu.Lock()
 		if cap(buf) <= spareMax {

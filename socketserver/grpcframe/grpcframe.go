@@ -8,6 +8,8 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"google.golang.org/protobuf/encoding/protowire"
+
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
 	"github.com/socketcluster/socketcluster/socketserver/scpv1"
 )
@@ -161,4 +163,27 @@ func Each(b []byte, send func(typ byte, body []byte) error) (int, error) {
 		n += protocol.HeaderSize + size
 	}
 	return n, nil
+}
+
+// AppendDeliver appends the ServerFrame of a DELIVER as proto.Marshal
+// encodes it, without building the message: the server's hot path.
+func AppendDeliver(dst []byte, seq uint64, payload []byte) []byte {
+	n := 0
+	if seq != 0 {
+		n += protowire.SizeTag(1) + protowire.SizeVarint(seq)
+	}
+	if len(payload) > 0 {
+		n += protowire.SizeTag(2) + protowire.SizeBytes(len(payload))
+	}
+	dst = protowire.AppendTag(dst, 5, protowire.BytesType)
+	dst = protowire.AppendVarint(dst, uint64(n))
+	if seq != 0 {
+		dst = protowire.AppendTag(dst, 1, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, seq)
+	}
+	if len(payload) > 0 {
+		dst = protowire.AppendTag(dst, 2, protowire.BytesType)
+		dst = protowire.AppendBytes(dst, payload)
+	}
+	return dst
 }

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/socketcluster/socketcluster/socketserver/protocol"
+	"github.com/socketcluster/socketcluster/socketserver/scpv1"
 )
 
 // Every frame survives the trip through its message unchanged, so that a
@@ -80,5 +83,21 @@ func TestEach(t *testing.T) {
 	n, err = Each(b[:len(b)-1], func(byte, []byte) error { return nil })
 	if err == nil || n != whole {
 		t.Fatalf("truncated: Each = %d, %v; want %d and an error", n, err, whole)
+	}
+}
+
+// AppendDeliver writes what proto.Marshal writes for the same DELIVER.
+func TestAppendDeliver(t *testing.T) {
+	for _, c := range []struct {
+		seq     uint64
+		payload []byte
+	}{{1796220000000001, []byte("payload")}, {1, nil}, {0, []byte("x")}, {300, bytes.Repeat([]byte{7}, 200)}} {
+		want, err := proto.Marshal(&scpv1.ServerFrame{Frame: &scpv1.ServerFrame_Deliver{Deliver: &scpv1.Deliver{Seq: c.seq, Payload: c.payload}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := AppendDeliver([]byte("head"), c.seq, c.payload); !bytes.Equal(got[4:], want) || string(got[:4]) != "head" {
+			t.Fatalf("seq %d, %d bytes: got %x, want %x", c.seq, len(c.payload), got[4:], want)
+		}
 	}
 }
