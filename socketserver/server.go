@@ -171,8 +171,8 @@ type Server struct {
 	handshakes chan struct{}
 
 	listeners  []net.Listener
-	grpc       *grpc.Server // nil without GRPCAddr
-	grpcConns  *connListener // what the gRPC listener hands to grpc
+	grpc       *grpc.Server  // nil without GRPCAddr
+	grpcConns  *connListener // what the gRPC listener hands to grpc-go
 	grpcHealth *health.Server
 	sseUp      *sseUpstream // nil without SSE
 	admin      *http.Server
