@@ -2,7 +2,6 @@ package socketserver_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -299,22 +298,7 @@ func TestGRPCNodeHTTP2(t *testing.T) {
 		p := fmt.Sprintf("%04d%s", i, bytes.Repeat([]byte("x"), 2044))
 		want[send(t, srv, device, p)] = p
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "testdata/grpc_node_http2.mjs", srv.Addrs().GRPC, device, token(device, time.Hour))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait() })
+	stdin, stdout := startScript(t, node, "testdata/grpc_node_http2.mjs", srv.Addrs().GRPC, device, token(device, time.Hour))
 	type event struct{ Event, Seq, Payload, ID, Status, Code, Message string }
 	events := json.NewDecoder(stdout)
 	next := func() event {

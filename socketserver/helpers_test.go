@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -214,4 +216,29 @@ func deviceInfo(t testing.TB, srv target, device string) adminapi.DeviceInfo {
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	poll.Until(t, 30*time.Second, what, poll.True(cond))
+}
+
+// startScript runs a device program on a client stack no one here wrote
+// (Paho, Node's HTTP/2), its stderr on the test's, for at most a minute:
+// the test drives it on stdin and reads its events on stdout. At the end
+// its stdin is closed, which ends it.
+func startScript(t *testing.T, name string, args ...string) (io.WriteCloser, io.Reader) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); _ = cmd.Wait(); cancel() })
+	return stdin, stdout
 }

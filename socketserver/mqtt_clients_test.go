@@ -161,21 +161,7 @@ func TestMQTTPaho5ResumesAcrossADrain(t *testing.T) {
 		send(t, a, device, fmt.Sprintf("before-%d", i))
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, python, "testdata/paho_mqtt5.py", device, token(device, time.Hour), a.Addrs().MQTT, b.Addrs().MQTT)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	stdin, stdout := startScript(t, python, "testdata/paho_mqtt5.py", device, token(device, time.Hour), a.Addrs().MQTT, b.Addrs().MQTT)
 	events := make(chan pahoEvent, 64)
 	go func() {
 		defer close(events)
@@ -189,10 +175,6 @@ func TestMQTTPaho5ResumesAcrossADrain(t *testing.T) {
 			events <- e
 		}
 	}()
-	t.Cleanup(func() {
-		fmt.Fprintln(stdin, "quit")
-		_ = cmd.Wait()
-	})
 	got := map[string]int{}
 	// next returns the next event of kind, counting the messages on the way.
 	next := func(kind string) pahoEvent {

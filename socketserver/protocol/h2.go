@@ -103,27 +103,11 @@ func (r *H2Reader) ReadFrame() (H2Frame, error) {
 	if n > H2MaxFrame {
 		return f, Errorf(CodeFrameTooLarge, "HTTP/2 frame of %d bytes exceeds SETTINGS_MAX_FRAME_SIZE %d", n, H2MaxFrame)
 	}
-	if H2HeaderLen+n <= len(r.buf) {
-		if err := r.fill(H2HeaderLen + n); err != nil {
-			return f, unexpected(err)
-		}
-		f.Payload = r.buf[r.r+H2HeaderLen : r.r+H2HeaderLen+n]
-		r.r += H2HeaderLen + n
-		return f, nil
+	p, err := r.payload(&r.big, H2HeaderLen, n)
+	if err != nil {
+		return f, err
 	}
-	b := r.big.grow(r.buf[r.r+H2HeaderLen:r.w], n)
-	r.r, r.w = 0, 0
-	for len(b) < n {
-		if len(b) == cap(b) {
-			b = r.big.grow(b, n)
-		}
-		m, err := r.rd.Read(b[len(b):min(cap(b), n)])
-		b = b[:len(b)+m]
-		if err != nil && len(b) < n {
-			return f, unexpected(err)
-		}
-	}
-	f.Payload = b
+	f.Payload = p
 	return f, nil
 }
 

@@ -61,28 +61,10 @@ func (r *MQTTReader) ReadPacket() (first byte, rest []byte, err error) {
 	if n > r.max {
 		return 0, nil, Errorf(CodeFrameTooLarge, "MQTT packet of %d bytes exceeds the limit of %d", n, r.max)
 	}
-	head := size
-	if head+n <= len(r.buf) {
-		if err := r.fill(head + n); err != nil {
-			return 0, nil, unexpected(err)
-		}
-		rest = r.buf[r.r+head : r.r+head+n]
-		r.r += head + n
-		return first, rest, nil
+	if rest, err = r.payload(&r.big, size, n); err != nil {
+		return 0, nil, err
 	}
-	b := r.big.grow(r.buf[r.r+head:r.w], n)
-	r.r, r.w = 0, 0
-	for len(b) < n {
-		if len(b) == cap(b) {
-			b = r.big.grow(b, n)
-		}
-		m, err := r.rd.Read(b[len(b):min(cap(b), n)])
-		b = b[:len(b)+m]
-		if err != nil && len(b) < n {
-			return 0, nil, unexpected(err)
-		}
-	}
-	return first, b, nil
+	return first, rest, nil
 }
 
 // AppendMQTTHeader appends a fixed header: the first byte and the

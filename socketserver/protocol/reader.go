@@ -88,30 +88,12 @@ func (r *Reader) ReadFrame() (typ byte, body []byte, err error) {
 	if !KnownType(typ) {
 		return 0, nil, Errorf(CodeBadFrame, "unknown frame type %s", TypeName(typ))
 	}
-	total := HeaderSize + n
-	if total <= len(r.buf) {
-		if err := r.fill(total); err != nil {
-			return 0, nil, unexpected(err)
-		}
-		body = r.buf[r.r+HeaderSize+1 : r.r+total]
-		r.r += total
-		return typ, body, nil
+	// A large frame's body grows only as its bytes arrive.
+	body, err = r.payload(&r.big, HeaderSize+1, n-1)
+	if err != nil {
+		return 0, nil, err
 	}
-	// Large frame: move what is buffered into a pooled buffer and read the
-	// rest into it, growing it only as the bytes arrive.
-	b := r.big.grow(r.buf[r.r+HeaderSize+1:r.w], n-1)
-	r.r, r.w = 0, 0
-	for len(b) < n-1 {
-		if len(b) == cap(b) {
-			b = r.big.grow(b, n-1)
-		}
-		m, err := r.rd.Read(b[len(b):min(cap(b), n-1)])
-		b = b[:len(b)+m]
-		if err != nil && len(b) < n-1 {
-			return 0, nil, unexpected(err)
-		}
-	}
-	return typ, b, nil
+	return typ, body, nil
 }
 
 func unexpected(err error) error {

@@ -82,3 +82,30 @@ func (b *window) Read(p []byte) (int, error) {
 	b.r += n
 	return n, nil
 }
+
+// payload returns the n bytes that follow head bytes at buf[r:] (the
+// head is buffered already) and consumes both: from the window when they
+// fit in it, else moved into big, which grows only as the bytes arrive.
+func (b *window) payload(big *body, head, n int) ([]byte, error) {
+	if head+n <= len(b.buf) {
+		if err := b.fill(head + n); err != nil {
+			return nil, unexpected(err)
+		}
+		p := b.buf[b.r+head : b.r+head+n]
+		b.r += head + n
+		return p, nil
+	}
+	p := big.grow(b.buf[b.r+head:b.w], n)
+	b.r, b.w = 0, 0
+	for len(p) < n {
+		if len(p) == cap(p) {
+			p = big.grow(p, n)
+		}
+		m, err := b.rd.Read(p[len(p):min(cap(p), n)])
+		p = p[:len(p)+m]
+		if err != nil && len(p) < n {
+			return nil, unexpected(err)
+		}
+	}
+	return p, nil
+}
