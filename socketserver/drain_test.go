@@ -174,8 +174,8 @@ func testDrainMovesDevices(t *testing.T, transport string, n int) {
 		t.Fatalf("drain wait: %d %s", code, body)
 	}
 	if transport == "tcp" {
-		// A HELLO to the drained server is answered with GOAWAY (gRPC
-		// stops its listener once drained: TestGRPCDrain).
+		// A HELLO to the drained server is answered with GOAWAY (over
+		// gRPC too: TestGRPCDrain).
 		c := dial(t, servers[0].Addrs().TCP)
 		c.hello("late", 0)
 		c.expect(protocol.TypeGoAway)
