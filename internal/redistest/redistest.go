@@ -6,10 +6,12 @@ package redistest
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -54,12 +56,6 @@ func StartPersistent(t testing.TB) *Server { t.Helper(); return start(t, true) }
 
 func start(t testing.TB, persistent bool, extra ...string) *Server {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	// Not t.TempDir: a background rewrite forked by the server can still be
 	// writing into the directory just after the kill, and t.TempDir fails
 	// the test when its RemoveAll meets a file created meanwhile.
@@ -67,22 +63,65 @@ func start(t testing.TB, persistent bool, extra ...string) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{t: t, port: port, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, persistent: persistent, extra: extra}
+	s := &Server{t: t, dir: dir, persistent: persistent, extra: extra}
 	t.Cleanup(func() {
 		s.Kill()
 		for i := 0; os.RemoveAll(dir) != nil && i < 50; i++ {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
-	s.Restart()
-	return s
+	// A free port can be taken by another process before redis-server
+	// binds it (tests run in parallel): then it is tried on another.
+	for attempt := 1; ; attempt++ {
+		s.port = freePort(t, slices.Contains(extra, "--cluster-enabled"))
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+		err := s.run()
+		if err == nil {
+			return s
+		}
+		if attempt == 5 {
+			t.Fatal(err)
+		}
+	}
+}
+
+// freePort is a loopback port free when it returns; with bus, the
+// cluster bus port 10000 above it is free too.
+func freePort(t testing.TB, bus bool) int {
+	t.Helper()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		if !bus {
+			l.Close()
+			return port
+		}
+		if port+10000 <= 65535 {
+			if lb, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000))); err == nil {
+				lb.Close()
+				l.Close()
+				return port
+			}
+		}
+		l.Close()
+	}
 }
 
 // Restart starts the process again (after Kill) on the same port.
 func (s *Server) Restart() {
 	s.t.Helper()
+	if err := s.run(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// run starts the process and waits until it accepts connections.
+func (s *Server) run() error {
 	if s.cmd != nil {
-		s.t.Fatal("redis-server already running")
+		return errors.New("redis-server already running")
 	}
 	args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "",
 		"--dir", s.dir, "--maxclients", "10000", "--appendonly", "no"}
@@ -95,29 +134,38 @@ func (s *Server) Restart() {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		s.t.Fatal(err)
+		return err
 	}
 	cmd.Stderr = cmd.Stdout
 	if err := cmd.Start(); err != nil {
-		s.t.Fatal(err)
+		return err
 	}
 	s.cmd = cmd
-	ready := make(chan struct{})
+	ready, exited := make(chan struct{}), make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		signalled := false
+		var last string
 		for sc.Scan() {
-			if !signalled && strings.Contains(sc.Text(), "Ready to accept connections") {
+			last = sc.Text()
+			if !signalled && strings.Contains(last, "Ready to accept connections") {
 				close(ready)
 				signalled = true
 			}
 		}
+		if !signalled {
+			exited <- last // it ended before it was ready: a port taken, mostly
+		}
 	}()
 	select {
 	case <-ready:
+		return nil
+	case last := <-exited:
+		s.Kill()
+		return fmt.Errorf("redis-server on port %d exited: %s", s.port, last)
 	case <-time.After(10 * time.Second):
 		s.Kill()
-		s.t.Fatalf("redis-server on port %d did not become ready", s.port)
+		return fmt.Errorf("redis-server on port %d did not become ready", s.port)
 	}
 }
 
