@@ -107,6 +107,21 @@ func TestGRPCSession(t *testing.T) {
 	if pong := l.expect(t, protocol.TypePong); string(pong) != "hb" {
 		t.Fatalf("PONG %q", pong)
 	}
+	// Messages larger than an HTTP/2 frame (16 KiB) cross several DATA
+	// frames, both ways.
+	big := strings.Repeat("0123456789abcdef", 3000)
+	bigSeq := send(t, srv, "g1", big)
+	if got, p, _ := protocol.ParseSeq(l.expect(t, protocol.TypeDeliver)); got != bigSeq || string(p) != big {
+		t.Fatalf("DELIVER of %d bytes: seq %d, %d bytes back", len(big), got, len(p))
+	}
+	_ = l.write(protocol.AppendSeqFrame(nil, protocol.TypeAck, bigSeq, nil))
+	_ = l.write(protocol.AppendSeqFrame(nil, protocol.TypePublish, 8, []byte(big)))
+	if id, _ := protocol.ParseNumber(l.expect(t, protocol.TypePubAck)); id != 8 {
+		t.Fatalf("PUBACK %d, want 8", id)
+	}
+	if page := st.ReadUpstream(0, 10); len(page) != 2 || string(page[1].Payload) != big {
+		t.Fatalf("upstream: %d entries", len(page))
+	}
 	eventually(t, "the ACK stored", func() bool {
 		code, body := api(t, srv, "GET", "/v1/devices/g1", "")
 		return code == 200 && strings.Contains(body, `"pending":0`)
