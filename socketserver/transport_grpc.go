@@ -52,11 +52,13 @@ type grpcTransport struct {
 	lastPing   int64 // unix ns
 	strikes    int
 	minPing    time.Duration
-	calm       bool // the device pinged too often: GOAWAY ENHANCE_YOUR_CALM
 
 	// dataSent: a DATA frame went out since the last PING (grpc-go then
 	// forgives a device's earlier pings, as it answers data with them).
 	dataSent atomic.Bool
+	// calm: the device pinged too often; its GOAWAY says so (read by
+	// whoever closes the connection).
+	calm atomic.Bool
 
 	// The device's windows, taken by the writer and given back by the
 	// read loop's WINDOW_UPDATEs.
@@ -295,7 +297,7 @@ func (t *grpcTransport) pinged() error {
 	now := time.Now().UnixNano()
 	if t.lastPing != 0 && time.Duration(now-t.lastPing) < t.minPing {
 		if t.strikes++; t.strikes > 2 {
-			t.calm = true
+			t.calm.Store(true)
 			return protocol.Errorf(protocol.CodeBadFrame, "HTTP/2 pings more often than every %s", t.minPing)
 		}
 	}
@@ -444,7 +446,7 @@ func (t *grpcTransport) appendEnd(dst []byte) []byte {
 	dst = protocol.AppendH2Header(dst, len(grpcTrailersOK), protocol.H2Headers,
 		protocol.H2FlagEndHeaders|protocol.H2FlagEndStream, t.stream)
 	dst = append(dst, grpcTrailersOK...)
-	if t.calm {
+	if t.calm.Load() {
 		return appendGoAway(dst, t.stream, protocol.H2EnhanceYourCalm, "too_many_pings")
 	}
 	return appendGoAway(dst, t.stream, protocol.H2NoError, "")
