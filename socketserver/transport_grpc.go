@@ -37,7 +37,7 @@ type grpcTransport struct {
 	src    *replayConn // what the handshake read past the call's headers; nil: none
 	out    *writer
 	stream uint32
-	token  string
+	token  string // of the call's authorization header, until the HELLO
 
 	// Read loop only.
 	max        int     // the frame limit, as in the other codecs
@@ -111,7 +111,11 @@ func (t *grpcTransport) ReadFrame() (byte, []byte, error) {
 			if err := proto.Unmarshal(m, &cf); err != nil {
 				return 0, nil, protocol.Errorf(protocol.CodeBadFrame, "ClientFrame does not parse")
 			}
-			return clientFrame(&cf, &t.num, t.token, t.max, nil)
+			typ, body, err := clientFrame(&cf, &t.num, t.token, t.max, nil)
+			if typ == protocol.TypeHello {
+				t.token = "" // the JWT is not kept for the connection's life
+			}
+			return typ, body, err
 		}
 		if t.ended {
 			return 0, nil, errGRPCCallEnded
