@@ -195,6 +195,11 @@ func (s *session) hello(body []byte) error {
 	s.mu.Lock()
 	s.sent = sess.AckedSeq
 	s.behind = true
+	// The heartbeat sweep watches lastRead from the registration on: set
+	// first, or a sweep between the two finds the session silent since
+	// 1970. A parked connection has no read in progress that a deadline
+	// could end.
+	c.lastRead.Store(time.Now().UnixNano())
 	// Registered before the device can see its WELCOME (and send for it
 	// at once): a message stored after the pump's first read would
 	// otherwise find no session here and wait for the audit. Deliveries
@@ -204,9 +209,6 @@ func (s *session) hello(body []byte) error {
 	s.kickLocked()
 	s.mu.Unlock()
 	srv.metrics.helloLatency.Observe(time.Since(start).Seconds())
-	// From here the heartbeat sweep watches lastRead; a parked connection
-	// has no read in progress that a deadline could end.
-	c.lastRead.Store(time.Now().UnixNano())
 	_ = c.nc.SetReadDeadline(time.Time{})
 	if loser != nil {
 		loser.takenOver()
