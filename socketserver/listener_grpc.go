@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,19 +104,15 @@ func (grpcFactory) upgrade(s *Server, nc net.Conn, free func()) (transportFactor
 }
 
 // grpcResponseHeaders: ":status: 200" (HPACK static index 8) and the
-// content type; grpcTrailersOK ends a call with status OK.
+// content type; grpcTrailersOK ends a call with status OK; grpcRefused
+// ends another call on a device's connection at once (a trailers-only
+// response, UNIMPLEMENTED).
 var (
 	grpcResponseHeaders = protocol.AppendHPACKLiteral([]byte{0x88}, "content-type", "application/grpc")
 	grpcTrailersOK      = protocol.AppendHPACKLiteral(nil, "grpc-status", "0")
+	grpcRefused         = protocol.AppendHPACKLiteral(protocol.AppendHPACKLiteral(slices.Clone(grpcResponseHeaders),
+		"grpc-status", "12"), "grpc-message", "one call per connection: this one serves scp.v1.Device/Connect")
 )
-
-// grpcTrailersOnly ends a call at once with a status (a trailers-only
-// response).
-func grpcTrailersOnly(code int, msg string) []byte {
-	b := protocol.AppendHPACKLiteral([]byte{0x88}, "content-type", "application/grpc")
-	b = protocol.AppendHPACKLiteral(b, "grpc-status", fmt.Sprint(code))
-	return protocol.AppendHPACKLiteral(b, "grpc-message", msg)
-}
 
 func appendH2Setting(dst []byte, id uint16, v uint32) []byte {
 	return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint16(dst, id), v)
@@ -211,14 +208,13 @@ func (st *h2Start) frame(typ, flags byte, stream uint32, p []byte, block *[]byte
 		if flags&protocol.H2FlagAck != 0 {
 			return false, nil
 		}
-		if len(p)%6 != 0 {
-			return false, errors.New("HTTP/2: bad SETTINGS")
+		v, ok, err := protocol.H2InitialWindow(p)
+		if err != nil {
+			return false, err
 		}
 		st.settings++
-		for i := 0; i < len(p); i += 6 {
-			if binary.BigEndian.Uint16(p[i:]) == protocol.H2SettingInitialWindowSize {
-				st.streamWindow = int64(binary.BigEndian.Uint32(p[i+2:]))
-			}
+		if ok {
+			st.streamWindow = v
 		}
 	case protocol.H2WindowUpdate:
 		if len(p) == 4 && stream == 0 {
@@ -252,11 +248,9 @@ func (st *h2Start) frame(typ, flags byte, stream uint32, p []byte, block *[]byte
 
 // headerFragment strips a HEADERS frame's padding and priority.
 func headerFragment(flags byte, p []byte) ([]byte, error) {
-	if flags&protocol.H2FlagPadded != 0 {
-		if len(p) == 0 || int(p[0]) >= len(p) {
-			return nil, errors.New("HTTP/2: bad padding")
-		}
-		p = p[1 : len(p)-int(p[0])]
+	p, err := protocol.H2Unpad(flags, p)
+	if err != nil {
+		return nil, err
 	}
 	if flags&protocol.H2FlagPriority != 0 {
 		if len(p) < 5 {

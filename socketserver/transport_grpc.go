@@ -29,9 +29,6 @@ import (
 // parks in the poller and holds no goroutine, as over TCP. One call per
 // connection: further calls end at once with UNIMPLEMENTED.
 
-// grpcUnimplemented is gRPC's status code for a call not served.
-const grpcUnimplemented = 12
-
 type grpcTransport struct {
 	r      *protocol.H2Reader
 	src    *replayConn // what the handshake read past the call's headers; nil: none
@@ -198,13 +195,11 @@ func (t *grpcTransport) frame(f protocol.H2Frame) error {
 		t.recvConn += len(p)
 		if f.Stream == t.stream && !t.ended {
 			t.recvStream += len(p)
-			if f.Flags&protocol.H2FlagPadded != 0 {
-				if len(p) == 0 || int(p[0]) >= len(p) {
-					return protocol.Errorf(protocol.CodeBadFrame, "HTTP/2 DATA with bad padding")
-				}
-				p = p[1 : len(p)-int(p[0])]
+			data, err := protocol.H2Unpad(f.Flags, p)
+			if err != nil {
+				return err
 			}
-			t.data = p
+			t.data = data
 			t.ended = f.Flags&protocol.H2FlagEndStream != 0
 		}
 		t.giveBack()
@@ -217,10 +212,9 @@ func (t *grpcTransport) frame(f protocol.H2Frame) error {
 		// keeps no HPACK state; it never reads another header block).
 		t.skipBlock = f.Flags&protocol.H2FlagEndHeaders == 0
 		stream := f.Stream
-		block := grpcTrailersOnly(grpcUnimplemented, "one call per connection: this one serves scp.v1.Device/Connect")
 		t.out.write(func(dst []byte) []byte {
-			dst = protocol.AppendH2Header(dst, len(block), protocol.H2Headers, protocol.H2FlagEndHeaders|protocol.H2FlagEndStream, stream)
-			return append(dst, block...)
+			dst = protocol.AppendH2Header(dst, len(grpcRefused), protocol.H2Headers, protocol.H2FlagEndHeaders|protocol.H2FlagEndStream, stream)
+			return append(dst, grpcRefused...)
 		})
 	case protocol.H2Continuation:
 		t.skipBlock = t.skipBlock && f.Flags&protocol.H2FlagEndHeaders == 0
@@ -232,13 +226,12 @@ func (t *grpcTransport) frame(f protocol.H2Frame) error {
 		if f.Flags&protocol.H2FlagAck != 0 {
 			return nil
 		}
-		if len(p)%6 != 0 || f.Stream != 0 {
+		v, ok, err := protocol.H2InitialWindow(p)
+		if err != nil || f.Stream != 0 {
 			return protocol.Errorf(protocol.CodeBadFrame, "HTTP/2 SETTINGS malformed")
 		}
-		for i := 0; i < len(p); i += 6 {
-			if binary.BigEndian.Uint16(p[i:]) == protocol.H2SettingInitialWindowSize {
-				t.setStreamWindow(int64(binary.BigEndian.Uint32(p[i+2:])))
-			}
+		if ok {
+			t.setStreamWindow(v)
 		}
 		t.out.write(func(dst []byte) []byte {
 			return protocol.AppendH2Header(dst, 0, protocol.H2Settings, protocol.H2FlagAck, 0)

@@ -71,6 +71,32 @@ func AppendH2Header(dst []byte, n int, typ, flags byte, stream uint32) []byte {
 	return binary.BigEndian.AppendUint32(dst, stream)
 }
 
+// H2Unpad strips the padding of a DATA or HEADERS payload (flags are the
+// frame's).
+func H2Unpad(flags byte, p []byte) ([]byte, error) {
+	if flags&H2FlagPadded == 0 {
+		return p, nil
+	}
+	if len(p) == 0 || int(p[0]) >= len(p) {
+		return nil, Errorf(CodeBadFrame, "HTTP/2 frame with bad padding")
+	}
+	return p[1 : len(p)-int(p[0])], nil
+}
+
+// H2InitialWindow is the SETTINGS_INITIAL_WINDOW_SIZE of a SETTINGS
+// payload, the last if several; ok is false when it has none.
+func H2InitialWindow(p []byte) (v int64, ok bool, err error) {
+	if len(p)%6 != 0 {
+		return 0, false, Errorf(CodeBadFrame, "HTTP/2 SETTINGS of %d bytes", len(p))
+	}
+	for i := 0; i < len(p); i += 6 {
+		if binary.BigEndian.Uint16(p[i:]) == H2SettingInitialWindowSize {
+			v, ok = int64(binary.BigEndian.Uint32(p[i+2:])), true
+		}
+	}
+	return v, ok, nil
+}
+
 // H2Reader reads HTTP/2 frames from a stream.
 type H2Reader struct {
 	window
