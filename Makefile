@@ -37,10 +37,11 @@ test-monitoring: ## The alerts' promtool tests, the dashboard's queries, and a r
 	$(GO) test -race -count=1 ./test/monitoring/
 
 .PHONY: fuzz
-fuzz: ## Fuzz the frame decoders (TCP, WebSocket, MQTT, HTTP/2) for FUZZTIME each (default 1m).
+fuzz: ## Fuzz the frame decoders (TCP, WebSocket, MQTT, HTTP/2) and the batch body parser for FUZZTIME each (default 1m).
 	@for f in FuzzReader FuzzWSReader FuzzMQTTReader FuzzH2Reader; do \
 	  $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(or $(FUZZTIME),1m) ./socketserver/protocol/ || exit 1; \
 	done
+	$(GO) test -run '^$$' -fuzz '^FuzzParseBatch$$' -fuzztime $(or $(FUZZTIME),1m) ./socketserver/
 
 .PHONY: fmt vet
 fmt:

@@ -1,6 +1,7 @@
 package socketserver
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -216,13 +217,14 @@ func limitBatches(sem chan struct{}, h http.HandlerFunc) http.HandlerFunc {
 // sends thousands per second makes one request per batch instead of one
 // per message, and the store pipelines the batch. Each message gets its
 // own answer, in order; 200 means the batch was read, not that every
-// message was stored. The body is decoded as a stream and refused, with
-// nothing stored, at the first message beyond MaxBatch, at a value beyond
-// what a message can need, or at data after the JSON object.
+// message was stored. The body is refused, with nothing stored, at the
+// first message beyond MaxBatch, at a value beyond what a message can
+// need, or at data after the JSON object; past 256 KiB it is decoded as a
+// stream, so a huge body is not read beyond what refuses it.
 func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
 	maxPayload := s.cfg.MaxFrameBytes - 9
 	body := http.MaxBytesReader(w, r.Body, batchBodyLimit(maxPayload))
-	msgs, err := decodeBatch(body, maxPayload)
+	msgs, err := readBatch(body, r.ContentLength, maxPayload)
 	if err != nil {
 		dropBody(w, body)
 	}
@@ -278,11 +280,29 @@ func (s *Server) postMessages(w http.ResponseWriter, r *http.Request) {
 			results[idx[k]] = res
 		}
 	}
-	resp := adminapi.BatchResponse{Results: make([]adminapi.BatchResult, len(results))}
+	out := make([]adminapi.BatchResult, len(results))
 	for i, r := range results {
-		resp.Results[i] = r.BatchResult
+		out[i] = r.BatchResult
 	}
-	writeJSON(w, http.StatusOK, resp)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(appendBatchResponse(make([]byte, 0, 16+16*len(out)), out))
+}
+
+// readBatch decodes a batch body: by hand when it is small and of the
+// usual shape, else with decodeBatch.
+func readBatch(body io.Reader, length int64, maxPayload int) ([]adminapi.BatchMessage, error) {
+	if length < 0 || length > fastBatchBody {
+		return decodeBatch(body, maxPayload)
+	}
+	buf := make([]byte, length)
+	if _, err := io.ReadFull(body, buf); err != nil {
+		return nil, err
+	}
+	if msgs, ok := parseBatch(buf, int(maxBatchValue(maxPayload))); ok {
+		return msgs, nil
+	}
+	return decodeBatch(bytes.NewReader(buf), maxPayload)
 }
 
 func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
@@ -448,9 +468,10 @@ func dropBody(w http.ResponseWriter, body io.Reader) {
 	_, _ = http.MaxBytesReader(w, io.NopCloser(body), 0).Read(one[:])
 }
 
-// Batch bodies are decoded as a stream, value by value, so that memory
-// follows what a batch may hold, not what a body claims: at most MaxBatch
-// messages, each within what a payload of the frame limit needs in JSON.
+// Batch bodies beyond fastBatchBody are decoded as a stream, value by
+// value, so that memory follows what a batch may hold, not what a body
+// claims: at most MaxBatch messages, each within what a payload of the
+// frame limit needs in JSON.
 
 var (
 	errTooMany       = errors.New("too many messages")

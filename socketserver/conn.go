@@ -68,11 +68,15 @@ type conn struct {
 
 	// state is running while a read loop goroutine exists, parked while
 	// the poller waits for input; the swap parked->running starts a loop.
-	state     atomic.Int32
-	closeOnce sync.Once
-	closed    chan struct{}   // closed with the socket
-	pollID    uint64          // set by the read loop before the first park
-	raw       syscall.RawConn // with pollID
+	state atomic.Int32
+	// sockMu guards the end of the socket: sockClosed, and sockDone, made
+	// only for a wait (teardown's): a channel per idle connection would
+	// be 96 bytes of its heap.
+	sockMu     sync.Mutex
+	sockClosed bool
+	sockDone   chan struct{}
+	pollID     uint64          // set by the read loop before the first park
+	raw        syscall.RawConn // with pollID
 	// lastRead (unix ns) is when the welcomed device last sent a frame.
 	lastRead atomic.Int64
 
@@ -81,7 +85,7 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	c := &conn{srv: s, nc: nc, id: s.connIDs.Add(1), closed: make(chan struct{})}
+	c := &conn{srv: s, nc: nc, id: s.connIDs.Add(1)}
 	c.w.c = c
 	c.s.c = c
 	return c
@@ -112,6 +116,7 @@ func (c *conn) readLoop() {
 	var pendingAck uint64
 	for {
 		typ, body, err := c.tr.ReadFrame()
+		prev := c.lastRead.Load()
 		if err != nil {
 			if pendingAck != 0 {
 				// The burst's last ACK, before its end (a device that acks
@@ -125,7 +130,7 @@ func (c *conn) readLoop() {
 		if !c.s.frame(typ, body, &pendingAck) {
 			break
 		}
-		if c.s.epoch != 0 && !c.tr.Buffered() && c.park() {
+		if c.s.epoch != 0 && !c.tr.Buffered() && c.park(parkDelay(time.Duration(c.lastRead.Load()-prev))) {
 			return
 		}
 	}
@@ -137,16 +142,31 @@ const (
 	parked
 )
 
-// parkAfter is how long a drained read loop waits for more input before
-// it parks the connection.
-const parkAfter = 250 * time.Millisecond
+// A drained read loop waits for more input before it parks the
+// connection: parkAfter when the device is busy (its frame came within
+// parkAfter of the one before), quietParkAfter after a lone frame (a
+// HELLO, a heartbeat). A waiting goroutine costs its stack: a quarter of
+// a second after each heartbeat and HELLO kept one for every device that
+// had just sent one.
+const (
+	parkAfter      = 250 * time.Millisecond
+	quietParkAfter = 20 * time.Millisecond
+)
 
-// park hands a connection that stayed silent for parkAfter to the poller;
-// true means the read loop must return (a wake-up or a close starts it
-// again).
-func (c *conn) park() bool {
+// parkDelay is how long to wait before parking, gap after the frame
+// before.
+func parkDelay(gap time.Duration) time.Duration {
+	if gap < parkAfter {
+		return parkAfter
+	}
+	return quietParkAfter
+}
+
+// park hands a connection that stayed silent for wait to the poller; true
+// means the read loop must return (a wake-up or a close starts it again).
+func (c *conn) park(wait time.Duration) bool {
 	p := c.srv.poller
-	if p == nil || c.pollID == 0 && !c.enroll(p) || p.wait(c, parkAfter) {
+	if p == nil || c.pollID == 0 && !c.enroll(p) || p.wait(c, wait) {
 		return false
 	}
 	c.tr.Release()
@@ -227,11 +247,43 @@ func (c *conn) close(reason CloseReason) { c.w.close(reason) }
 
 // closeSocket closes the socket once the writer is done with it.
 func (c *conn) closeSocket() {
-	c.closeOnce.Do(func() {
-		close(c.closed)
-		_ = c.nc.Close()
-		c.unpark() // a parked connection ends through its read loop
-	})
+	c.sockMu.Lock()
+	defer c.sockMu.Unlock()
+	if c.sockClosed {
+		return
+	}
+	c.sockClosed = true
+	if c.sockDone != nil {
+		close(c.sockDone)
+	}
+	_ = c.nc.Close()
+	c.unpark() // a parked connection ends through its read loop
+}
+
+func (c *conn) socketClosed() bool {
+	c.sockMu.Lock()
+	defer c.sockMu.Unlock()
+	return c.sockClosed
+}
+
+// awaitSocketClosed waits up to d for closeSocket.
+func (c *conn) awaitSocketClosed(d time.Duration) {
+	c.sockMu.Lock()
+	if c.sockClosed {
+		c.sockMu.Unlock()
+		return
+	}
+	if c.sockDone == nil {
+		c.sockDone = make(chan struct{})
+	}
+	done := c.sockDone
+	c.sockMu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
 }
 
 // teardown runs when the read loop ends: let the final frames go out
@@ -244,10 +296,7 @@ func (c *conn) teardown() {
 		defer s.poller.forget(c)
 	}
 	c.close(ReasonClientClosed)
-	select {
-	case <-c.closed:
-	case <-time.After(finalFlushTimeout + 100*time.Millisecond):
-	}
+	c.awaitSocketClosed(finalFlushTimeout + 100*time.Millisecond)
 	c.closeSocket()
 	s.metrics.closes.WithLabelValues(c.w.closeReason().String()).Inc()
 	if c.s.epoch == 0 {

@@ -238,10 +238,8 @@ func (s *session) acked(seq uint64, err error, reclaim bool) {
 	switch {
 	case errors.Is(err, store.ErrLost) && reclaim:
 		go func() {
-			select {
-			case <-s.c.closed:
+			if s.c.socketClosed() {
 				return // released: restoring it would make it look held here
-			default:
 			}
 			if s.reclaim() {
 				srv.acks.Ack(s.device, s.epoch, seq, func(err error) { s.acked(seq, err, false) })
