@@ -188,28 +188,38 @@ func (f *fixture) kubectlSC(args ...string) (int, string, string) {
 
 // balancer plays the load balancer: a device's first connection goes to
 // the server it is pinned to, every later one to the ready server with the
-// fewest connections.
+// fewest connections. Like a load balancer it counts the connections it
+// routed, not what the servers report: a server counts a connection only
+// once it accepted it, so devices that reconnect at once would all see
+// the same counts and pick the same server.
 type balancer struct {
-	f      *fixture
-	mu     sync.Mutex
-	dialed map[string]int
+	f  *fixture
+	mu sync.Mutex
+	at map[string]string // device -> server its last connection went to
 }
 
 func (b *balancer) connect(t *testing.T, device, pinned string) {
 	c := scclient.New(scclient.Config{Addr: "lb", Device: device, Token: "x", BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
 		Dial: func(ctx context.Context, network, _ string) (_ netConn, err error) {
 			b.mu.Lock()
-			addr := b.f.servers[pinned].Addrs().TCP
-			if b.dialed[device] > 0 {
+			name, redial := b.at[device]
+			if !redial {
+				name = pinned
+			} else {
+				delete(b.at, device)
+				routed := map[string]int{}
+				for _, n := range b.at {
+					routed[n]++
+				}
 				best := -1
-				for _, name := range b.f.names {
-					s := b.f.servers[name]
-					if !s.Draining() && (best < 0 || s.Connections() < best) {
-						best, addr = s.Connections(), s.Addrs().TCP
+				for _, n := range b.f.names {
+					if !b.f.servers[n].Draining() && (best < 0 || routed[n] < best) {
+						best, name = routed[n], n
 					}
 				}
 			}
-			b.dialed[device]++
+			b.at[device] = name
+			addr := b.f.servers[name].Addrs().TCP
 			b.mu.Unlock()
 			return dialer.DialContext(ctx, network, addr)
 		}})
@@ -234,7 +244,7 @@ func (f *fixture) connections() []int {
 
 func TestPluginAgainstRealServers(t *testing.T) {
 	f := newFixture(t, 3)
-	b := &balancer{f: f, dialed: map[string]int{}}
+	b := &balancer{f: f, at: map[string]string{}}
 	for i, pinned := range []string{"devices-0", "devices-0", "devices-0", "devices-0", "devices-0", "devices-0", "devices-1", "devices-2", "devices-2"} {
 		b.connect(t, fmt.Sprintf("dev-%d", i), pinned)
 	}
