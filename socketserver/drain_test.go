@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socketcluster/socketcluster/internal/poll"
 	"github.com/socketcluster/socketcluster/internal/redistest"
 	"github.com/socketcluster/socketcluster/socketserver"
 	"github.com/socketcluster/socketcluster/socketserver/adminapi"
@@ -84,13 +85,17 @@ func (f *fleet) waitConnected(t *testing.T) {
 // reports any contract violation.
 func (f *fleet) verify(t *testing.T) {
 	t.Helper()
-	eventually(t, "every message delivered", func() bool {
+	poll.Until(t, 30*time.Second, "every message delivered", func() error {
+		var stuck []string
 		for i, d := range f.devices {
 			if last, connected := d.state(); !connected || last != f.maxSeq[i].Load() {
-				return false
+				stuck = append(stuck, fmt.Sprintf("%s (connected %v, seq %d of %d)", d.name, connected, last, f.maxSeq[i].Load()))
 			}
 		}
-		return true
+		if len(stuck) > 0 {
+			return fmt.Errorf("%d devices behind: %s", len(stuck), strings.Join(stuck[:min(len(stuck), 5)], ", "))
+		}
+		return nil
 	})
 	var dups, goaways, taken int
 	var reconnects []time.Duration
