@@ -10,9 +10,9 @@ import (
 )
 
 // The batch API's JSON is on the hot path of every backend send:
-// reflection decoding a batch and encoding its answer cost as much server
-// CPU as storing it. These read and write its usual shape by hand and
-// leave everything else to encoding/json.
+// reflection decoding a batch and encoding its answer cost about as much
+// server CPU as storing it. These read and write its usual shape by hand
+// and leave everything else to encoding/json.
 
 // fastBatchBody is the largest body parseBatch is tried on: it needs the
 // body whole, where decodeBatch streams it.
