@@ -153,8 +153,8 @@ const (
 	quietParkAfter = 20 * time.Millisecond
 )
 
-// parkDelay is how long to wait before parking, gap after the frame
-// before.
+// parkDelay is how long to wait for input before parking, given the gap
+// between the last frame and the one before it.
 func parkDelay(gap time.Duration) time.Duration {
 	if gap < parkAfter {
 		return parkAfter
